@@ -1,0 +1,2 @@
+//! The `windlass` binary.
+fn main() {}

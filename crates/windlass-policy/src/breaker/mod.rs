@@ -1,0 +1,757 @@
+//! Circuit breaker: stop calling a service that is failing, and find out when it recovers.
+//!
+//! Retrying a dead service wastes the caller's time and keeps the service down. A breaker
+//! watches the outcomes of calls in a sliding window; when the failure rate (or the share of
+//! slow calls) reaches its threshold, it *opens* and rejects calls at once, with
+//! [`Rejection::CircuitOpen`] saying how long until it may admit again. After the open
+//! duration it goes *half-open* and admits exactly `permitted_in_half_open` probe calls —
+//! exactly, however many tasks race for them — and closes again if they succeed, or reopens,
+//! for longer each time if configured so.
+//!
+//! Semantics follow Resilience4j: states [`BreakerState::Closed`], `Open`, `HalfOpen` plus
+//! `Disabled`, `ForcedOpen` and `MetricsOnly`; count- or time-based windows with O(1)
+//! updates; thresholds are reached when a rate is `>=` its threshold after the minimum number
+//! of calls. Which errors count is decided by their [`ErrorClass`]: by default transient
+//! failures and timeouts count, permanent and cancelled ones are ignored (a `404` says
+//! nothing about the service's health), and rejections by other policies are ignored.
+//!
+//! **Cancellation:** dropping a call's future releases its permit without counting it; in
+//! half-open its probe slot goes to the next caller.
+//!
+//! ```
+//! use std::time::Duration;
+//! use windlass_policy::{CircuitBreaker, PolicyError, PolicyExt, Rejection};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let breaker = CircuitBreaker::builder()
+//!     .count_window(10)
+//!     .minimum_calls(4)
+//!     .failure_rate_threshold(0.5)
+//!     .open_duration(Duration::from_secs(30))
+//!     .build()
+//!     .unwrap();
+//! for _ in 0..4 {
+//!     let _ = breaker.call(|| async { Err::<(), _>("503") }).await;
+//! }
+//! let rejected = breaker.call(|| async { Ok::<_, &str>(()) }).await;
+//! assert!(matches!(rejected, Err(PolicyError::Rejected(Rejection::CircuitOpen { .. }))));
+//! # }
+//! ```
+
+mod window;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge};
+use tokio::time::Instant;
+
+use crate::classify::ErrorClass;
+use crate::config::{ConfigError, ensure, ensure_range};
+use crate::context::{Context, Policy};
+use crate::error::{PolicyError, Rejection};
+use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
+use window::{Outcome, Totals, Window};
+
+/// A circuit breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BreakerState {
+    /// Calls pass; outcomes are counted.
+    Closed,
+    /// Calls are rejected until the open duration has passed.
+    Open,
+    /// A fixed number of probe calls pass; their outcomes decide open or closed.
+    HalfOpen,
+    /// Calls pass and nothing is counted.
+    Disabled,
+    /// Calls are rejected until someone changes the state by hand.
+    ForcedOpen,
+    /// Calls pass and are counted; the breaker reports, but never opens.
+    MetricsOnly,
+}
+
+impl BreakerState {
+    /// A short lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+            BreakerState::Disabled => "disabled",
+            BreakerState::ForcedOpen => "forced_open",
+            BreakerState::MetricsOnly => "metrics_only",
+        }
+    }
+
+    fn gauge_value(self) -> f64 {
+        match self {
+            BreakerState::Closed => 0.0,
+            BreakerState::Open => 1.0,
+            BreakerState::HalfOpen => 2.0,
+            BreakerState::Disabled => 3.0,
+            BreakerState::ForcedOpen => 4.0,
+            BreakerState::MetricsOnly => 5.0,
+        }
+    }
+}
+
+/// The kind of sliding window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    /// The last `n` calls.
+    Count(u32),
+    /// The calls of the last `n` seconds.
+    Time(u32),
+}
+
+/// Decides whether a failure with this class counts against the breaker.
+pub type FailurePredicate = fn(ErrorClass) -> bool;
+
+fn default_counts(class: ErrorClass) -> bool {
+    matches!(class, ErrorClass::Transient | ErrorClass::RetryAfter(_))
+}
+
+/// Builds a [`CircuitBreaker`]. Defaults are Resilience4j's: failure rate 50%, slow-call
+/// rate 100% with slow = 60 s, count window of 100 calls, minimum 100 calls, open 60 s,
+/// 10 calls in half-open, no maximum wait in half-open.
+#[derive(Debug, Clone)]
+pub struct CircuitBreakerBuilder {
+    name: Option<Arc<str>>,
+    failure_rate_threshold: f64,
+    slow_call_rate_threshold: f64,
+    slow_call_duration: Duration,
+    window: WindowKind,
+    minimum_calls: u32,
+    open_duration: Duration,
+    open_duration_multiplier: f64,
+    max_open_duration: Duration,
+    permitted_in_half_open: u32,
+    max_wait_in_half_open: Duration,
+    counts_as_failure: FailurePredicate,
+    initial_state: BreakerState,
+}
+
+impl CircuitBreakerBuilder {
+    /// Names the breaker.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// Opens when the failure rate is at least this (0 < rate <= 1).
+    pub fn failure_rate_threshold(mut self, rate: f64) -> Self {
+        self.failure_rate_threshold = rate;
+        self
+    }
+    /// Opens when the share of slow calls is at least this (0 < rate <= 1).
+    pub fn slow_call_rate_threshold(mut self, rate: f64) -> Self {
+        self.slow_call_rate_threshold = rate;
+        self
+    }
+    /// A call taking at least this long is slow.
+    pub fn slow_call_duration(mut self, d: Duration) -> Self {
+        self.slow_call_duration = d;
+        self
+    }
+    /// Count-based window of the last `n` calls.
+    pub fn count_window(mut self, n: u32) -> Self {
+        self.window = WindowKind::Count(n);
+        self
+    }
+    /// Time-based window of the last `seconds` seconds.
+    pub fn time_window(mut self, seconds: u32) -> Self {
+        self.window = WindowKind::Time(seconds);
+        self
+    }
+    /// Rates are not judged before this many calls are in the window.
+    pub fn minimum_calls(mut self, n: u32) -> Self {
+        self.minimum_calls = n;
+        self
+    }
+    /// How long the breaker stays open (the first time).
+    pub fn open_duration(mut self, d: Duration) -> Self {
+        self.open_duration = d;
+        self
+    }
+    /// Grows the open duration by this factor on each consecutive opening (1 = fixed), up
+    /// to `max`.
+    pub fn open_duration_growth(mut self, multiplier: f64, max: Duration) -> Self {
+        self.open_duration_multiplier = multiplier;
+        self.max_open_duration = max;
+        self
+    }
+    /// Probe calls admitted in half-open.
+    pub fn permitted_in_half_open(mut self, n: u32) -> Self {
+        self.permitted_in_half_open = n;
+        self
+    }
+    /// Reopens if half-open lasts longer than this (zero = wait for the probes).
+    pub fn max_wait_in_half_open(mut self, d: Duration) -> Self {
+        self.max_wait_in_half_open = d;
+        self
+    }
+    /// Which error classes count as failures.
+    pub fn counts_as_failure(mut self, predicate: FailurePredicate) -> Self {
+        self.counts_as_failure = predicate;
+        self
+    }
+    /// Starts in another state (`Disabled`, `MetricsOnly`, `ForcedOpen`).
+    pub fn initial_state(mut self, state: BreakerState) -> Self {
+        self.initial_state = state;
+        self
+    }
+
+    /// Validates and builds.
+    pub fn build(self) -> Result<CircuitBreaker, ConfigError> {
+        const P: &str = "circuit breaker";
+        ensure_range(
+            self.failure_rate_threshold,
+            f64::MIN_POSITIVE,
+            1.0,
+            P,
+            "failure_rate_threshold",
+        )?;
+        ensure_range(
+            self.slow_call_rate_threshold,
+            f64::MIN_POSITIVE,
+            1.0,
+            P,
+            "slow_call_rate_threshold",
+        )?;
+        ensure(
+            self.slow_call_duration > Duration::ZERO,
+            P,
+            "slow_call_duration",
+            "must be positive",
+        )?;
+        let (size, secs) = match self.window {
+            WindowKind::Count(n) => (n, 0),
+            WindowKind::Time(s) => (0, s),
+        };
+        ensure(
+            matches!(self.window, WindowKind::Time(_)) || size >= 1,
+            P,
+            "count_window",
+            "must be at least 1",
+        )?;
+        ensure(
+            size <= 1_000_000,
+            P,
+            "count_window",
+            "must be at most 1,000,000",
+        )?;
+        ensure(
+            matches!(self.window, WindowKind::Count(_)) || secs >= 1,
+            P,
+            "time_window",
+            "must be at least 1 second",
+        )?;
+        ensure(
+            secs <= 3600,
+            P,
+            "time_window",
+            "must be at most 3600 seconds",
+        )?;
+        ensure(
+            self.minimum_calls >= 1,
+            P,
+            "minimum_calls",
+            "must be at least 1",
+        )?;
+        ensure(
+            self.open_duration > Duration::ZERO,
+            P,
+            "open_duration",
+            "must be positive",
+        )?;
+        ensure_range(
+            self.open_duration_multiplier,
+            1.0,
+            1000.0,
+            P,
+            "open_duration multiplier",
+        )?;
+        ensure(
+            self.max_open_duration >= self.open_duration,
+            P,
+            "max_open_duration",
+            "must be at least open_duration",
+        )?;
+        ensure(
+            self.permitted_in_half_open >= 1,
+            P,
+            "permitted_in_half_open",
+            "must be at least 1",
+        )?;
+        ensure(
+            !matches!(
+                self.initial_state,
+                BreakerState::Open | BreakerState::HalfOpen
+            ),
+            P,
+            "initial_state",
+            "must be Closed, Disabled, ForcedOpen or MetricsOnly",
+        )?;
+        let now = Instant::now();
+        let window = match self.window {
+            WindowKind::Count(n) => Window::count(n as usize),
+            WindowKind::Time(s) => Window::time(s as usize, now),
+        };
+        let name = self
+            .name
+            .unwrap_or_else(|| observe::default_name("breaker"));
+        let label = name.to_string();
+        let transitions = [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+            BreakerState::Disabled,
+            BreakerState::ForcedOpen,
+            BreakerState::MetricsOnly,
+        ]
+        .map(|s| metrics::counter!("windlass_breaker_transitions_total", "policy" => label.clone(), "to" => s.as_str()));
+        let shared = Arc::new(Shared {
+            cfg: Config {
+                failure_rate_threshold: self.failure_rate_threshold,
+                slow_call_rate_threshold: self.slow_call_rate_threshold,
+                slow_call_duration: self.slow_call_duration,
+                minimum_calls: u64::from(self.minimum_calls),
+                open_duration: self.open_duration,
+                open_duration_multiplier: self.open_duration_multiplier,
+                max_open_duration: self.max_open_duration,
+                permitted_in_half_open: self.permitted_in_half_open,
+                max_wait_in_half_open: self.max_wait_in_half_open,
+                counts_as_failure: self.counts_as_failure,
+            },
+            core: Mutex::new(Core {
+                state: self.initial_state,
+                generation: 0,
+                window,
+                since: now,
+                open_for: self.open_duration,
+                consecutive_openings: 0,
+                half_open_left: 0,
+                half_open: Totals::default(),
+            }),
+            openings: AtomicU64::new(0),
+            m_state: metrics::gauge!("windlass_breaker_state", "policy" => label.clone()),
+            m_transitions: transitions,
+            m_calls: ["success", "failure", "ignored"]
+                .map(|o| metrics::counter!("windlass_breaker_calls_total", "policy" => label.clone(), "outcome" => o)),
+            m_rejected: metrics::counter!("windlass_policy_rejections_total", "policy" => label.clone(), "reason" => "circuit_open"),
+            name,
+        });
+        shared.m_state.set(self.initial_state.gauge_value());
+        let weak: std::sync::Weak<dyn Inspect> = Arc::downgrade(&shared) as _;
+        observe::register(weak);
+        Ok(CircuitBreaker { shared })
+    }
+}
+
+#[derive(Debug)]
+struct Config {
+    failure_rate_threshold: f64,
+    slow_call_rate_threshold: f64,
+    slow_call_duration: Duration,
+    minimum_calls: u64,
+    open_duration: Duration,
+    open_duration_multiplier: f64,
+    max_open_duration: Duration,
+    permitted_in_half_open: u32,
+    max_wait_in_half_open: Duration,
+    counts_as_failure: FailurePredicate,
+}
+
+#[derive(Debug)]
+struct Core {
+    state: BreakerState,
+    /// Bumped on every transition; a permit from an older generation counts for nothing.
+    generation: u64,
+    window: Window,
+    /// When the current state began.
+    since: Instant,
+    /// How long the current (or last) opening lasts.
+    open_for: Duration,
+    consecutive_openings: u32,
+    /// Probe slots still free in half-open.
+    half_open_left: u32,
+    /// Outcomes of the finished half-open probes.
+    half_open: Totals,
+}
+
+struct Shared {
+    name: Arc<str>,
+    cfg: Config,
+    core: Mutex<Core>,
+    openings: AtomicU64,
+    m_state: Gauge,
+    m_transitions: [Counter; 6],
+    m_calls: [Counter; 3],
+    m_rejected: Counter,
+}
+
+/// A circuit breaker. Cheap to clone: clones share one state.
+#[derive(Clone)]
+pub struct CircuitBreaker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("name", &self.shared.name)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// The right to make one call through a breaker. Report its outcome with
+/// [`success`](Self::success), [`failure`](Self::failure) or [`ignore`](Self::ignore);
+/// dropping it unreported is the same as `ignore` (the call was cancelled).
+#[must_use = "report the call's outcome, or drop the permit to release it"]
+#[derive(Debug)]
+pub struct BreakerPermit<'a> {
+    breaker: &'a CircuitBreaker,
+    generation: u64,
+    started: Instant,
+    state: BreakerState,
+    done: bool,
+}
+
+enum Report {
+    Success,
+    Failure,
+    Ignored,
+}
+
+impl BreakerPermit<'_> {
+    /// The call succeeded.
+    pub fn success(mut self) {
+        self.report(Report::Success);
+    }
+    /// The call failed in a way that counts.
+    pub fn failure(mut self) {
+        self.report(Report::Failure);
+    }
+    /// The call's outcome says nothing about the service's health.
+    pub fn ignore(mut self) {
+        self.report(Report::Ignored);
+    }
+
+    fn report(&mut self, r: Report) {
+        self.done = true;
+        let elapsed = self.started.elapsed();
+        self.breaker
+            .on_result(self.generation, self.state, r, elapsed);
+    }
+}
+
+impl Drop for BreakerPermit<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.report(Report::Ignored);
+        }
+    }
+}
+
+impl CircuitBreaker {
+    /// Starts building a breaker.
+    pub fn builder() -> CircuitBreakerBuilder {
+        CircuitBreakerBuilder {
+            name: None,
+            failure_rate_threshold: 0.5,
+            slow_call_rate_threshold: 1.0,
+            slow_call_duration: Duration::from_secs(60),
+            window: WindowKind::Count(100),
+            minimum_calls: 100,
+            open_duration: Duration::from_secs(60),
+            open_duration_multiplier: 1.0,
+            max_open_duration: Duration::from_secs(60),
+            permitted_in_half_open: 10,
+            max_wait_in_half_open: Duration::ZERO,
+            counts_as_failure: default_counts,
+            initial_state: BreakerState::Closed,
+        }
+    }
+
+    /// The breaker's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.shared
+            .core
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current state (an open breaker whose time is up reports `HalfOpen`).
+    pub fn state(&self) -> BreakerState {
+        let mut core = self.lock();
+        self.refresh(&mut core, Instant::now());
+        core.state
+    }
+
+    /// Asks to make one call. `Err` carries how long until the breaker may admit again.
+    pub fn try_acquire(&self) -> Result<BreakerPermit<'_>, Rejection> {
+        let now = Instant::now();
+        let mut core = self.lock();
+        self.refresh(&mut core, now);
+        let admitted = match core.state {
+            BreakerState::Closed | BreakerState::MetricsOnly | BreakerState::Disabled => true,
+            BreakerState::HalfOpen if core.half_open_left > 0 => {
+                core.half_open_left -= 1;
+                true
+            }
+            BreakerState::HalfOpen | BreakerState::Open | BreakerState::ForcedOpen => false,
+        };
+        if admitted {
+            return Ok(BreakerPermit {
+                breaker: self,
+                generation: core.generation,
+                started: now,
+                state: core.state,
+                done: false,
+            });
+        }
+        let retry_after = match core.state {
+            BreakerState::Open => (core.since + core.open_for).saturating_duration_since(now),
+            // Half-open with every probe taken, or forced open: no time is known; suggest
+            // the base open duration so that callers back off rather than spin.
+            _ => self.shared.cfg.open_duration,
+        };
+        drop(core);
+        self.shared.m_rejected.increment(1);
+        Err(Rejection::CircuitOpen {
+            name: self.shared.name.clone(),
+            retry_after,
+        })
+    }
+
+    /// Applies the time-driven transitions: open → half-open, half-open → open on max wait.
+    fn refresh(&self, core: &mut Core, now: Instant) {
+        match core.state {
+            BreakerState::Open if now >= core.since + core.open_for => {
+                self.transition(core, BreakerState::HalfOpen, now);
+            }
+            BreakerState::HalfOpen
+                if self.shared.cfg.max_wait_in_half_open > Duration::ZERO
+                    && now >= core.since + self.shared.cfg.max_wait_in_half_open =>
+            {
+                self.open(core, now);
+                self.refresh(core, now);
+            }
+            _ => {}
+        }
+    }
+
+    fn open(&self, core: &mut Core, now: Instant) {
+        let cfg = &self.shared.cfg;
+        let factor = cfg
+            .open_duration_multiplier
+            .powi(i32::try_from(core.consecutive_openings).unwrap_or(i32::MAX));
+        let secs = cfg.open_duration.as_secs_f64() * factor;
+        core.open_for = if secs.is_finite() && secs < cfg.max_open_duration.as_secs_f64() {
+            Duration::from_secs_f64(secs)
+        } else {
+            cfg.max_open_duration
+        };
+        core.consecutive_openings = core.consecutive_openings.saturating_add(1);
+        self.shared.openings.fetch_add(1, Ordering::Relaxed);
+        self.transition(core, BreakerState::Open, now);
+    }
+
+    fn transition(&self, core: &mut Core, to: BreakerState, now: Instant) {
+        let from = core.state;
+        core.state = to;
+        core.since = now;
+        core.generation += 1;
+        match to {
+            BreakerState::HalfOpen => {
+                core.half_open_left = self.shared.cfg.permitted_in_half_open;
+                core.half_open = Totals::default();
+            }
+            BreakerState::Closed | BreakerState::Disabled | BreakerState::MetricsOnly => {
+                core.window.reset(now);
+                if to == BreakerState::Closed {
+                    core.consecutive_openings = 0;
+                }
+            }
+            BreakerState::Open | BreakerState::ForcedOpen => {}
+        }
+        let s = &self.shared;
+        s.m_state.set(to.gauge_value());
+        s.m_transitions[to.gauge_value() as usize].increment(1);
+        tracing::info!(breaker = %s.name, from = from.as_str(), to = to.as_str(), "circuit breaker transition");
+    }
+
+    fn on_result(&self, generation: u64, state: BreakerState, report: Report, elapsed: Duration) {
+        let s = &self.shared;
+        let idx = match report {
+            Report::Success => 0,
+            Report::Failure => 1,
+            Report::Ignored => 2,
+        };
+        s.m_calls[idx].increment(1);
+        if state == BreakerState::Disabled {
+            return;
+        }
+        let now = Instant::now();
+        let mut core = self.lock();
+        if core.generation != generation {
+            // The breaker changed state while this call ran; its outcome belongs to a state
+            // that no longer exists.
+            return;
+        }
+        let outcome = match report {
+            Report::Ignored => {
+                if core.state == BreakerState::HalfOpen {
+                    core.half_open_left += 1;
+                }
+                return;
+            }
+            Report::Success => Outcome {
+                failed: false,
+                slow: elapsed >= s.cfg.slow_call_duration,
+            },
+            Report::Failure => Outcome {
+                failed: true,
+                slow: elapsed >= s.cfg.slow_call_duration,
+            },
+        };
+        match core.state {
+            BreakerState::Closed | BreakerState::MetricsOnly => {
+                core.window.record(outcome, now);
+                let t = core.window.totals(now);
+                if core.state == BreakerState::Closed && self.exceeds(&t) {
+                    self.open(&mut core, now);
+                }
+            }
+            BreakerState::HalfOpen => {
+                core.half_open.calls += 1;
+                core.half_open.failures += u64::from(outcome.failed);
+                core.half_open.slow += u64::from(outcome.slow);
+                if core.half_open.calls >= u64::from(s.cfg.permitted_in_half_open) {
+                    let t = core.half_open;
+                    if self.rate_exceeded(&t) {
+                        self.open(&mut core, now);
+                    } else {
+                        self.transition(&mut core, BreakerState::Closed, now);
+                    }
+                }
+            }
+            BreakerState::Open | BreakerState::ForcedOpen | BreakerState::Disabled => {}
+        }
+    }
+
+    fn exceeds(&self, t: &Totals) -> bool {
+        t.calls >= self.shared.cfg.minimum_calls && self.rate_exceeded(t)
+    }
+
+    fn rate_exceeded(&self, t: &Totals) -> bool {
+        t.failure_rate() >= self.shared.cfg.failure_rate_threshold
+            || t.slow_rate() >= self.shared.cfg.slow_call_rate_threshold
+    }
+
+    /// Rejects every call until another manual transition.
+    pub fn force_open(&self) {
+        let mut core = self.lock();
+        self.transition(&mut core, BreakerState::ForcedOpen, Instant::now());
+    }
+    /// Admits every call and counts nothing.
+    pub fn disable(&self) {
+        let mut core = self.lock();
+        self.transition(&mut core, BreakerState::Disabled, Instant::now());
+    }
+    /// Admits every call and counts them, but never opens.
+    pub fn metrics_only(&self) {
+        let mut core = self.lock();
+        self.transition(&mut core, BreakerState::MetricsOnly, Instant::now());
+    }
+    /// Closes the breaker and forgets its window.
+    pub fn reset(&self) {
+        let mut core = self.lock();
+        self.transition(&mut core, BreakerState::Closed, Instant::now());
+    }
+
+    /// How many times the breaker has opened.
+    pub fn openings(&self) -> u64 {
+        self.shared.openings.load(Ordering::Relaxed)
+    }
+
+    /// Whether a failure of this class counts against the breaker.
+    pub fn counts(&self, class: ErrorClass) -> bool {
+        (self.shared.cfg.counts_as_failure)(class)
+    }
+
+    /// Reports a finished call's result on its permit.
+    pub fn report<T, E>(&self, permit: BreakerPermit<'_>, result: &Result<T, PolicyError<E>>) {
+        match result {
+            Ok(_) => permit.success(),
+            Err(PolicyError::Rejected(_)) => permit.ignore(),
+            Err(e) if self.counts(e.class()) => permit.failure(),
+            Err(_) => permit.ignore(),
+        }
+    }
+}
+
+impl Inspect for Shared {
+    fn inspect(&self) -> PolicySnapshot {
+        let now = Instant::now();
+        let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
+        let t = match core.state {
+            BreakerState::HalfOpen => core.half_open,
+            _ => core.window.totals(now),
+        };
+        let retry_after = match core.state {
+            BreakerState::Open => Some((core.since + core.open_for).saturating_duration_since(now)),
+            _ => None,
+        };
+        PolicySnapshot {
+            name: self.name.clone(),
+            kind: PolicyKind::CircuitBreaker,
+            state: PolicyState::CircuitBreaker {
+                state: core.state,
+                failure_rate: if t.calls >= self.cfg.minimum_calls {
+                    t.failure_rate()
+                } else {
+                    0.0
+                },
+                slow_call_rate: if t.calls >= self.cfg.minimum_calls {
+                    t.slow_rate()
+                } else {
+                    0.0
+                },
+                calls_in_window: t.calls,
+                openings: self.openings.load(Ordering::Relaxed),
+                retry_after,
+            },
+        }
+    }
+}
+
+impl crate::context::Compose for CircuitBreaker {}
+
+impl<T: Send, E: Send> Policy<T, E> for CircuitBreaker {
+    fn execute<Op, Fut>(
+        &self,
+        cx: Context,
+        op: &Op,
+    ) -> impl Future<Output = Result<T, PolicyError<E>>> + Send
+    where
+        Op: Fn(Context) -> Fut + Sync,
+        Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
+    {
+        async move {
+            let permit = self.try_acquire()?;
+            let result = op(cx).await;
+            self.report(permit, &result);
+            result
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

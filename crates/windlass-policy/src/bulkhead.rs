@@ -1,0 +1,433 @@
+//! Bulkhead: a cap on how many calls to one dependency run at once.
+//!
+//! When one dependency slows down, calls to it pile up until they hold every task,
+//! connection and byte of memory, and the whole service stalls with it. A [`Bulkhead`] gives
+//! the dependency a fixed number of slots (`max_concurrent`), a bounded waiting line
+//! (`max_queued`) and a bounded wait (`max_wait`); everything beyond is rejected at once
+//! with [`Rejection::BulkheadFull`] or [`Rejection::BulkheadTimeout`], so the damage stays
+//! in its compartment.
+//!
+//! Waiters are served first come, first served (tokio's fair semaphore). An outer deadline
+//! also bounds the wait.
+//!
+//! **Cancellation:** dropping a waiting call leaves the line; dropping a running call frees
+//! its slot.
+//!
+//! ```
+//! use std::time::Duration;
+//! use windlass_policy::{Bulkhead, PolicyExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let bulkhead = Bulkhead::builder()
+//!     .max_concurrent(8)
+//!     .max_queued(16)
+//!     .max_wait(Duration::from_millis(50))
+//!     .build()
+//!     .unwrap();
+//! let out = bulkhead.call(|| async { Ok::<_, std::io::Error>("done") }).await;
+//! assert_eq!(out.unwrap(), "done");
+//! # }
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge};
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::Instant;
+
+use crate::config::{ConfigError, ensure};
+use crate::context::{Compose, Context, Policy};
+use crate::error::{PolicyError, Rejection};
+use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
+
+/// Builds a [`Bulkhead`]. Defaults: 25 concurrent, no queue.
+#[derive(Debug, Clone)]
+pub struct BulkheadBuilder {
+    name: Option<Arc<str>>,
+    max_concurrent: usize,
+    max_queued: usize,
+    max_wait: Option<Duration>,
+}
+
+impl BulkheadBuilder {
+    /// Names the bulkhead.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// Calls that may run at once (at least 1).
+    pub fn max_concurrent(mut self, n: usize) -> Self {
+        self.max_concurrent = n;
+        self
+    }
+    /// Calls that may wait for a slot (0 = reject at once when full).
+    pub fn max_queued(mut self, n: usize) -> Self {
+        self.max_queued = n;
+        self
+    }
+    /// The longest a call waits for a slot (default: as long as it takes).
+    pub fn max_wait(mut self, d: Duration) -> Self {
+        self.max_wait = Some(d);
+        self
+    }
+
+    /// Validates and builds.
+    pub fn build(self) -> Result<Bulkhead, ConfigError> {
+        const P: &str = "bulkhead";
+        ensure(
+            self.max_concurrent >= 1,
+            P,
+            "max_concurrent",
+            "must be at least 1",
+        )?;
+        ensure(
+            self.max_concurrent <= Semaphore::MAX_PERMITS,
+            P,
+            "max_concurrent",
+            "is larger than the semaphore allows",
+        )?;
+        let name = self
+            .name
+            .unwrap_or_else(|| observe::default_name("bulkhead"));
+        let label = name.to_string();
+        let shared = Arc::new(Shared {
+            sem: Semaphore::new(self.max_concurrent),
+            max_concurrent: self.max_concurrent,
+            max_queued: self.max_queued,
+            max_wait: self.max_wait,
+            queued: AtomicUsize::new(0),
+            m_in_use: metrics::gauge!("windlass_bulkhead_in_use", "policy" => label.clone()),
+            m_queued: metrics::gauge!("windlass_bulkhead_queued", "policy" => label.clone()),
+            m_full: metrics::counter!("windlass_policy_rejections_total", "policy" => label.clone(), "reason" => "bulkhead_full"),
+            m_timeout: metrics::counter!("windlass_policy_rejections_total", "policy" => label.clone(), "reason" => "bulkhead_timeout"),
+            m_wait: metrics::histogram!("windlass_bulkhead_wait_seconds", "policy" => label),
+            name,
+        });
+        let weak: std::sync::Weak<dyn Inspect> = Arc::downgrade(&shared) as _;
+        observe::register(weak);
+        Ok(Bulkhead { shared })
+    }
+}
+
+struct Shared {
+    name: Arc<str>,
+    sem: Semaphore,
+    max_concurrent: usize,
+    max_queued: usize,
+    max_wait: Option<Duration>,
+    queued: AtomicUsize,
+    m_in_use: Gauge,
+    m_queued: Gauge,
+    m_full: Counter,
+    m_timeout: Counter,
+    m_wait: metrics::Histogram,
+}
+
+impl Inspect for Shared {
+    fn inspect(&self) -> PolicySnapshot {
+        PolicySnapshot {
+            name: self.name.clone(),
+            kind: PolicyKind::Bulkhead,
+            state: PolicyState::Bulkhead {
+                in_use: self.max_concurrent - self.sem.available_permits(),
+                queued: self.queued.load(Ordering::Relaxed),
+                max_concurrent: self.max_concurrent,
+            },
+        }
+    }
+}
+
+/// Limits concurrent calls, with a bounded waiting line. Cheap to clone: clones share slots.
+#[derive(Clone)]
+pub struct Bulkhead {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Bulkhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bulkhead")
+            .field("name", &self.shared.name)
+            .field("max_concurrent", &self.shared.max_concurrent)
+            .field("max_queued", &self.shared.max_queued)
+            .finish()
+    }
+}
+
+/// A bulkhead slot; freed on drop.
+#[derive(Debug)]
+pub struct BulkheadPermit<'a> {
+    _permit: SemaphorePermit<'a>,
+    shared: &'a Shared,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl Drop for BulkheadPermit<'_> {
+    fn drop(&mut self) {
+        self.shared.m_in_use.decrement(1.0);
+    }
+}
+
+/// Leaves the waiting line however the wait ends (a slot, a timeout, or a dropped call).
+struct QueueSlot<'a>(&'a Shared);
+
+impl Drop for QueueSlot<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::Relaxed);
+        self.0.m_queued.decrement(1.0);
+    }
+}
+
+impl Bulkhead {
+    /// Starts building a bulkhead.
+    pub fn builder() -> BulkheadBuilder {
+        BulkheadBuilder {
+            name: None,
+            max_concurrent: 25,
+            max_queued: 0,
+            max_wait: None,
+        }
+    }
+
+    /// The bulkhead's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Free slots right now.
+    pub fn available(&self) -> usize {
+        self.shared.sem.available_permits()
+    }
+
+    fn full(&self) -> Rejection {
+        self.shared.m_full.increment(1);
+        Rejection::BulkheadFull {
+            name: self.shared.name.clone(),
+            max_concurrent: self.shared.max_concurrent,
+            max_queued: self.shared.max_queued,
+        }
+    }
+
+    fn granted<'a>(&'a self, permit: SemaphorePermit<'a>) -> BulkheadPermit<'a> {
+        self.shared.m_in_use.increment(1.0);
+        BulkheadPermit {
+            _permit: permit,
+            shared: &self.shared,
+        }
+    }
+
+    /// Takes a slot now, or fails with [`Rejection::BulkheadFull`].
+    pub fn try_acquire(&self) -> Result<BulkheadPermit<'_>, Rejection> {
+        match self.shared.sem.try_acquire() {
+            Ok(p) => Ok(self.granted(p)),
+            Err(_) => Err(self.full()),
+        }
+    }
+
+    /// Takes a slot, waiting in line if allowed. `deadline` (from the context) also bounds
+    /// the wait.
+    pub async fn acquire(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<BulkheadPermit<'_>, PolicyError<std::convert::Infallible>> {
+        let s = &*self.shared;
+        if let Ok(p) = s.sem.try_acquire() {
+            return Ok(self.granted(p));
+        }
+        if s.max_wait == Some(Duration::ZERO)
+            || s.queued.fetch_add(1, Ordering::Relaxed) >= s.max_queued
+        {
+            if s.max_wait != Some(Duration::ZERO) {
+                s.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+            return Err(self.full().into());
+        }
+        s.m_queued.increment(1.0);
+        let _in_line = QueueSlot(s);
+        let start = Instant::now();
+        let own = s.max_wait.map(|w| start + w);
+        let (limit, on_expiry) = match (own, deadline) {
+            (Some(o), Some(d)) if d < o => (Some(d), PolicyError::DeadlineExceeded),
+            (Some(o), _) => (
+                Some(o),
+                PolicyError::Rejected(Rejection::BulkheadTimeout {
+                    name: s.name.clone(),
+                    max_wait: s.max_wait.unwrap_or_default(),
+                }),
+            ),
+            (None, Some(d)) => (Some(d), PolicyError::DeadlineExceeded),
+            (None, None) => (None, PolicyError::DeadlineExceeded),
+        };
+        let acquired = match limit {
+            Some(at) => match tokio::time::timeout_at(at, s.sem.acquire()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    if matches!(on_expiry, PolicyError::Rejected(_)) {
+                        s.m_timeout.increment(1);
+                    }
+                    return Err(on_expiry);
+                }
+            },
+            None => s.sem.acquire().await,
+        };
+        s.m_wait.record(start.elapsed().as_secs_f64());
+        // The semaphore is never closed, so acquire cannot fail; treat it as full if it did.
+        acquired
+            .map(|p| self.granted(p))
+            .map_err(|_| self.full().into())
+    }
+}
+
+fn widen<E>(e: PolicyError<std::convert::Infallible>) -> PolicyError<E> {
+    match e {
+        PolicyError::Rejected(r) => PolicyError::Rejected(r),
+        PolicyError::Timeout(d) => PolicyError::Timeout(d),
+        PolicyError::DeadlineExceeded
+        | PolicyError::Operation { .. }
+        | PolicyError::RetriesExhausted { .. } => PolicyError::DeadlineExceeded,
+    }
+}
+
+impl Compose for Bulkhead {}
+
+impl<T: Send, E: Send> Policy<T, E> for Bulkhead {
+    fn execute<Op, Fut>(
+        &self,
+        cx: Context,
+        op: &Op,
+    ) -> impl Future<Output = Result<T, PolicyError<E>>> + Send
+    where
+        Op: Fn(Context) -> Fut + Sync,
+        Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
+    {
+        async move {
+            let _permit = self.acquire(cx.deadline()).await.map_err(widen)?;
+            op(cx).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::PolicyExt;
+    use std::sync::atomic::AtomicU32;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_max_concurrent() {
+        let b = Bulkhead::builder()
+            .max_concurrent(3)
+            .max_queued(100)
+            .build()
+            .unwrap();
+        let running = AtomicU32::new(0);
+        let peak = AtomicU32::new(0);
+        let calls = (0..20).map(|_| {
+            b.call(|| async {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(ms(10)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, &str>(())
+            })
+        });
+        let results = futures_util::future::join_all(calls).await;
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(peak.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rejects_when_slots_and_queue_are_full() {
+        let b = Bulkhead::builder()
+            .max_concurrent(1)
+            .max_queued(1)
+            .build()
+            .unwrap();
+        let hold = b.try_acquire().unwrap();
+        let waiting = b.acquire(None);
+        tokio::pin!(waiting);
+        assert!(
+            futures_util::FutureExt::now_or_never(waiting.as_mut()).is_none(),
+            "first waiter queues"
+        );
+        match b.acquire(None).await {
+            Err(PolicyError::Rejected(Rejection::BulkheadFull {
+                max_concurrent: 1,
+                max_queued: 1,
+                ..
+            })) => {}
+            other => panic!("{other:?}"),
+        }
+        drop(hold);
+        assert!(waiting.await.is_ok(), "the queued waiter gets the slot");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_wait_times_out() {
+        let b = Bulkhead::builder()
+            .max_concurrent(1)
+            .max_queued(5)
+            .max_wait(ms(30))
+            .build()
+            .unwrap();
+        let _hold = b.try_acquire().unwrap();
+        let start = Instant::now();
+        assert!(matches!(
+            b.acquire(None).await,
+            Err(PolicyError::Rejected(Rejection::BulkheadTimeout { .. }))
+        ));
+        assert_eq!(start.elapsed(), ms(30));
+        assert_eq!(b.shared.queued.load(Ordering::SeqCst), 0, "left the line");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_waiter_leaves_the_line() {
+        let b = Bulkhead::builder()
+            .max_concurrent(1)
+            .max_queued(1)
+            .build()
+            .unwrap();
+        let _hold = b.try_acquire().unwrap();
+        assert!(tokio::time::timeout(ms(5), b.acquire(None)).await.is_err());
+        assert_eq!(b.shared.queued.load(Ordering::SeqCst), 0);
+        // The line has room again.
+        let again = b.acquire(None);
+        tokio::pin!(again);
+        assert!(futures_util::FutureExt::now_or_never(again.as_mut()).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_bounds_the_wait() {
+        let b = Bulkhead::builder()
+            .max_concurrent(1)
+            .max_queued(1)
+            .build()
+            .unwrap();
+        let _hold = b.try_acquire().unwrap();
+        let out = b.acquire(Some(Instant::now() + ms(20))).await;
+        assert!(matches!(out, Err(PolicyError::DeadlineExceeded)));
+    }
+
+    #[test]
+    fn zero_slots_rejected() {
+        assert_eq!(
+            Bulkhead::builder()
+                .max_concurrent(0)
+                .build()
+                .unwrap_err()
+                .field,
+            "max_concurrent"
+        );
+    }
+}

@@ -1,0 +1,408 @@
+//! Retry: try a failed operation again, politely.
+//!
+//! Retries turn a transient failure into a success, and, done carelessly, turn a struggling
+//! service into a dead one. [`Retry`] retries only what its [`ErrorClass`] says may succeed,
+//! waits a jittered backoff between attempts, honours `Retry-After`, never sleeps after the
+//! last attempt, never starts a backoff that would overrun the deadline, and can draw from a
+//! shared [`RetryBudget`] so retries stay a bounded share of traffic.
+//!
+//! When it gives up it says why and how many attempts it made
+//! ([`PolicyError::RetriesExhausted`]); a permanent error is returned as it is, after one
+//! attempt.
+//!
+//! **Cancellation:** dropping the call's future cancels the running attempt or the pending
+//! backoff sleep; nothing is retried afterwards. An error classified
+//! [`Cancelled`](ErrorClass::Cancelled) is never retried.
+//!
+//! **When not to use it:** for non-idempotent work that may have reached the other side.
+//! Mark such calls with [`Context::with_idempotent`]`(false)`: they are then retried only
+//! when a policy rejected them locally before they were sent.
+//!
+//! ```
+//! use std::time::Duration;
+//! use windlass_policy::{Backoff, Jitter, PolicyExt, Retry};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let retry = Retry::builder()
+//!     .max_attempts(4)
+//!     .backoff(Backoff::exponential(Duration::from_millis(100)))
+//!     .jitter(Jitter::Full)
+//!     .deadline(Duration::from_secs(5))
+//!     .build()
+//!     .unwrap();
+//! let calls = std::sync::atomic::AtomicU32::new(0);
+//! let out = retry
+//!     .call(|| async {
+//!         let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+//!         if n < 2 { Err("flaky") } else { Ok(n) }
+//!     })
+//!     .await;
+//! assert_eq!(out.unwrap(), 2);
+//! # }
+//! ```
+
+pub mod backoff;
+mod budget;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use metrics::Counter;
+use tokio::time::Instant;
+
+pub use backoff::{Backoff, Jitter};
+pub use budget::RetryBudget;
+
+use crate::classify::ErrorClass;
+use crate::config::{ConfigError, ensure, ensure_range};
+use crate::context::{Context, Policy};
+use crate::error::{GaveUp, PolicyError};
+use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
+
+/// What a retry hook is told before each backoff sleep.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryEvent<'a> {
+    /// The retry policy's name.
+    pub policy: &'a str,
+    /// The attempt that just failed (1 = the first call).
+    pub attempt: u32,
+    /// How long the policy will wait before the next attempt.
+    pub delay: Duration,
+    /// The failed attempt's error class.
+    pub class: ErrorClass,
+    /// The failed attempt's error kind (`"operation"`, `"timeout"`, `"circuit_open"`, ...).
+    pub error_kind: &'static str,
+}
+
+type RetryHook = Arc<dyn Fn(&RetryEvent<'_>) + Send + Sync>;
+
+/// Builds a [`Retry`]. Defaults: 3 attempts, exponential backoff from 100 ms doubling, full
+/// jitter, delays capped at 30 s, no deadline, no budget.
+#[derive(Clone)]
+pub struct RetryBuilder {
+    name: Option<Arc<str>>,
+    max_attempts: u32,
+    backoff: Backoff,
+    jitter: Jitter,
+    max_delay: Duration,
+    deadline: Option<Duration>,
+    budget: Option<Arc<RetryBudget>>,
+    hook: Option<RetryHook>,
+    seed: Option<u64>,
+}
+
+impl std::fmt::Debug for RetryBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryBuilder")
+            .field("name", &self.name)
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff", &self.backoff)
+            .field("jitter", &self.jitter)
+            .field("max_delay", &self.max_delay)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RetryBuilder {
+    /// Names the policy (for metrics, tracing and [`observe::snapshot`]).
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Total attempts, the first call included (at least 1).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// The backoff schedule.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The jitter applied to each delay.
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// The cap on any single backoff delay (a `Retry-After` hint may ask for longer).
+    pub fn max_delay(mut self, cap: Duration) -> Self {
+        self.max_delay = cap;
+        self
+    }
+
+    /// An overall budget for the call, all attempts and waits included. An outer deadline
+    /// (from the [`Context`]) applies too; the earlier one wins.
+    pub fn deadline(mut self, budget: Duration) -> Self {
+        self.deadline = Some(budget);
+        self
+    }
+
+    /// Draws every retry from this budget (share it between policies that call the same
+    /// service).
+    pub fn budget(mut self, budget: Arc<RetryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Calls `hook` before each backoff sleep.
+    pub fn on_retry(mut self, hook: impl Fn(&RetryEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Makes the jitter deterministic (for tests and simulations).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Validates the settings and builds the policy.
+    pub fn build(self) -> Result<Retry, ConfigError> {
+        const P: &str = "retry";
+        ensure(
+            self.max_attempts >= 1,
+            P,
+            "max_attempts",
+            "must be at least 1",
+        )?;
+        match self.backoff {
+            Backoff::Exponential { factor, .. } => {
+                ensure_range(factor, 1.0, 1e6, P, "backoff.factor")?;
+            }
+            Backoff::Constant(_) | Backoff::Linear { .. } => {}
+        }
+        if let Jitter::Proportional(f) = self.jitter {
+            ensure_range(f, 0.0, 1.0, P, "jitter factor")?;
+        }
+        ensure(
+            self.max_delay > Duration::ZERO,
+            P,
+            "max_delay",
+            "must be positive",
+        )?;
+        if let Some(d) = self.deadline {
+            ensure(d > Duration::ZERO, P, "deadline", "must be positive")?;
+        }
+        let name = self.name.unwrap_or_else(|| observe::default_name("retry"));
+        let label = name.to_string();
+        let shared = Arc::new(RetryShared {
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            jitter: self.jitter,
+            max_delay: self.max_delay,
+            deadline: self.deadline,
+            budget: self.budget,
+            hook: self.hook,
+            seed: self.seed,
+            seq: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            gave_up: AtomicU64::new(0),
+            m_attempts: metrics::counter!("windlass_retry_attempts_total", "policy" => label.clone()),
+            m_retries: metrics::counter!("windlass_retry_retries_total", "policy" => label.clone()),
+            m_gave_up: [GaveUp::MaxAttempts, GaveUp::Deadline, GaveUp::Budget, GaveUp::NotIdempotent]
+                .map(|r| metrics::counter!("windlass_retry_gave_up_total", "policy" => label.clone(), "reason" => gave_up_label(r))),
+            name,
+        });
+        let weak: std::sync::Weak<dyn Inspect> = Arc::downgrade(&shared) as _;
+        observe::register(weak);
+        Ok(Retry { shared })
+    }
+}
+
+fn gave_up_label(r: GaveUp) -> &'static str {
+    match r {
+        GaveUp::MaxAttempts => "max_attempts",
+        GaveUp::Deadline => "deadline",
+        GaveUp::Budget => "budget",
+        GaveUp::NotIdempotent => "not_idempotent",
+    }
+}
+
+/// Retries failed attempts with backoff and jitter. Cheap to clone: clones share counters.
+#[derive(Clone)]
+pub struct Retry {
+    shared: Arc<RetryShared>,
+}
+
+impl std::fmt::Debug for Retry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retry")
+            .field("name", &self.shared.name)
+            .field("max_attempts", &self.shared.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+struct RetryShared {
+    name: Arc<str>,
+    max_attempts: u32,
+    backoff: Backoff,
+    jitter: Jitter,
+    max_delay: Duration,
+    deadline: Option<Duration>,
+    budget: Option<Arc<RetryBudget>>,
+    hook: Option<RetryHook>,
+    seed: Option<u64>,
+    seq: AtomicU64,
+    calls: AtomicU64,
+    retries: AtomicU64,
+    gave_up: AtomicU64,
+    m_attempts: Counter,
+    m_retries: Counter,
+    m_gave_up: [Counter; 4],
+}
+
+impl Inspect for RetryShared {
+    fn inspect(&self) -> PolicySnapshot {
+        PolicySnapshot {
+            name: self.name.clone(),
+            kind: PolicyKind::Retry,
+            state: PolicyState::Retry {
+                calls: self.calls.load(Ordering::Relaxed),
+                retries: self.retries.load(Ordering::Relaxed),
+                gave_up: self.gave_up.load(Ordering::Relaxed),
+            },
+        }
+    }
+}
+
+impl Retry {
+    /// Starts building a retry policy.
+    pub fn builder() -> RetryBuilder {
+        RetryBuilder {
+            name: None,
+            max_attempts: 3,
+            backoff: Backoff::exponential(Duration::from_millis(100)),
+            jitter: Jitter::Full,
+            max_delay: Duration::from_secs(30),
+            deadline: None,
+            budget: None,
+            hook: None,
+            seed: None,
+        }
+    }
+
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn give_up<E>(&self, attempts: u32, reason: GaveUp, last: PolicyError<E>) -> PolicyError<E> {
+        let s = &self.shared;
+        s.gave_up.fetch_add(1, Ordering::Relaxed);
+        s.m_gave_up[reason as usize].increment(1);
+        tracing::debug!(policy = %s.name, attempts, %reason, error = last.kind(), "retry gave up");
+        PolicyError::RetriesExhausted {
+            attempts,
+            reason,
+            last: Box::new(last),
+        }
+    }
+}
+
+impl crate::context::Compose for Retry {}
+
+impl<T: Send, E: Send> Policy<T, E> for Retry {
+    fn execute<Op, Fut>(
+        &self,
+        cx: Context,
+        op: &Op,
+    ) -> impl Future<Output = Result<T, PolicyError<E>>> + Send
+    where
+        Op: Fn(Context) -> Fut + Sync,
+        Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
+    {
+        async move {
+            let s = &*self.shared;
+            s.calls.fetch_add(1, Ordering::Relaxed);
+            if let Some(b) = &s.budget {
+                b.deposit();
+            }
+            let cx = match s.deadline {
+                Some(d) => cx.with_deadline(Instant::now() + d),
+                None => cx,
+            };
+            let mut rng: Option<fastrand::Rng> = None;
+            let mut jitter_state = backoff::JitterState::default();
+            let mut attempt: u32 = 1;
+            loop {
+                s.m_attempts.increment(1);
+                let acx = cx.with_attempt(attempt);
+                let result = match cx.deadline() {
+                    Some(deadline) => tokio::time::timeout_at(deadline, op(acx))
+                        .await
+                        .unwrap_or(Err(PolicyError::DeadlineExceeded)),
+                    None => op(acx).await,
+                };
+                let err = match result {
+                    Ok(v) => return Ok(v),
+                    Err(e) => e,
+                };
+                let class = err.class();
+                if !class.is_retryable() {
+                    // Permanent and cancelled failures go back exactly as they came.
+                    return Err(err);
+                }
+                if !cx.is_idempotent() && err.may_have_reached_upstream() {
+                    return Err(self.give_up(attempt, GaveUp::NotIdempotent, err));
+                }
+                if attempt >= s.max_attempts {
+                    return Err(self.give_up(attempt, GaveUp::MaxAttempts, err));
+                }
+                let rng = rng.get_or_insert_with(|| match s.seed {
+                    Some(seed) => fastrand::Rng::with_seed(
+                        seed.wrapping_add(s.seq.fetch_add(1, Ordering::Relaxed)),
+                    ),
+                    None => fastrand::Rng::new(),
+                });
+                let mut wait = backoff::delay(
+                    &s.backoff,
+                    s.jitter,
+                    s.max_delay,
+                    attempt,
+                    &mut jitter_state,
+                    || rng.f64(),
+                );
+                if let Some(after) = class.retry_after() {
+                    wait = wait.max(after);
+                }
+                if let Some(deadline) = cx.deadline() {
+                    if Instant::now() + wait >= deadline {
+                        return Err(self.give_up(attempt, GaveUp::Deadline, err));
+                    }
+                }
+                if let Some(b) = &s.budget {
+                    if !b.withdraw() {
+                        return Err(self.give_up(attempt, GaveUp::Budget, err));
+                    }
+                }
+                s.retries.fetch_add(1, Ordering::Relaxed);
+                s.m_retries.increment(1);
+                if let Some(hook) = &s.hook {
+                    hook(&RetryEvent {
+                        policy: &s.name,
+                        attempt,
+                        delay: wait,
+                        class,
+                        error_kind: err.kind(),
+                    });
+                }
+                tracing::debug!(policy = %s.name, attempt, delay_ms = wait.as_millis() as u64, %class, "retrying");
+                drop(err);
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
