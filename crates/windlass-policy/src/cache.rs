@@ -1,0 +1,309 @@
+//! Caching: answer repeated calls from memory, with coalesced loads.
+//!
+//! [`Cache`] keeps results by key with a time-to-live — chosen per result, so that errors
+//! can be cached briefly (negative caching protects a failing dependency) or not at all —
+//! and a bounded capacity (the `moka` crate's TinyLFU eviction). A miss loads through a
+//! [`Coalesce`], so a hot key that expires causes one load, not a stampede.
+//!
+//! **Invalidation during a load is safe:** `invalidate(key)` while a load for that key is in
+//! flight makes that load's result go to its waiters only; it is not stored, so the cache
+//! never resurrects data older than the invalidation.
+//!
+//! Expiry is measured on tokio's clock (paused in tests), not moka's own.
+//!
+//! ```
+//! use std::time::Duration;
+//! use windlass_policy::Cache;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let cache: Cache<u32, Result<String, String>> = Cache::builder()
+//!     .max_capacity(10_000)
+//!     .ttl_for(|r: &Result<String, String>| match r {
+//!         Ok(_) => Some(Duration::from_secs(60)),
+//!         Err(_) => Some(Duration::from_secs(1)), // brief negative caching
+//!     })
+//!     .build()
+//!     .unwrap();
+//! let v = cache.get_or_load(7, || async { Ok("seven".to_string()) }).await;
+//! assert_eq!(v, Ok("seven".to_string()));
+//! assert_eq!(cache.get(&7), Some(Ok("seven".to_string())));
+//! # }
+//! ```
+
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::coalesce::Coalesce;
+use crate::config::{ConfigError, ensure};
+
+const STRIPES: usize = 64;
+
+type TtlFn<V> = dyn Fn(&V) -> Option<Duration> + Send + Sync;
+
+/// Builds a [`Cache`]. Defaults: 10,000 entries, every value cached for 60 s.
+pub struct CacheBuilder<V> {
+    max_capacity: u64,
+    ttl_for: Arc<TtlFn<V>>,
+}
+
+impl<V> std::fmt::Debug for CacheBuilder<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("max_capacity", &self.max_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V: 'static> CacheBuilder<V> {
+    /// The most entries kept.
+    pub fn max_capacity(mut self, n: u64) -> Self {
+        self.max_capacity = n;
+        self
+    }
+    /// The same time-to-live for every value.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl_for = Arc::new(move |_| Some(ttl));
+        self
+    }
+    /// A time-to-live chosen per value; `None` means "do not cache this one".
+    pub fn ttl_for(mut self, f: impl Fn(&V) -> Option<Duration> + Send + Sync + 'static) -> Self {
+        self.ttl_for = Arc::new(f);
+        self
+    }
+
+    /// Validates and builds.
+    pub fn build<K>(self) -> Result<Cache<K, V>, ConfigError>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync,
+    {
+        ensure(
+            self.max_capacity >= 1,
+            "cache",
+            "max_capacity",
+            "must be at least 1",
+        )?;
+        Ok(Cache {
+            store: moka::sync::Cache::new(self.max_capacity),
+            loads: Coalesce::new(),
+            ttl_for: self.ttl_for,
+            stripes: std::array::from_fn(|_| AtomicU64::new(0)),
+            hasher: std::collections::hash_map::RandomState::new(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        })
+    }
+}
+
+/// A bounded, TTL-expiring cache with coalesced loads.
+pub struct Cache<K, V> {
+    store: moka::sync::Cache<K, (V, Instant)>,
+    loads: Coalesce<K, V>,
+    ttl_for: Arc<TtlFn<V>>,
+    /// Invalidation counters by key hash: a load stores its result only if its key's stripe
+    /// was not invalidated meanwhile. (A collision only skips caching one load.)
+    stripes: [AtomicU64; STRIPES],
+    hasher: std::collections::hash_map::RandomState,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl<K, V> std::fmt::Debug for Cache<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("hits", &self.hits.load(Ordering::Relaxed))
+            .field("misses", &self.misses.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V: 'static> Cache<(), V> {
+    /// Starts building a cache.
+    pub fn builder() -> CacheBuilder<V> {
+        CacheBuilder {
+            max_capacity: 10_000,
+            ttl_for: Arc::new(|_| Some(Duration::from_secs(60))),
+        }
+    }
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    fn stripe(&self, key: &K) -> &AtomicU64 {
+        let h = self.hasher.hash_one(key);
+        &self.stripes[(h as usize) % STRIPES]
+    }
+
+    /// The cached value, if present and fresh.
+    pub fn get(&self, key: &K) -> Option<V> {
+        match self.store.get(key) {
+            Some((v, expires)) if Instant::now() < expires => Some(v),
+            Some(_) => {
+                self.store.invalidate(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Stores a value (with its TTL) unless the TTL rule says not to.
+    pub fn insert(&self, key: K, value: V) {
+        if let Some(ttl) = (self.ttl_for)(&value) {
+            self.store.insert(key, (value, Instant::now() + ttl));
+        }
+    }
+
+    /// The cached value, or the result of `load()` (shared with concurrent misses), which is
+    /// then cached.
+    pub async fn get_or_load<F, Fut>(&self, key: K, load: F) -> V
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = V> + Send + 'static,
+    {
+        if let Some(v) = self.get(&key) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return v;
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let generation = self.stripe(&key).load(Ordering::Acquire);
+        let value = self.loads.call(key.clone(), load).await;
+        if self.stripe(&key).load(Ordering::Acquire) == generation {
+            self.insert(key, value.clone());
+        }
+        value
+    }
+
+    /// Removes a key; a load in flight for it will not store its result.
+    pub fn invalidate(&self, key: &K) {
+        self.stripe(key).fetch_add(1, Ordering::AcqRel);
+        self.store.invalidate(key);
+    }
+
+    /// Removes every key; no load in flight will store its result.
+    pub fn invalidate_all(&self) {
+        for s in &self.stripes {
+            s.fetch_add(1, Ordering::AcqRel);
+        }
+        self.store.invalidate_all();
+    }
+
+    /// Hits and misses so far.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hit_until_ttl_then_reload() {
+        let cache: Cache<u32, u32> = Cache::builder().ttl(ms(100)).build().unwrap();
+        let loads = Arc::new(AtomicU32::new(0));
+        let load =
+            |loads: Arc<AtomicU32>| move || async move { loads.fetch_add(1, Ordering::SeqCst) };
+        assert_eq!(cache.get_or_load(1, load(loads.clone())).await, 0);
+        assert_eq!(cache.get_or_load(1, load(loads.clone())).await, 0);
+        tokio::time::advance(ms(100)).await;
+        assert_eq!(cache.get_or_load(1, load(loads.clone())).await, 1);
+        assert_eq!(cache.stats(), (1, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_cached_shorter_or_not_at_all() {
+        let cache: Cache<u32, Result<u32, &str>> = Cache::builder()
+            .ttl_for(|r: &Result<u32, &str>| match r {
+                Ok(_) => Some(Duration::from_secs(60)),
+                Err("retryable") => None,
+                Err(_) => Some(ms(10)),
+            })
+            .build()
+            .unwrap();
+        cache
+            .get_or_load(1, || async { Err("retryable") })
+            .await
+            .unwrap_err();
+        assert_eq!(cache.get(&1), None);
+        cache
+            .get_or_load(2, || async { Err("not found") })
+            .await
+            .unwrap_err();
+        assert_eq!(cache.get(&2), Some(Err("not found")));
+        tokio::time::advance(ms(10)).await;
+        assert_eq!(cache.get(&2), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_misses_load_once() {
+        let cache: Cache<&str, u32> = Cache::builder().build().unwrap();
+        let loads = Arc::new(AtomicU32::new(0));
+        let all = futures_util::future::join_all((0..50).map(|_| {
+            let loads = loads.clone();
+            cache.get_or_load("hot", move || async move {
+                tokio::time::sleep(ms(5)).await;
+                loads.fetch_add(1, Ordering::SeqCst) + 100
+            })
+        }))
+        .await;
+        assert!(all.iter().all(|v| *v == 100));
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invalidate_during_load_does_not_store_stale_value() {
+        let cache: Arc<Cache<&str, &str>> = Arc::new(Cache::builder().build().unwrap());
+        let c = cache.clone();
+        let load = tokio::spawn(async move {
+            c.get_or_load("k", || async {
+                tokio::time::sleep(ms(50)).await;
+                "stale"
+            })
+            .await
+        });
+        tokio::time::sleep(ms(10)).await;
+        cache.invalidate(&"k");
+        assert_eq!(
+            load.await.unwrap(),
+            "stale",
+            "the waiter still gets its answer"
+        );
+        assert_eq!(cache.get(&"k"), None, "but it is not cached");
+    }
+
+    #[tokio::test]
+    async fn capacity_is_bounded() {
+        let cache: Cache<u32, u32> = Cache::builder().max_capacity(100).build().unwrap();
+        for i in 0..10_000 {
+            cache.insert(i, i);
+        }
+        cache.store.run_pending_tasks();
+        assert!(
+            cache.store.entry_count() <= 100,
+            "{}",
+            cache.store.entry_count()
+        );
+        assert!(
+            Cache::<(), u32>::builder()
+                .max_capacity(0)
+                .build::<u32>()
+                .is_err()
+        );
+    }
+}
