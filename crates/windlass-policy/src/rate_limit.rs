@@ -219,6 +219,11 @@ impl RateLimiter {
     /// `deadline`).
     pub async fn acquire(&self, deadline: Option<Instant>) -> Result<(), Rejection> {
         let s = &self.shared;
+        // The common case reads the clock once (inside governor) and returns.
+        if s.gcra.check().is_ok() {
+            s.admitted.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         let start = Instant::now();
         let mut limit = start + s.max_wait;
         if let Some(d) = deadline {
@@ -228,9 +233,7 @@ impl RateLimiter {
             let wait = match s.gcra.check() {
                 Ok(()) => {
                     s.admitted.fetch_add(1, Ordering::Relaxed);
-                    if start.elapsed() > Duration::ZERO {
-                        s.m_wait.record(start.elapsed().as_secs_f64());
-                    }
+                    s.m_wait.record(start.elapsed().as_secs_f64());
                     return Ok(());
                 }
                 Err(not_until) => not_until.wait_time_from(s.clock.now()),

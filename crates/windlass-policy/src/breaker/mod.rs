@@ -85,6 +85,21 @@ impl BreakerState {
         }
     }
 
+    fn code(self) -> u64 {
+        self.gauge_value() as u64
+    }
+
+    fn from_code(code: u64) -> Self {
+        match code {
+            0 => BreakerState::Closed,
+            1 => BreakerState::Open,
+            2 => BreakerState::HalfOpen,
+            3 => BreakerState::Disabled,
+            4 => BreakerState::ForcedOpen,
+            _ => BreakerState::MetricsOnly,
+        }
+    }
+
     fn gauge_value(self) -> f64 {
         match self {
             BreakerState::Closed => 0.0,
@@ -335,6 +350,7 @@ impl CircuitBreakerBuilder {
                 half_open: Totals::default(),
             }),
             openings: AtomicU64::new(0),
+            fast: AtomicU64::new(self.initial_state.code()),
             m_state: metrics::gauge!("windlass_breaker_state", "policy" => label.clone()),
             m_transitions: transitions,
             m_calls: ["success", "failure", "ignored"]
@@ -385,6 +401,10 @@ struct Shared {
     cfg: Config,
     core: Mutex<Core>,
     openings: AtomicU64,
+    /// `(generation << 8) | state code`, written under the lock on every transition, read
+    /// without it: states with nothing time-driven (closed, metrics-only, disabled) admit
+    /// calls without taking the lock.
+    fast: AtomicU64,
     m_state: Gauge,
     m_transitions: [Counter; 6],
     m_calls: [Counter; 3],
@@ -441,9 +461,8 @@ impl BreakerPermit<'_> {
 
     fn report(&mut self, r: Report) {
         self.done = true;
-        let elapsed = self.started.elapsed();
         self.breaker
-            .on_result(self.generation, self.state, r, elapsed);
+            .on_result(self.generation, self.state, r, self.started);
     }
 }
 
@@ -497,6 +516,20 @@ impl CircuitBreaker {
     /// Asks to make one call. `Err` carries how long until the breaker may admit again.
     pub fn try_acquire(&self) -> Result<BreakerPermit<'_>, Rejection> {
         let now = Instant::now();
+        let fast = self.shared.fast.load(Ordering::Acquire);
+        let state = BreakerState::from_code(fast & 0xff);
+        if matches!(
+            state,
+            BreakerState::Closed | BreakerState::MetricsOnly | BreakerState::Disabled
+        ) {
+            return Ok(BreakerPermit {
+                breaker: self,
+                generation: fast >> 8,
+                started: now,
+                state,
+                done: false,
+            });
+        }
         let mut core = self.lock();
         self.refresh(&mut core, now);
         let admitted = match core.state {
@@ -582,12 +615,14 @@ impl CircuitBreaker {
             BreakerState::Open | BreakerState::ForcedOpen => {}
         }
         let s = &self.shared;
+        s.fast
+            .store((core.generation << 8) | to.code(), Ordering::Release);
         s.m_state.set(to.gauge_value());
         s.m_transitions[to.gauge_value() as usize].increment(1);
         tracing::info!(breaker = %s.name, from = from.as_str(), to = to.as_str(), "circuit breaker transition");
     }
 
-    fn on_result(&self, generation: u64, state: BreakerState, report: Report, elapsed: Duration) {
+    fn on_result(&self, generation: u64, state: BreakerState, report: Report, started: Instant) {
         let s = &self.shared;
         let idx = match report {
             Report::Success => 0,
@@ -599,6 +634,7 @@ impl CircuitBreaker {
             return;
         }
         let now = Instant::now();
+        let elapsed = now.saturating_duration_since(started);
         let mut core = self.lock();
         if core.generation != generation {
             // The breaker changed state while this call ran; its outcome belongs to a state
