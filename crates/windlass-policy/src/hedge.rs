@@ -369,18 +369,16 @@ mod tests {
         Duration::from_millis(v)
     }
 
+    type Attempt =
+        std::pin::Pin<Box<dyn Future<Output = Result<u32, PolicyError<&'static str>>> + Send>>;
+
     /// Attempt `n` (1-based) takes `lat[n-1]` and then returns `res[n-1]`.
     fn scripted<'a>(
         lat: &'static [u64],
         ok: &'static [bool],
         starts: &'a Mutex<Vec<Duration>>,
         t0: Instant,
-    ) -> impl Fn(
-        Context,
-    ) -> std::pin::Pin<
-        Box<dyn Future<Output = Result<u32, PolicyError<&'static str>>> + Send + 'static>,
-    > + Sync
-    + 'a {
+    ) -> impl Fn(Context) -> Attempt + Sync + 'a {
         move |cx| {
             let i = (cx.attempt() - 1) as usize;
             starts.lock().unwrap().push(t0.elapsed());
