@@ -285,7 +285,7 @@ impl Bulkhead {
     }
 }
 
-fn widen<E>(e: PolicyError<std::convert::Infallible>) -> PolicyError<E> {
+pub(crate) fn widen<E>(e: PolicyError<std::convert::Infallible>) -> PolicyError<E> {
     match e {
         PolicyError::Rejected(r) => PolicyError::Rejected(r),
         PolicyError::Timeout(d) => PolicyError::Timeout(d),

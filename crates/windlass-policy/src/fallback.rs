@@ -59,6 +59,18 @@ pub fn unavailable<E>(e: &PolicyError<E>) -> bool {
     }
 }
 
+impl<T, E> Fallback<T, E> {
+    /// Applies the fallback to a failure, if the rule says it handles it.
+    pub fn recover(&self, e: PolicyError<E>) -> Result<T, PolicyError<E>> {
+        if (self.handles)(&e) {
+            tracing::debug!(error = e.kind(), "fallback used");
+            (self.f)(e)
+        } else {
+            Err(e)
+        }
+    }
+}
+
 impl<T: Send + 'static, E: Send + 'static> Fallback<T, E> {
     /// Calls `f` with the failure; `f` may return a substitute or another error.
     pub fn new(
@@ -100,11 +112,7 @@ impl<T: Send, E: Send> Policy<T, E> for Fallback<T, E> {
         async move {
             match op(cx).await {
                 Ok(v) => Ok(v),
-                Err(e) if (self.handles)(&e) => {
-                    tracing::debug!(error = e.kind(), "fallback used");
-                    (self.f)(e)
-                }
-                Err(e) => Err(e),
+                Err(e) => self.recover(e),
             }
         }
     }
