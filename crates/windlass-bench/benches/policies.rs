@@ -121,6 +121,7 @@ fn overhead(c: &mut Criterion) {
     );
 
     ours!("pipeline5/windlass", w_pipeline());
+    ours!("pipeline5/windlass-builder", w_pipeline_builder());
     tower_bench!(
         g,
         rt,

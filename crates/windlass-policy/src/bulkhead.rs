@@ -7,8 +7,9 @@
 //! with [`Rejection::BulkheadFull`] or [`Rejection::BulkheadTimeout`], so the damage stays
 //! in its compartment.
 //!
-//! Waiters are served first come, first served (tokio's fair semaphore). An outer deadline
-//! also bounds the wait.
+//! Waiters are woken in arrival order, and a newcomer never takes a slot while others
+//! wait (a woken waiter may still lose a freed slot to a waiter arriving at that instant). An outer deadline also bounds the wait. Taking and returning a slot is two
+//! atomic operations; nothing is locked unless someone is waiting.
 //!
 //! **Cancellation:** dropping a waiting call leaves the line; dropping a running call frees
 //! its slot.
@@ -35,7 +36,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::{ConfigError, ensure};
@@ -84,17 +85,18 @@ impl BulkheadBuilder {
             "must be at least 1",
         )?;
         ensure(
-            self.max_concurrent <= Semaphore::MAX_PERMITS,
+            self.max_concurrent <= usize::MAX / 2,
             P,
             "max_concurrent",
-            "is larger than the semaphore allows",
+            "is unreasonably large",
         )?;
         let name = self
             .name
             .unwrap_or_else(|| observe::default_name("bulkhead"));
         let label = name.to_string();
         let shared = Arc::new(Shared {
-            sem: Semaphore::new(self.max_concurrent),
+            in_use: AtomicUsize::new(0),
+            freed: Notify::new(),
             max_concurrent: self.max_concurrent,
             max_queued: self.max_queued,
             max_wait: self.max_wait,
@@ -114,7 +116,10 @@ impl BulkheadBuilder {
 
 struct Shared {
     name: Arc<str>,
-    sem: Semaphore,
+    /// Slots taken. Taken and given back with atomics: no lock on the common path.
+    in_use: AtomicUsize,
+    /// Wakes the longest waiter (tokio's `Notify` is FIFO) when a slot is given back.
+    freed: Notify,
     max_concurrent: usize,
     max_queued: usize,
     max_wait: Option<Duration>,
@@ -132,7 +137,7 @@ impl Inspect for Shared {
             name: self.name.clone(),
             kind: PolicyKind::Bulkhead,
             state: PolicyState::Bulkhead {
-                in_use: self.max_concurrent - self.sem.available_permits(),
+                in_use: self.in_use.load(Ordering::Relaxed),
                 queued: self.queued.load(Ordering::Relaxed),
                 max_concurrent: self.max_concurrent,
             },
@@ -159,7 +164,6 @@ impl std::fmt::Debug for Bulkhead {
 /// A bulkhead slot; freed on drop.
 #[derive(Debug)]
 pub struct BulkheadPermit<'a> {
-    _permit: SemaphorePermit<'a>,
     shared: &'a Shared,
 }
 
@@ -171,7 +175,46 @@ impl std::fmt::Debug for Shared {
 
 impl Drop for BulkheadPermit<'_> {
     fn drop(&mut self) {
-        self.shared.m_in_use.decrement(1.0);
+        let s = self.shared;
+        s.in_use.fetch_sub(1, Ordering::SeqCst);
+        // A waiter that has counted itself into `queued` either sees this slot when it
+        // retries, or is woken here (it registered for wake-ups before retrying).
+        if s.queued.load(Ordering::SeqCst) > 0 {
+            s.freed.notify_one();
+        }
+        s.m_in_use.decrement(1.0);
+    }
+}
+
+impl Shared {
+    /// Takes a free slot, if there is one.
+    fn take(&self) -> bool {
+        let mut current = self.in_use.load(Ordering::Relaxed);
+        while current < self.max_concurrent {
+            match self.in_use.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+        false
+    }
+
+    /// Waits in line for a slot; the caller has already counted itself into `queued`.
+    async fn wait_for_slot(&self) {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.take() {
+                return;
+            }
+            freed.await;
+        }
     }
 }
 
@@ -180,8 +223,15 @@ struct QueueSlot<'a>(&'a Shared);
 
 impl Drop for QueueSlot<'_> {
     fn drop(&mut self) {
-        self.0.queued.fetch_sub(1, Ordering::Relaxed);
-        self.0.m_queued.decrement(1.0);
+        let s = self.0;
+        s.queued.fetch_sub(1, Ordering::SeqCst);
+        s.m_queued.decrement(1.0);
+        // Leaving the line (served, timed out or dropped) may leave a free slot that the
+        // fast path will not take while others wait: pass the turn on.
+        if s.queued.load(Ordering::SeqCst) > 0 && s.in_use.load(Ordering::SeqCst) < s.max_concurrent
+        {
+            s.freed.notify_one();
+        }
     }
 }
 
@@ -203,7 +253,9 @@ impl Bulkhead {
 
     /// Free slots right now.
     pub fn available(&self) -> usize {
-        self.shared.sem.available_permits()
+        self.shared
+            .max_concurrent
+            .saturating_sub(self.shared.in_use.load(Ordering::Relaxed))
     }
 
     fn full(&self) -> Rejection {
@@ -215,19 +267,20 @@ impl Bulkhead {
         }
     }
 
-    fn granted<'a>(&'a self, permit: SemaphorePermit<'a>) -> BulkheadPermit<'a> {
+    fn granted(&self) -> BulkheadPermit<'_> {
         self.shared.m_in_use.increment(1.0);
         BulkheadPermit {
-            _permit: permit,
             shared: &self.shared,
         }
     }
 
     /// Takes a slot now, or fails with [`Rejection::BulkheadFull`].
     pub fn try_acquire(&self) -> Result<BulkheadPermit<'_>, Rejection> {
-        match self.shared.sem.try_acquire() {
-            Ok(p) => Ok(self.granted(p)),
-            Err(_) => Err(self.full()),
+        // Nobody jumps the line: with callers waiting, a free slot is theirs.
+        if self.shared.queued.load(Ordering::SeqCst) == 0 && self.shared.take() {
+            Ok(self.granted())
+        } else {
+            Err(self.full())
         }
     }
 
@@ -238,14 +291,14 @@ impl Bulkhead {
         deadline: Option<Instant>,
     ) -> Result<BulkheadPermit<'_>, PolicyError<std::convert::Infallible>> {
         let s = &*self.shared;
-        if let Ok(p) = s.sem.try_acquire() {
-            return Ok(self.granted(p));
+        if s.queued.load(Ordering::SeqCst) == 0 && s.take() {
+            return Ok(self.granted());
         }
         if s.max_wait == Some(Duration::ZERO)
-            || s.queued.fetch_add(1, Ordering::Relaxed) >= s.max_queued
+            || s.queued.fetch_add(1, Ordering::SeqCst) >= s.max_queued
         {
             if s.max_wait != Some(Duration::ZERO) {
-                s.queued.fetch_sub(1, Ordering::Relaxed);
+                s.queued.fetch_sub(1, Ordering::SeqCst);
             }
             return Err(self.full().into());
         }
@@ -265,23 +318,22 @@ impl Bulkhead {
             (None, Some(d)) => (Some(d), PolicyError::DeadlineExceeded),
             (None, None) => (None, PolicyError::DeadlineExceeded),
         };
-        let acquired = match limit {
-            Some(at) => match tokio::time::timeout_at(at, s.sem.acquire()).await {
-                Ok(r) => r,
-                Err(_) => {
+        match limit {
+            Some(at) => {
+                if tokio::time::timeout_at(at, s.wait_for_slot())
+                    .await
+                    .is_err()
+                {
                     if matches!(on_expiry, PolicyError::Rejected(_)) {
                         s.m_timeout.increment(1);
                     }
                     return Err(on_expiry);
                 }
-            },
-            None => s.sem.acquire().await,
-        };
+            }
+            None => s.wait_for_slot().await,
+        }
         s.m_wait.record(start.elapsed().as_secs_f64());
-        // The semaphore is never closed, so acquire cannot fail; treat it as full if it did.
-        acquired
-            .map(|p| self.granted(p))
-            .map_err(|_| self.full().into())
+        Ok(self.granted())
     }
 }
 
@@ -417,6 +469,48 @@ mod tests {
         let _hold = b.try_acquire().unwrap();
         let out = b.acquire(Some(Instant::now() + ms(20))).await;
         assert!(matches!(out, Err(PolicyError::DeadlineExceeded)));
+    }
+
+    /// Many threads, a small bulkhead, a deep queue: never more than the limit inside, and
+    /// every call gets through (no lost wake-up leaves a caller waiting forever).
+    #[test]
+    fn stress_no_lost_wakeups_and_limit_holds() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .build()
+            .unwrap();
+        let b = Bulkhead::builder()
+            .max_concurrent(3)
+            .max_queued(10_000)
+            .build()
+            .unwrap();
+        let inside = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let done = rt.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..2_000 {
+                let (b, inside, peak) = (b.clone(), inside.clone(), peak.clone());
+                tasks.spawn(async move {
+                    b.call(|| async {
+                        let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(n, Ordering::SeqCst);
+                        tokio::task::yield_now().await;
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        Ok::<_, &str>(())
+                    })
+                    .await
+                    .is_ok()
+                });
+            }
+            let mut ok = 0;
+            while let Some(r) = tasks.join_next().await {
+                ok += usize::from(r.unwrap());
+            }
+            ok
+        });
+        assert_eq!(done, 2_000);
+        assert!(peak.load(Ordering::SeqCst) <= 3);
+        assert_eq!(b.available(), 3);
     }
 
     #[test]

@@ -338,6 +338,21 @@ mod tests {
         assert!(out.is_err(), "the deadline is nearer than the next permit");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn dropped_waiter_takes_nothing() {
+        let l = RateLimiter::builder()
+            .every(ms(100))
+            .max_wait(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        l.try_acquire().unwrap();
+        // A waiter gives up (its call was dropped) before its turn.
+        assert!(tokio::time::timeout(ms(50), l.acquire(None)).await.is_err());
+        tokio::time::advance(ms(50)).await;
+        // The permit it was waiting for is still there for the next caller.
+        assert!(l.try_acquire().is_ok());
+    }
+
     #[test]
     fn invalid_rates_rejected() {
         assert_eq!(RateLimiter::builder().build().unwrap_err().field, "rate");

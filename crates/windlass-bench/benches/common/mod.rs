@@ -60,6 +60,17 @@ pub fn w_pipeline() -> WPipeline {
     w_retry().then(w_breaker().then(w_rate().then(w_bulkhead().then(w_timeout()))))
 }
 
+/// The same five policies through the `Pipeline` builder (its documented order).
+pub fn w_pipeline_builder() -> windlass_policy::Pipeline<u64, std::io::Error> {
+    windlass_policy::Pipeline::builder()
+        .retry(w_retry())
+        .breaker(w_breaker())
+        .rate_limiter(w_rate())
+        .bulkhead(w_bulkhead())
+        .timeout(w_timeout())
+        .build()
+}
+
 pub async fn call<P: windlass_policy::Policy<u64, std::io::Error>>(p: &P) {
     let _ = black_box(p.call(op).await);
 }

@@ -55,6 +55,26 @@ use crate::error::{PolicyError, Rejection};
 use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
 use window::{Outcome, Totals, Window};
 
+const STATE_MASK: u64 = 0x7;
+/// Set in `fast` while a closed (or metrics-only) count window holds at least the minimum
+/// number of calls.
+const WARM: u64 = 0x80;
+const STRIPES: usize = 8;
+/// Batched successes are folded into the window after this many per stripe.
+const BATCH: u64 = 32;
+
+#[repr(align(128))]
+struct Stripe(AtomicU64);
+
+/// The stripe this thread counts its successes in.
+fn stripe_index() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    INDEX.with(|i| *i)
+}
+
 /// A circuit breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BreakerState {
@@ -351,6 +371,8 @@ impl CircuitBreakerBuilder {
             }),
             openings: AtomicU64::new(0),
             fast: AtomicU64::new(self.initial_state.code()),
+            stripes: (0..STRIPES).map(|_| Stripe(AtomicU64::new(0))).collect(),
+            batchable: matches!(self.window, WindowKind::Count(_)),
             m_state: metrics::gauge!("windlass_breaker_state", "policy" => label.clone()),
             m_transitions: transitions,
             m_calls: ["success", "failure", "ignored"]
@@ -401,10 +423,15 @@ struct Shared {
     cfg: Config,
     core: Mutex<Core>,
     openings: AtomicU64,
-    /// `(generation << 8) | state code`, written under the lock on every transition, read
-    /// without it: states with nothing time-driven (closed, metrics-only, disabled) admit
-    /// calls without taking the lock.
+    /// `(generation << 8) | WARM? | state code`, written under the lock, read without it:
+    /// states with nothing time-driven (closed, metrics-only, disabled) admit calls without
+    /// taking the lock, and a warm window takes successes without it too.
     fast: AtomicU64,
+    /// Successes not yet folded into the window, one cache line per stripe of threads, each
+    /// tagged with the generation it belongs to: `(generation << 32) | count`.
+    stripes: Box<[Stripe]>,
+    /// Count-based window: successes may be batched (see `on_result`).
+    batchable: bool,
     m_state: Gauge,
     m_transitions: [Counter; 6],
     m_calls: [Counter; 3],
@@ -517,7 +544,7 @@ impl CircuitBreaker {
     pub fn try_acquire(&self) -> Result<BreakerPermit<'_>, Rejection> {
         let now = Instant::now();
         let fast = self.shared.fast.load(Ordering::Acquire);
-        let state = BreakerState::from_code(fast & 0xff);
+        let state = BreakerState::from_code(fast & STATE_MASK);
         if matches!(
             state,
             BreakerState::Closed | BreakerState::MetricsOnly | BreakerState::Disabled
@@ -635,6 +662,10 @@ impl CircuitBreaker {
         }
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(started);
+        let slow = elapsed >= s.cfg.slow_call_duration;
+        if matches!(report, Report::Success) && !slow && self.batch_success(generation) {
+            return;
+        }
         let mut core = self.lock();
         if core.generation != generation {
             // The breaker changed state while this call ran; its outcome belongs to a state
@@ -650,19 +681,25 @@ impl CircuitBreaker {
             }
             Report::Success => Outcome {
                 failed: false,
-                slow: elapsed >= s.cfg.slow_call_duration,
+                slow,
             },
-            Report::Failure => Outcome {
-                failed: true,
-                slow: elapsed >= s.cfg.slow_call_duration,
-            },
+            Report::Failure => Outcome { failed: true, slow },
         };
         match core.state {
             BreakerState::Closed | BreakerState::MetricsOnly => {
+                // Successes batched by other threads happened before this outcome was
+                // reported: fold them in first, so the window is what a sequential record
+                // would have made it.
+                self.shared.flush(&mut core, now);
                 core.window.record(outcome, now);
                 let t = core.window.totals(now);
                 if core.state == BreakerState::Closed && self.exceeds(&t) {
                     self.open(&mut core, now);
+                } else if s.batchable && t.calls >= s.cfg.minimum_calls {
+                    s.fast.store(
+                        (core.generation << 8) | WARM | core.state.code(),
+                        Ordering::Release,
+                    );
                 }
             }
             BreakerState::HalfOpen => {
@@ -680,6 +717,48 @@ impl CircuitBreaker {
             }
             BreakerState::Open | BreakerState::ForcedOpen | BreakerState::Disabled => {}
         }
+    }
+
+    /// Counts a fast, successful call without the lock, when that cannot change any
+    /// decision: the breaker is closed (or metrics-only) with a count window that already
+    /// holds the minimum number of calls. Past that point a success can only lower the
+    /// failure and slow-call rates, and rates are only judged when a failure or slow call
+    /// is recorded, which first folds every batched success in. Returns false when the
+    /// caller must take the locked path.
+    fn batch_success(&self, generation: u64) -> bool {
+        let s = &self.shared;
+        if !s.batchable {
+            return false;
+        }
+        let fast = s.fast.load(Ordering::Acquire);
+        let state = BreakerState::from_code(fast & STATE_MASK);
+        if fast >> 8 != generation
+            || fast & WARM == 0
+            || !matches!(state, BreakerState::Closed | BreakerState::MetricsOnly)
+        {
+            return false;
+        }
+        let tag = generation & 0xffff_ffff;
+        let stripe = &s.stripes[stripe_index()].0;
+        let mut current = stripe.load(Ordering::Relaxed);
+        let pending = loop {
+            let next = if current >> 32 == tag {
+                current + 1
+            } else {
+                (tag << 32) | 1
+            };
+            match stripe.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => break next & 0xffff_ffff,
+                Err(actual) => current = actual,
+            }
+        };
+        if pending >= BATCH {
+            let mut core = self.lock();
+            if core.generation == generation {
+                s.flush(&mut core, Instant::now());
+            }
+        }
+        true
     }
 
     fn exceeds(&self, t: &Totals) -> bool {
@@ -733,10 +812,40 @@ impl CircuitBreaker {
     }
 }
 
+impl Shared {
+    /// Folds every stripe's batched successes of the current generation into the window.
+    fn flush(&self, core: &mut Core, now: Instant) {
+        if !self.batchable {
+            return;
+        }
+        let tag = core.generation & 0xffff_ffff;
+        for stripe in self.stripes.iter() {
+            if stripe.0.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let v = stripe.0.swap(0, Ordering::AcqRel);
+            if v >> 32 == tag {
+                for _ in 0..(v & 0xffff_ffff) {
+                    core.window.record(
+                        Outcome {
+                            failed: false,
+                            slow: false,
+                        },
+                        now,
+                    );
+                }
+            }
+        }
+    }
+}
+
 impl Inspect for Shared {
     fn inspect(&self) -> PolicySnapshot {
         let now = Instant::now();
         let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(core.state, BreakerState::Closed | BreakerState::MetricsOnly) {
+            self.flush(&mut core, now);
+        }
         let t = match core.state {
             BreakerState::HalfOpen => core.half_open,
             _ => core.window.totals(now),
