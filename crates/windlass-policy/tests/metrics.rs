@@ -1,7 +1,7 @@
 //! Every policy reports through the `metrics` facade: a recorder installed when the policy
+//! is built receives its counters and gauges.
 
 #![allow(clippy::unwrap_used)] // a test file: a poisoned lock should fail the test
-//! is built receives its counters and gauges.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
