@@ -93,6 +93,41 @@ where
     total as f64 / t0.elapsed().as_secs_f64()
 }
 
+/// One row of the two-thread table: `ours` shared by one then two threads, and the
+/// tower-resilience service likewise.
+///
+/// Our policy is leaked to a `&'static` so that no per-call `Arc` clone (a refcount both
+/// threads would write) is charged to it; the tower service is cloned per call, as tower's
+/// calling convention requires.
+fn contention_row<P, S>(name: &str, ours: P, theirs: S) -> String
+where
+    P: windlass_policy::Policy<u64, std::io::Error> + Send + 'static,
+    S: Service<Req> + Clone + Send + Sync + 'static,
+{
+    let p: &'static P = Box::leak(Box::new(ours));
+    let w1 = throughput(1, move || call(p));
+    let w2 = throughput(2, move || call(p));
+    let (s1, s2) = (theirs.clone(), theirs);
+    let t1 = throughput(1, move || {
+        let mut s = s1.clone();
+        async move { drive(&mut s).await }
+    });
+    let t2 = throughput(2, move || {
+        let mut s = s2.clone();
+        async move { drive(&mut s).await }
+    });
+    let m = |v: f64| format!("{:.2} M/s", v / 1e6);
+    format!(
+        "| {name} | {} | {} | {:.2} | {} | {} | {:.2} |\n",
+        m(w1),
+        m(w2),
+        w2 / w1,
+        m(t1),
+        m(t2),
+        t2 / t1
+    )
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; a plain `cargo test --benches` passes nothing and
     // should not spend seconds here.
@@ -167,60 +202,16 @@ fn main() {
     ));
 
     out.push_str("\n| shared by | windlass 1 thread | windlass 2 threads | ratio | tower-resilience 1 thread | tower-resilience 2 threads | ratio |\n|---|---|---|---|---|---|---|\n");
-    let mcalls = |v: f64| format!("{:.2} M/s", v / 1e6);
-    // The shared policy is leaked to a `&'static` so that no per-call `Arc` clone (a shared
-    // refcount both threads would write) is charged to it. tower services are cloned per
-    // call, as tower's calling convention requires.
-    {
-        let b: &'static _ = Box::leak(Box::new(w_breaker()));
-        let w1 = throughput(1, move || call(b));
-        let w2 = throughput(2, move || call(b));
-        let svc = tr::breaker().layer(bare_service());
-        let s1 = svc.clone();
-        let t1 = throughput(1, move || {
-            let mut s = s1.clone();
-            async move { drive(&mut s).await }
-        });
-        let s2 = svc.clone();
-        let t2 = throughput(2, move || {
-            let mut s = s2.clone();
-            async move { drive(&mut s).await }
-        });
-        out.push_str(&format!(
-            "| circuit breaker | {} | {} | {:.2} | {} | {} | {:.2} |\n",
-            mcalls(w1),
-            mcalls(w2),
-            w2 / w1,
-            mcalls(t1),
-            mcalls(t2),
-            t2 / t1
-        ));
-    }
-    {
-        let b: &'static _ = Box::leak(Box::new(w_bulkhead()));
-        let w1 = throughput(1, move || call(b));
-        let w2 = throughput(2, move || call(b));
-        let svc = tr::bulkhead().layer(bare_service());
-        let s1 = svc.clone();
-        let t1 = throughput(1, move || {
-            let mut s = s1.clone();
-            async move { drive(&mut s).await }
-        });
-        let s2 = svc.clone();
-        let t2 = throughput(2, move || {
-            let mut s = s2.clone();
-            async move { drive(&mut s).await }
-        });
-        out.push_str(&format!(
-            "| bulkhead | {} | {} | {:.2} | {} | {} | {:.2} |\n",
-            mcalls(w1),
-            mcalls(w2),
-            w2 / w1,
-            mcalls(t1),
-            mcalls(t2),
-            t2 / t1
-        ));
-    }
+    out.push_str(&contention_row(
+        "circuit breaker",
+        w_breaker(),
+        tr::breaker().layer(bare_service()),
+    ));
+    out.push_str(&contention_row(
+        "bulkhead",
+        w_bulkhead(),
+        tr::bulkhead().layer(bare_service()),
+    ));
     print!("{out}");
     let _ = std::fs::create_dir_all("target");
     let _ = std::fs::write("target/alloc_contention.md", &out);

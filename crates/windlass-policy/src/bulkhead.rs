@@ -108,8 +108,7 @@ impl BulkheadBuilder {
             m_wait: metrics::histogram!("windlass_bulkhead_wait_seconds", "policy" => label),
             name,
         });
-        let weak: std::sync::Weak<dyn Inspect> = Arc::downgrade(&shared) as _;
-        observe::register(weak);
+        observe::register(&shared);
         Ok(Bulkhead { shared })
     }
 }

@@ -11,6 +11,12 @@
 //!
 //! Expiry is measured on tokio's clock (paused in tests), not moka's own.
 //!
+//! **Cancellation:** a caller dropped while a load is in flight leaves it to the others; the
+//! load is dropped when its last waiter is (see [`Coalesce`]), and nothing is stored.
+//!
+//! Hits and misses are counted (`windlass_cache_requests_total{cache, result}`) when the
+//! cache is built with a [`name`](CacheBuilder::name).
+//!
 //! ```
 //! use std::time::Duration;
 //! use windlass_policy::Cache;
@@ -47,6 +53,7 @@ type TtlFn<V> = dyn Fn(&V) -> Option<Duration> + Send + Sync;
 
 /// Builds a [`Cache`]. Defaults: 10,000 entries, every value cached for 60 s.
 pub struct CacheBuilder<V> {
+    name: Option<Arc<str>>,
     max_capacity: u64,
     ttl_for: Arc<TtlFn<V>>,
 }
@@ -60,6 +67,12 @@ impl<V> std::fmt::Debug for CacheBuilder<V> {
 }
 
 impl<V: 'static> CacheBuilder<V> {
+    /// Names the cache, for its metrics.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
     /// The most entries kept.
     pub fn max_capacity(mut self, n: u64) -> Self {
         self.max_capacity = n;
@@ -88,7 +101,13 @@ impl<V: 'static> CacheBuilder<V> {
             "max_capacity",
             "must be at least 1",
         )?;
+        let label = self
+            .name
+            .unwrap_or_else(|| crate::observe::default_name("cache"))
+            .to_string();
         Ok(Cache {
+            m_hit: metrics::counter!("windlass_cache_requests_total", "cache" => label.clone(), "result" => "hit"),
+            m_miss: metrics::counter!("windlass_cache_requests_total", "cache" => label, "result" => "miss"),
             store: moka::sync::Cache::new(self.max_capacity),
             loads: Coalesce::new(),
             ttl_for: self.ttl_for,
@@ -111,6 +130,8 @@ pub struct Cache<K, V> {
     hasher: std::collections::hash_map::RandomState,
     hits: AtomicU64,
     misses: AtomicU64,
+    m_hit: metrics::Counter,
+    m_miss: metrics::Counter,
 }
 
 impl<K, V> std::fmt::Debug for Cache<K, V> {
@@ -126,6 +147,7 @@ impl<V: 'static> Cache<(), V> {
     /// Starts building a cache.
     pub fn builder() -> CacheBuilder<V> {
         CacheBuilder {
+            name: None,
             max_capacity: 10_000,
             ttl_for: Arc::new(|_| Some(Duration::from_secs(60))),
         }
@@ -170,9 +192,11 @@ where
     {
         if let Some(v) = self.get(&key) {
             self.hits.fetch_add(1, Ordering::Relaxed);
+            self.m_hit.increment(1);
             return v;
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
+        self.m_miss.increment(1);
         let generation = self.stripe(&key).load(Ordering::Acquire);
         let value = self.loads.call(key.clone(), load).await;
         if self.stripe(&key).load(Ordering::Acquire) == generation {

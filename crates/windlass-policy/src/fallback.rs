@@ -7,6 +7,8 @@
 //! error is the caller's business and passes through untouched, unless [`Fallback::when`]
 //! says otherwise.
 //!
+//! **Cancellation:** a dropped call is not a failure; the fallback never runs for it.
+//!
 //! ```
 //! use windlass_policy::{Fallback, PolicyExt};
 //!

@@ -131,8 +131,7 @@ impl HedgeBuilder {
             m_wins: metrics::counter!("windlass_hedge_wins_total", "policy" => label),
             name,
         });
-        let weak: std::sync::Weak<dyn Inspect> = Arc::downgrade(&shared) as _;
-        observe::register(weak);
+        observe::register(&shared);
         Ok(Hedge { shared })
     }
 }

@@ -116,11 +116,12 @@ pub(crate) trait Inspect: Send + Sync {
 
 static REGISTRY: Mutex<Vec<Weak<dyn Inspect>>> = Mutex::new(Vec::new());
 
-/// Adds a policy to the registry.
-pub(crate) fn register(policy: Weak<dyn Inspect>) {
+/// Adds a policy's shared state to the registry (weakly: the registry never keeps it alive).
+pub(crate) fn register<T: Inspect + 'static>(policy: &Arc<T>) {
+    let weak: Weak<dyn Inspect> = Arc::downgrade(policy) as Weak<dyn Inspect>;
     let mut list = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
     list.retain(|w| w.strong_count() > 0);
-    list.push(policy);
+    list.push(weak);
 }
 
 /// The live state of every policy that is still alive, in the order they were built.

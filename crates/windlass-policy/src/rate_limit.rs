@@ -132,8 +132,7 @@ impl RateLimiterBuilder {
             m_wait: metrics::histogram!("windlass_rate_limit_wait_seconds", "policy" => label),
             name,
         });
-        let weak: std::sync::Weak<dyn Inspect> = Arc::downgrade(&shared) as _;
-        observe::register(weak);
+        observe::register(&shared);
         Ok(RateLimiter { shared })
     }
 }

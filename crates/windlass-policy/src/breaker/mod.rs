@@ -381,8 +381,7 @@ impl CircuitBreakerBuilder {
             name,
         });
         shared.m_state.set(self.initial_state.gauge_value());
-        let weak: std::sync::Weak<dyn Inspect> = Arc::downgrade(&shared) as _;
-        observe::register(weak);
+        observe::register(&shared);
         Ok(CircuitBreaker { shared })
     }
 }

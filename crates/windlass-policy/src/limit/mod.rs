@@ -110,8 +110,7 @@ impl ConcurrencyLimiterBuilder {
             name,
         });
         shared.m_limit.set(initial as f64);
-        let weak: std::sync::Weak<dyn Inspect> = Arc::downgrade(&shared) as _;
-        observe::register(weak);
+        observe::register(&shared);
         Ok(ConcurrencyLimiter { shared })
     }
 }

@@ -211,8 +211,7 @@ impl RetryBuilder {
                 .map(|r| metrics::counter!("windlass_retry_gave_up_total", "policy" => label.clone(), "reason" => gave_up_label(r))),
             name,
         });
-        let weak: std::sync::Weak<dyn Inspect> = Arc::downgrade(&shared) as _;
-        observe::register(weak);
+        observe::register(&shared);
         Ok(Retry { shared })
     }
 }
