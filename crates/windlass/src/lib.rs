@@ -6,6 +6,11 @@
 //!
 //! - [`policy`] (feature `policy`, on by default): retry, timeouts, circuit breakers,
 //!   bulkheads, rate limits, coalescing, caching, fallback, hedging, adaptive concurrency.
+//! - [`concurrency`] (feature `concurrency`, on by default): scopes, never-silent detached
+//!   tasks, supervision and actors, gather/race combinators, bounded map, CPU offload.
 
 #[cfg(feature = "policy")]
 pub use windlass_policy as policy;
+
+#[cfg(feature = "concurrency")]
+pub use windlass_concurrency as concurrency;

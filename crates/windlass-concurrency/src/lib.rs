@@ -1,0 +1,21 @@
+//! # windlass-concurrency
+//!
+//! Structured concurrency for tokio: the tools for the shape of async work, so that fan-out
+//! is bounded, nothing is orphaned and no error is silent.
+//!
+//! | problem | tool |
+//! |---|---|
+//! | tasks outliving their spawner, errors lost in them | [`Scope`] |
+//! | an error vanishing in a fire-and-forget task | [`spawn_detached`] |
+//! | a worker that must come back after a crash, but not crash-loop | [`Supervisor`] |
+//! | shared state behind locks | supervised actors: [`spawn_actor`], bounded mailbox |
+
+pub mod actor;
+pub mod detached;
+pub mod scope;
+pub mod supervisor;
+
+pub use actor::{Actor, ActorRef, ActorStopped, AskError, TrySendError, spawn_actor};
+pub use detached::{DetachedFailure, detached_failures, recent_failures, spawn_detached};
+pub use scope::{PanicPayload, Scope, ScopeError};
+pub use supervisor::{Escalated, Supervisor, SupervisorBuilder};

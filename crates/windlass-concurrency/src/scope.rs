@@ -1,0 +1,472 @@
+//! Scopes: a set of tasks that ends together.
+//!
+//! `tokio::spawn` hands a future to the runtime and forgets it: if the spawner returns, is
+//! cancelled or fails, the task runs on, orphaned, and its error goes nowhere. A [`Scope`]
+//! owns the tasks spawned in it. Its [`join`](Scope::join) completes only when every child
+//! has; a failing child cancels its siblings (fail-fast) and its error is returned, or, with
+//! [`join_settled`](Scope::join_settled), every child runs to its own end and every outcome
+//! is returned (collect-all). A child's panic reaches the owner as
+//! [`ScopeError::Panicked`], with the place the child was spawned. Dropping the scope
+//! cancels every child.
+//!
+//! **Guarantee:** when `join`, `join_settled` or [`cancel`](Scope::cancel) returns, no child
+//! is running any more — cancelled children have been dropped, not just asked to stop.
+//! Dropping a scope without awaiting one of these asks every child to stop; on a multi-thread
+//! runtime a child being polled at that instant finishes that poll first.
+//!
+//! **When not to use it:** for a task that must outlive its spawner (a background flusher),
+//! use [`spawn_detached`](crate::spawn_detached) or a [`Supervisor`](crate::Supervisor).
+//!
+//! ```
+//! use windlass_concurrency::Scope;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let mut scope = Scope::new();
+//! for id in [1u32, 2, 3] {
+//!     scope.spawn(async move { Ok::<_, std::io::Error>(id * 10) });
+//! }
+//! let results = scope.join().await.unwrap();
+//! assert_eq!(results, vec![10, 20, 30]); // in spawn order
+//! # }
+//! ```
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::Location;
+
+use tokio::task::{AbortHandle, JoinSet};
+
+/// Why a scope ended without every child succeeding.
+#[derive(Debug, thiserror::Error)]
+pub enum ScopeError<E> {
+    /// A child returned an error; under fail-fast its siblings were cancelled.
+    #[error("child {index} (spawned at {site}) failed")]
+    Failed {
+        /// The child's position in spawn order.
+        index: usize,
+        /// Where it was spawned.
+        site: &'static Location<'static>,
+        /// Its error.
+        #[source]
+        error: E,
+    },
+    /// A child panicked; under fail-fast its siblings were cancelled.
+    #[error("child {index} (spawned at {site}) panicked: {message}")]
+    Panicked {
+        /// The child's position in spawn order.
+        index: usize,
+        /// Where it was spawned.
+        site: &'static Location<'static>,
+        /// The panic message, when it was a string.
+        message: String,
+        /// The panic payload, to re-raise with [`ScopeError::resume_unwind`].
+        payload: PanicPayload,
+    },
+    /// The child was cancelled (by a failing sibling, or by [`Scope::cancel`]).
+    #[error("child {index} (spawned at {site}) was cancelled")]
+    Cancelled {
+        /// The child's position in spawn order.
+        index: usize,
+        /// Where it was spawned.
+        site: &'static Location<'static>,
+    },
+}
+
+/// A panic's payload, kept so the owner can re-raise it.
+pub struct PanicPayload(pub Box<dyn Any + Send + 'static>);
+
+impl std::fmt::Debug for PanicPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PanicPayload(..)")
+    }
+}
+
+impl<E> ScopeError<E> {
+    /// Re-raises a child's panic on the current task; returns any other error unchanged.
+    pub fn resume_unwind(self) -> Self {
+        match self {
+            ScopeError::Panicked { payload, .. } => std::panic::resume_unwind(payload.0),
+            other => other,
+        }
+    }
+
+    /// The failing child's own error, if it returned one.
+    pub fn into_error(self) -> Option<E> {
+        match self {
+            ScopeError::Failed { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// The message of a panic payload, when it is a string.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
+
+/// A set of child tasks owned by one parent. See the [module docs](self).
+pub struct Scope<T, E> {
+    set: JoinSet<(usize, Result<T, E>)>,
+    children: Vec<Child>,
+}
+
+struct Child {
+    site: &'static Location<'static>,
+    abort: AbortHandle,
+}
+
+impl<T, E> std::fmt::Debug for Scope<T, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scope")
+            .field("spawned", &self.children.len())
+            .field("running", &self.set.len())
+            .finish()
+    }
+}
+
+impl<T: Send + 'static, E: Send + 'static> Default for Scope<T, E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Send + 'static, E: Send + 'static> Scope<T, E> {
+    /// An empty scope.
+    pub fn new() -> Self {
+        Scope {
+            set: JoinSet::new(),
+            children: Vec::new(),
+        }
+    }
+
+    /// Spawns a child on the current tokio runtime. Its result is reported at its index
+    /// (the order of `spawn` calls).
+    ///
+    /// # Panics
+    /// Outside a tokio runtime, like `tokio::spawn`.
+    #[track_caller]
+    pub fn spawn<F>(&mut self, child: F) -> usize
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let index = self.children.len();
+        let site = Location::caller();
+        let abort = self.set.spawn(async move { (index, child.await) });
+        self.children.push(Child { site, abort });
+        index
+    }
+
+    /// Children still running.
+    pub fn running(&self) -> usize {
+        self.set.len()
+    }
+
+    /// Children spawned so far.
+    pub fn spawned(&self) -> usize {
+        self.children.len()
+    }
+
+    /// Cancels every child and waits until all have stopped.
+    pub async fn cancel(&mut self) {
+        self.set.abort_all();
+        while self.set.join_next().await.is_some() {}
+    }
+
+    fn index_of(&self, id: tokio::task::Id) -> usize {
+        self.children
+            .iter()
+            .position(|c| c.abort.id() == id)
+            .unwrap_or(usize::MAX)
+    }
+
+    fn site(&self, index: usize) -> &'static Location<'static> {
+        self.children
+            .get(index)
+            .map_or(Location::caller(), |c| c.site)
+    }
+
+    /// Waits for every child. Fail-fast: the first child to fail or panic cancels the
+    /// others, which are awaited until they have stopped, and its error is returned.
+    /// On success, the results come back in spawn order.
+    pub async fn join(mut self) -> Result<Vec<T>, ScopeError<E>> {
+        let mut results: Vec<Option<T>> = (0..self.children.len()).map(|_| None).collect();
+        while let Some(joined) = self.set.join_next_with_id().await {
+            let failure = match joined {
+                Ok((_, (index, Ok(value)))) => {
+                    if let Some(slot) = results.get_mut(index) {
+                        *slot = Some(value);
+                    }
+                    continue;
+                }
+                Ok((_, (index, Err(error)))) => ScopeError::Failed {
+                    index,
+                    site: self.site(index),
+                    error,
+                },
+                Err(e) => {
+                    let index = self.index_of(e.id());
+                    let site = self.site(index);
+                    if e.is_panic() {
+                        let payload = e.into_panic();
+                        ScopeError::Panicked {
+                            index,
+                            site,
+                            message: panic_message(&*payload),
+                            payload: PanicPayload(payload),
+                        }
+                    } else {
+                        ScopeError::Cancelled { index, site }
+                    }
+                }
+            };
+            tracing::debug!(error = %failure_kind(&failure), "scope child failed; cancelling siblings");
+            self.cancel().await;
+            return Err(failure);
+        }
+        Ok(results.into_iter().flatten().collect())
+    }
+
+    /// Waits for every child to end by itself and returns every outcome, in spawn order.
+    pub async fn join_settled(mut self) -> Vec<Result<T, ScopeError<E>>> {
+        let mut results: Vec<Option<Result<T, ScopeError<E>>>> =
+            (0..self.children.len()).map(|_| None).collect();
+        while let Some(joined) = self.set.join_next_with_id().await {
+            let (index, outcome) = match joined {
+                Ok((_, (index, Ok(v)))) => (index, Ok(v)),
+                Ok((_, (index, Err(error)))) => (
+                    index,
+                    Err(ScopeError::Failed {
+                        index,
+                        site: self.site(index),
+                        error,
+                    }),
+                ),
+                Err(e) => {
+                    let index = self.index_of(e.id());
+                    let site = self.site(index);
+                    let err = if e.is_panic() {
+                        let payload = e.into_panic();
+                        ScopeError::Panicked {
+                            index,
+                            site,
+                            message: panic_message(&*payload),
+                            payload: PanicPayload(payload),
+                        }
+                    } else {
+                        ScopeError::Cancelled { index, site }
+                    };
+                    (index, Err(err))
+                }
+            };
+            if let Some(slot) = results.get_mut(index) {
+                *slot = Some(outcome);
+            }
+        }
+        results.into_iter().flatten().collect()
+    }
+}
+
+fn failure_kind<E>(e: &ScopeError<E>) -> &'static str {
+    match e {
+        ScopeError::Failed { .. } => "failed",
+        ScopeError::Panicked { .. } => "panicked",
+        ScopeError::Cancelled { .. } => "cancelled",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// Counts live children: +1 when a child starts, -1 when it is dropped (however it ends).
+    #[derive(Clone, Default)]
+    struct Live(Arc<AtomicUsize>);
+
+    struct Alive(Arc<AtomicUsize>);
+
+    impl Drop for Alive {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Live {
+        fn enter(&self) -> Alive {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Alive(self.0.clone())
+        }
+        fn count(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn join_waits_for_every_child_and_keeps_spawn_order() {
+        let live = Live::default();
+        let mut s = Scope::new();
+        for (i, d) in [30u64, 10, 20].into_iter().enumerate() {
+            let live = live.clone();
+            s.spawn(async move {
+                let _alive = live.enter();
+                tokio::time::sleep(ms(d)).await;
+                Ok::<_, &str>(i)
+            });
+        }
+        let start = tokio::time::Instant::now();
+        assert_eq!(s.join().await.unwrap(), vec![0, 1, 2]);
+        assert_eq!(start.elapsed(), ms(30));
+        assert_eq!(live.count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fail_fast_cancels_siblings_and_none_is_left_running() {
+        let live = Live::default();
+        let finished = Arc::new(AtomicUsize::new(0));
+        let mut s = Scope::new();
+        for i in 0..5u64 {
+            let (live, finished) = (live.clone(), finished.clone());
+            s.spawn(async move {
+                let _alive = live.enter();
+                tokio::time::sleep(ms(10 + i * 100)).await;
+                if i == 0 {
+                    return Err("boom");
+                }
+                finished.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            });
+        }
+        let err = s.join().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ScopeError::Failed {
+                    index: 0,
+                    error: "boom",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            live.count(),
+            0,
+            "every sibling was dropped before join returned"
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(finished.load(Ordering::SeqCst), 0, "no sibling ran on");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn collect_all_keeps_every_outcome_in_order() {
+        let mut s = Scope::new();
+        s.spawn(async { Err::<u32, _>("first") });
+        s.spawn(async {
+            tokio::time::sleep(ms(5)).await;
+            Ok(2)
+        });
+        s.spawn(async { panic!("third") });
+        let out = s.join_settled().await;
+        assert!(matches!(
+            out[0],
+            Err(ScopeError::Failed { error: "first", .. })
+        ));
+        assert_eq!(*out[1].as_ref().unwrap(), 2);
+        match &out[2] {
+            Err(ScopeError::Panicked {
+                index: 2,
+                message,
+                site,
+                ..
+            }) => {
+                assert_eq!(message, "third");
+                assert!(site.file().ends_with("scope.rs"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn panic_reaches_the_owner_and_can_be_re_raised() {
+        let mut s: Scope<(), &str> = Scope::new();
+        s.spawn(async { panic!("child blew up") });
+        let err = s.join().await.unwrap_err();
+        assert!(matches!(&err, ScopeError::Panicked { message, .. } if message == "child blew up"));
+        let caught =
+            futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async move {
+                err.resume_unwind();
+            }))
+            .await;
+        assert!(caught.is_err(), "resume_unwind re-raised the panic");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_or_cancelling_the_scope_stops_every_child() {
+        let live = Live::default();
+        let mut s: Scope<(), ()> = Scope::new();
+        for _ in 0..3 {
+            let live = live.clone();
+            s.spawn(async move {
+                let _alive = live.enter();
+                std::future::pending::<()>().await;
+                Ok(())
+            });
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(live.count(), 3);
+        s.cancel().await;
+        assert_eq!(live.count(), 0, "cancel waits until every child is gone");
+
+        let mut s: Scope<(), ()> = Scope::new();
+        for _ in 0..3 {
+            let live = live.clone();
+            s.spawn(async move {
+                let _alive = live.enter();
+                std::future::pending::<()>().await;
+                Ok(())
+            });
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(live.count(), 3);
+        drop(s);
+        // Aborted tasks are dropped when the runtime next runs them.
+        tokio::task::yield_now().await;
+        assert_eq!(live.count(), 0, "dropping the scope cancelled every child");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_owner_cancels_its_children() {
+        let live = Live::default();
+        let l = live.clone();
+        let owner = tokio::spawn(async move {
+            let mut s: Scope<(), ()> = Scope::new();
+            for _ in 0..4 {
+                let l = l.clone();
+                s.spawn(async move {
+                    let _alive = l.enter();
+                    std::future::pending::<()>().await;
+                    Ok(())
+                });
+            }
+            s.join().await
+        });
+        tokio::time::sleep(ms(1)).await;
+        assert_eq!(live.count(), 4);
+        owner.abort();
+        let _ = owner.await;
+        tokio::task::yield_now().await;
+        assert_eq!(live.count(), 0);
+    }
+}
