@@ -9,13 +9,20 @@
 //! | an error vanishing in a fire-and-forget task | [`spawn_detached`] |
 //! | a worker that must come back after a crash, but not crash-loop | [`Supervisor`] |
 //! | shared state behind locks | supervised actors: [`spawn_actor`], bounded mailbox |
+//! | scatter-gather with per-call timeouts and fallbacks | [`gather::all`], [`gather::all_settled`], [`gather::race`], [`gather::any`], [`gather::leg`] |
+//! | unbounded fan-out | [`map::map_bounded`] and friends (at most N in flight, backpressure) |
+//! | CPU work stalling the runtime | [`Offload`]: bounded pool, bounded queue, dropped jobs never run |
 
 pub mod actor;
 pub mod detached;
+pub mod gather;
+pub mod map;
+pub mod offload;
 pub mod scope;
 pub mod supervisor;
 
 pub use actor::{Actor, ActorRef, ActorStopped, AskError, TrySendError, spawn_actor};
 pub use detached::{DetachedFailure, detached_failures, recent_failures, spawn_detached};
+pub use offload::{Offload, OffloadError, OffloadStats};
 pub use scope::{PanicPayload, Scope, ScopeError};
 pub use supervisor::{Escalated, Supervisor, SupervisorBuilder};
