@@ -12,6 +12,7 @@
 //! | scatter-gather with per-call timeouts and fallbacks | [`gather::all`], [`gather::all_settled`], [`gather::race`], [`gather::any`], [`gather::leg`] |
 //! | unbounded fan-out | [`map::map_bounded`] and friends (at most N in flight, backpressure) |
 //! | CPU work stalling the runtime | [`Offload`]: bounded pool, bounded queue, dropped jobs never run |
+//! | bursty input: debounce, throttle, dedupe, batch, switch | [`stream::StreamOps`] |
 
 pub mod actor;
 pub mod detached;
@@ -19,7 +20,10 @@ pub mod gather;
 pub mod map;
 pub mod offload;
 pub mod scope;
+pub mod stream;
 pub mod supervisor;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use actor::{Actor, ActorRef, ActorStopped, AskError, TrySendError, spawn_actor};
 pub use detached::{DetachedFailure, detached_failures, recent_failures, spawn_detached};
