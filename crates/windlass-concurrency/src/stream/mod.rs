@@ -59,9 +59,7 @@ pub trait StreamOps: Stream + Sized {
     }
 
     /// Drops a value equal to the one emitted before it.
-    fn distinct_until_changed(
-        self,
-    ) -> DistinctUntilChanged<Self, fn(&Self::Item) -> Self::Item, Self::Item>
+    fn distinct_until_changed(self) -> DistinctByValue<Self>
     where
         Self::Item: Clone + PartialEq,
     {
