@@ -13,6 +13,7 @@
 //! | unbounded fan-out | [`map::map_bounded`] and friends (at most N in flight, backpressure) |
 //! | CPU work stalling the runtime | [`Offload`]: bounded pool, bounded queue, dropped jobs never run |
 //! | bursty input: debounce, throttle, dedupe, batch, switch | [`stream::StreamOps`] |
+//! | nobody sees stuck awaits, blocked runtimes, silent errors | [`signals`]: `instrument` + `Monitor` |
 
 pub mod actor;
 pub mod detached;
@@ -20,6 +21,7 @@ pub mod gather;
 pub mod map;
 pub mod offload;
 pub mod scope;
+pub mod signals;
 pub mod stream;
 pub mod supervisor;
 #[cfg(any(test, feature = "testing"))]

@@ -1,0 +1,465 @@
+//! The async golden signals: in-flight work, runtime lag, silent errors, tail latency and
+//! stuck operations — from one call.
+//!
+//! Async services fail in ways CPU and request graphs do not show: an `await` that never
+//! returns, a runtime thread blocked by CPU work (every task on it waits), a detached task
+//! dying quietly. Wrap an operation in [`instrument`] (one line) and turn on the
+//! [`Monitor`] (one call), and [`snapshot`] — or any `metrics` exporter — shows:
+//!
+//! - **in-flight** operations per name (`windlass_inflight{op}`);
+//! - **runtime lag**: how late a periodic probe tick runs (`windlass_runtime_lag_seconds`),
+//!   the symptom of blocked runtime threads;
+//! - **silent errors**: failed detached tasks ([`spawn_detached`](crate::spawn_detached),
+//!   supervisors), with the most recent ones;
+//! - **tail latency** per operation: p50, p95, p99 over the last 1,024 completions
+//!   (`windlass_op_duration_seconds{op}`);
+//! - **stuck operations**: every instrumented operation older than a threshold, with its
+//!   name, age and the line that created it (`windlass_stuck_operations`).
+//!
+//! ```
+//! use std::time::Duration;
+//! use windlass_concurrency::signals::{self, Monitor, MonitorConfig, instrument};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let _monitor = Monitor::start(MonitorConfig::default()).unwrap();
+//! let rows = instrument("db.query", async {
+//!     tokio::time::sleep(Duration::from_millis(5)).await;
+//!     3
+//! })
+//! .await;
+//! assert_eq!(rows, 3);
+//! let s = signals::snapshot();
+//! assert!(s.latency.iter().any(|op| op.name == "db.query" && op.count >= 1));
+//! # }
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::panic::Location;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use windlass_policy::ConfigError;
+
+use crate::detached::{DetachedFailure, detached_failures, recent_failures};
+
+const SAMPLES: usize = 1024;
+
+struct LiveOp {
+    name: &'static str,
+    site: &'static Location<'static>,
+    started: Instant,
+}
+
+#[derive(Default)]
+struct OpStats {
+    in_flight: u64,
+    completed: u64,
+    cancelled: u64,
+    samples: VecDeque<Duration>,
+}
+
+#[derive(Default)]
+struct Registry {
+    live: Mutex<HashMap<u64, LiveOp>>,
+    ops: Mutex<HashMap<&'static str, OpStats>>,
+    lag: Mutex<LagStats>,
+    stuck_after: AtomicU64,
+}
+
+fn registry() -> &'static Registry {
+    static R: OnceLock<Registry> = OnceLock::new();
+    R.get_or_init(|| {
+        let r = Registry::default();
+        r.stuck_after.store(
+            MonitorConfig::default().stuck_after.as_nanos() as u64,
+            Ordering::Relaxed,
+        );
+        r
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pin_project_lite::pin_project! {
+    /// An operation being watched; see [`instrument`].
+    #[must_use = "futures do nothing unless awaited"]
+    pub struct Instrumented<F> {
+        #[pin]
+        inner: F,
+        name: &'static str,
+        site: &'static Location<'static>,
+        id: Option<u64>,
+        started: Option<Instant>,
+    }
+
+    impl<F> PinnedDrop for Instrumented<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(id) = this.id.take() {
+                finish(id, this.name, None);
+            }
+        }
+    }
+}
+
+/// Watches `future` as operation `name`: counted in flight while it runs, its latency
+/// recorded when it completes, listed as stuck if it runs too long. The place this is
+/// called is recorded as the operation's origin. A future dropped before completion is
+/// counted as cancelled.
+#[track_caller]
+pub fn instrument<F: Future>(name: &'static str, future: F) -> Instrumented<F> {
+    Instrumented {
+        inner: future,
+        name,
+        site: Location::caller(),
+        id: None,
+        started: None,
+    }
+}
+
+fn finish(id: u64, name: &'static str, took: Option<Duration>) {
+    let r = registry();
+    lock(&r.live).remove(&id);
+    let mut ops = lock(&r.ops);
+    let stats = ops.entry(name).or_default();
+    stats.in_flight = stats.in_flight.saturating_sub(1);
+    metrics::gauge!("windlass_inflight", "op" => name).decrement(1.0);
+    match took {
+        Some(d) => {
+            stats.completed += 1;
+            if stats.samples.len() == SAMPLES {
+                stats.samples.pop_front();
+            }
+            stats.samples.push_back(d);
+            metrics::histogram!("windlass_op_duration_seconds", "op" => name)
+                .record(d.as_secs_f64());
+        }
+        None => stats.cancelled += 1,
+    }
+}
+
+impl<F: Future> Future for Instrumented<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if this.id.is_none() && this.started.is_none() {
+            // Starts counting at the first poll: a future built but never awaited is not
+            // in flight.
+            let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+            let now = Instant::now();
+            *this.id = Some(id);
+            *this.started = Some(now);
+            let r = registry();
+            lock(&r.live).insert(
+                id,
+                LiveOp {
+                    name: this.name,
+                    site: this.site,
+                    started: now,
+                },
+            );
+            lock(&r.ops).entry(this.name).or_default().in_flight += 1;
+            metrics::gauge!("windlass_inflight", "op" => *this.name).increment(1.0);
+        }
+        let out = std::task::ready!(this.inner.poll(cx));
+        if let (Some(id), Some(started)) = (this.id.take(), *this.started) {
+            finish(id, this.name, Some(started.elapsed()));
+        }
+        Poll::Ready(out)
+    }
+}
+
+/// Runtime scheduling lag, as measured by the monitor's probe.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LagStats {
+    /// Probe ticks measured.
+    pub ticks: u64,
+    /// The latest tick's lag.
+    pub last: Duration,
+    /// The largest lag seen.
+    pub max: Duration,
+}
+
+/// One operation name's numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpLatency {
+    /// The operation's name.
+    pub name: &'static str,
+    /// Running now.
+    pub in_flight: u64,
+    /// Completed since the process started.
+    pub count: u64,
+    /// Dropped before completing.
+    pub cancelled: u64,
+    /// Median of the last 1,024 completions.
+    pub p50: Duration,
+    /// 95th percentile.
+    pub p95: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+}
+
+/// An instrumented operation running longer than the stuck threshold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StuckOp {
+    /// The operation's name.
+    pub name: &'static str,
+    /// How long it has been running.
+    pub age: Duration,
+    /// Where it was created.
+    pub site: &'static Location<'static>,
+}
+
+/// Every golden signal at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signals {
+    /// In-flight operations per name (names with none are omitted).
+    pub in_flight: Vec<(&'static str, u64)>,
+    /// Runtime lag (zero until a [`Monitor`] runs).
+    pub lag: LagStats,
+    /// Failed detached tasks since the process started.
+    pub silent_errors: u64,
+    /// The most recent of them.
+    pub recent_silent_errors: Vec<DetachedFailure>,
+    /// Latency per operation name, sorted by name.
+    pub latency: Vec<OpLatency>,
+    /// Operations older than the stuck threshold, oldest first.
+    pub stuck: Vec<StuckOp>,
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Instrumented operations running for at least `older_than`, oldest first.
+pub fn stuck_operations(older_than: Duration) -> Vec<StuckOp> {
+    let now = Instant::now();
+    let mut stuck: Vec<StuckOp> = lock(&registry().live)
+        .values()
+        .filter_map(|op| {
+            let age = now.saturating_duration_since(op.started);
+            (age >= older_than).then_some(StuckOp {
+                name: op.name,
+                age,
+                site: op.site,
+            })
+        })
+        .collect();
+    stuck.sort_by_key(|op| std::cmp::Reverse(op.age));
+    stuck
+}
+
+/// Reads every signal now (stuck operations by the monitor's threshold).
+pub fn snapshot() -> Signals {
+    let r = registry();
+    let stuck = stuck_operations(Duration::from_nanos(r.stuck_after.load(Ordering::Relaxed)));
+    let ops = lock(&r.ops);
+    let mut latency: Vec<OpLatency> = ops
+        .iter()
+        .map(|(name, s)| {
+            let mut sorted: Vec<Duration> = s.samples.iter().copied().collect();
+            sorted.sort_unstable();
+            OpLatency {
+                name,
+                in_flight: s.in_flight,
+                count: s.completed,
+                cancelled: s.cancelled,
+                p50: percentile(&sorted, 0.50),
+                p95: percentile(&sorted, 0.95),
+                p99: percentile(&sorted, 0.99),
+            }
+        })
+        .collect();
+    latency.sort_by(|a, b| a.name.cmp(b.name));
+    let in_flight = latency
+        .iter()
+        .filter(|l| l.in_flight > 0)
+        .map(|l| (l.name, l.in_flight))
+        .collect();
+    Signals {
+        in_flight,
+        lag: *lock(&r.lag),
+        silent_errors: detached_failures(),
+        recent_silent_errors: recent_failures(),
+        latency,
+        stuck,
+    }
+}
+
+/// Settings for the [`Monitor`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MonitorConfig {
+    /// How often the lag probe ticks (default 100 ms).
+    pub probe_interval: Duration,
+    /// An operation running this long is stuck (default 30 s).
+    pub stuck_after: Duration,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            probe_interval: Duration::from_millis(100),
+            stuck_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The running monitor: a probe task that measures runtime lag and publishes the stuck
+/// count. Stops when dropped.
+#[derive(Debug)]
+pub struct Monitor {
+    probe: JoinHandle<()>,
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.probe.abort();
+    }
+}
+
+impl Monitor {
+    /// Starts the monitor on the current tokio runtime.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime, like `tokio::spawn`.
+    pub fn start(cfg: MonitorConfig) -> Result<Monitor, ConfigError> {
+        let bad = |field, problem: &str| ConfigError {
+            policy: "monitor",
+            field,
+            problem: problem.into(),
+        };
+        if cfg.probe_interval.is_zero() {
+            return Err(bad("probe_interval", "must be positive"));
+        }
+        if cfg.stuck_after.is_zero() {
+            return Err(bad("stuck_after", "must be positive"));
+        }
+        let r = registry();
+        r.stuck_after
+            .store(cfg.stuck_after.as_nanos() as u64, Ordering::Relaxed);
+        let probe = tokio::spawn(async move {
+            let lag_hist = metrics::histogram!("windlass_runtime_lag_seconds");
+            let stuck_gauge = metrics::gauge!("windlass_stuck_operations");
+            let mut due = Instant::now() + cfg.probe_interval;
+            loop {
+                tokio::time::sleep_until(due).await;
+                let lag = Instant::now().saturating_duration_since(due);
+                lag_hist.record(lag.as_secs_f64());
+                {
+                    let mut l = lock(&r.lag);
+                    l.ticks += 1;
+                    l.last = lag;
+                    l.max = l.max.max(lag);
+                }
+                let now = Instant::now();
+                let stuck = lock(&r.live)
+                    .values()
+                    .filter(|op| now.saturating_duration_since(op.started) >= cfg.stuck_after)
+                    .count();
+                stuck_gauge.set(stuck as f64);
+                due = Instant::now() + cfg.probe_interval;
+            }
+        });
+        Ok(Monitor { probe })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    fn op<'a>(s: &'a Signals, name: &str) -> Option<&'a OpLatency> {
+        s.latency.iter().find(|l| l.name == name)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_and_latency_percentiles() {
+        let slow = tokio::spawn(instrument("t.inflight", tokio::time::sleep(ms(1000))));
+        tokio::time::sleep(ms(1)).await;
+        assert!(snapshot().in_flight.contains(&("t.inflight", 1)));
+        slow.await.unwrap();
+        assert!(!snapshot().in_flight.iter().any(|(n, _)| *n == "t.inflight"));
+        for i in 1..=100u64 {
+            instrument("t.lat", tokio::time::sleep(ms(i))).await;
+        }
+        let s = snapshot();
+        let l = op(&s, "t.lat").unwrap();
+        assert_eq!(l.count, 100);
+        assert_eq!((l.p50, l.p95, l.p99), (ms(51), ms(95), ms(99)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelled_operations_leave_and_are_counted() {
+        let fut = instrument("t.cancel", std::future::pending::<()>());
+        assert!(tokio::time::timeout(ms(5), fut).await.is_err());
+        let s = snapshot();
+        let l = op(&s, "t.cancel").unwrap();
+        assert_eq!((l.in_flight, l.cancelled, l.count), (0, 1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stuck_operations_are_listed_with_their_origin() {
+        let hung = tokio::spawn(instrument("t.stuck", std::future::pending::<()>()));
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let all = stuck_operations(Duration::from_secs(10));
+        let stuck = all.iter().find(|o| o.name == "t.stuck").unwrap();
+        assert!(stuck.age >= Duration::from_secs(11), "{:?}", stuck.age);
+        assert!(stuck.site.file().ends_with("signals.rs"));
+        assert!(
+            stuck_operations(Duration::from_secs(13))
+                .iter()
+                .all(|o| o.name != "t.stuck")
+        );
+        hung.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lag_probe_sees_a_late_tick() {
+        let _m = Monitor::start(MonitorConfig {
+            probe_interval: ms(100),
+            ..MonitorConfig::default()
+        })
+        .unwrap();
+        tokio::task::yield_now().await; // the probe is now sleeping until t = 100 ms
+        // The runtime "stalls": the clock jumps 150 ms before the probe can run.
+        tokio::time::advance(ms(150)).await;
+        tokio::task::yield_now().await;
+        let lag = snapshot().lag;
+        assert!(lag.ticks >= 1);
+        assert!(lag.max >= ms(50), "lag {:?}", lag.max);
+    }
+
+    #[test]
+    fn invalid_config_rejected() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let e = Monitor::start(MonitorConfig {
+            probe_interval: Duration::ZERO,
+            ..MonitorConfig::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "probe_interval");
+    }
+}
