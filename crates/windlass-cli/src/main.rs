@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use windlass_bench::alloc::CountingAlloc;
 
-mod demo;
+use windlass_cli::demo;
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -27,6 +27,9 @@ enum Command {
     /// The unstable-network showdown: the same requests with no controls, naive retries,
     /// and a Windlass pipeline, against a local fault-injecting upstream.
     Demo {
+        /// Another demo instead of the showdown.
+        #[command(subcommand)]
+        other: Option<OtherDemo>,
         /// Requests per mode.
         #[arg(long, default_value_t = 2000)]
         requests: usize,
@@ -49,6 +52,26 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum OtherDemo {
+    /// The thumbnail pipeline — fetch, thumbnail (CPU), upload — sequential, unbounded,
+    /// bounded, and streaming with CPU offload.
+    Pipeline {
+        /// Item counts to run (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1000")]
+        items: Vec<usize>,
+        /// The in-flight limit of the bounded stages.
+        #[arg(long, default_value_t = 32)]
+        limit: usize,
+        /// Threads for the CPU offload pool.
+        #[arg(long, default_value_t = 2)]
+        cpu_threads: usize,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -57,6 +80,29 @@ fn main() -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     match cli.command {
         Command::Demo {
+            other:
+                Some(OtherDemo::Pipeline {
+                    items,
+                    limit,
+                    cpu_threads,
+                    json,
+                }),
+            ..
+        } => {
+            let opts = demo::pipeline::PipelineOptions {
+                items,
+                limit,
+                cpu_threads,
+            };
+            let reports = runtime.block_on(demo::pipeline::run(&opts))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            } else {
+                print!("{}", demo::pipeline::table(&reports));
+            }
+        }
+        Command::Demo {
+            other: None,
             requests,
             concurrency,
             rate,

@@ -4,6 +4,7 @@
 //! no controls, naive retries, and a Windlass pipeline — then prints what each achieved.
 
 pub mod client;
+pub mod pipeline;
 pub mod upstream;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};

@@ -1,0 +1,4 @@
+//! The library behind the `windlass` binary: the demos, so that examples and tests can run
+//! them too. The binary (`src/main.rs`) only parses arguments and prints.
+
+pub mod demo;
