@@ -166,13 +166,16 @@ impl<S: Stream> Stream for Batch<S> {
             if let Sizing::Adaptive { handed_out, .. } = sizing {
                 *handed_out = Some((Instant::now(), full));
             }
-            std::mem::take(buf)
+            // One allocation per batch: the next buffer is sized for a full batch, so it
+            // never regrows while filling.
+            std::mem::replace(buf, Vec::with_capacity(target))
         };
         while !*this.done {
             match this.inner.as_mut().poll_next(cx) {
                 Poll::Ready(Some(item)) => {
                     if this.buf.is_empty() {
                         this.sleep.as_mut().reset(Instant::now() + *this.max_wait);
+                        this.buf.reserve(target);
                     }
                     this.buf.push(item);
                     if this.buf.len() >= target {
