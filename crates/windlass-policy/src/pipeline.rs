@@ -21,7 +21,7 @@
 //!   is paced and holds a slot only while it runs, never during a backoff sleep.
 //! - **Timeout innermost**: it bounds one attempt, not the waits in front of it.
 //!
-//! For another order, compose the same policies with [`Compose::then`](crate::Compose::then):
+//! For another order, compose the same policies with [`Compose::then`]:
 //! same cost, your order. Caching and coalescing are keyed by request, so they wrap a
 //! pipeline call rather than sit inside it: `cache.get_or_load(key, || pipeline.call(op))`.
 //!
