@@ -56,6 +56,18 @@ pub enum GatherError<E> {
     AllFailed(Vec<E>),
 }
 
+/// The legs, each tagged with its input position, ready to run concurrently.
+fn indexed<I, F>(legs: I) -> FuturesUnordered<impl Future<Output = (usize, F::Output)>>
+where
+    I: IntoIterator<Item = F>,
+    F: Future,
+{
+    legs.into_iter()
+        .enumerate()
+        .map(|(i, f)| async move { (i, f.await) })
+        .collect()
+}
+
 /// Every leg's value in input order, or the first failure (the other legs are then
 /// cancelled). An empty input gives an empty `Vec`.
 pub async fn all<I, F, T, E>(legs: I) -> Result<Vec<T>, GatherError<E>>
@@ -63,11 +75,7 @@ where
     I: IntoIterator<Item = F>,
     F: Future<Output = Result<T, E>>,
 {
-    let mut running: FuturesUnordered<_> = legs
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| async move { (i, f.await) })
-        .collect();
+    let mut running = indexed(legs);
     let mut out: Vec<Option<T>> = (0..running.len()).map(|_| None).collect();
     while let Some((index, result)) = running.next().await {
         match result {
@@ -84,11 +92,7 @@ where
     I: IntoIterator<Item = F>,
     F: Future<Output = Result<T, E>>,
 {
-    let mut running: FuturesUnordered<_> = legs
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| async move { (i, f.await) })
-        .collect();
+    let mut running = indexed(legs);
     let mut out: Vec<Option<Result<T, E>>> = (0..running.len()).map(|_| None).collect();
     while let Some((index, result)) = running.next().await {
         out[index] = Some(result);
@@ -102,11 +106,7 @@ where
     I: IntoIterator<Item = F>,
     F: Future<Output = Result<T, E>>,
 {
-    let mut running: FuturesUnordered<_> = legs
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| async move { (i, f.await) })
-        .collect();
+    let mut running = indexed(legs);
     match running.next().await {
         None => Err(GatherError::Empty),
         Some((_, Ok(v))) => Ok(v),
@@ -121,11 +121,7 @@ where
     I: IntoIterator<Item = F>,
     F: Future<Output = Result<T, E>>,
 {
-    let mut running: FuturesUnordered<_> = legs
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| async move { (i, f.await) })
-        .collect();
+    let mut running = indexed(legs);
     if running.is_empty() {
         return Err(GatherError::Empty);
     }

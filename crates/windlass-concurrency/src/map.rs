@@ -50,8 +50,7 @@ where
     F: FnMut(I::Item) -> Fut,
     Fut: Future,
 {
-    check(limit)?;
-    Ok(stream::iter(input).map(f).buffered(limit))
+    map_stream_bounded(stream::iter(input), limit, f)
 }
 
 /// Maps `f` over `input` with at most `limit` calls in flight; results as they finish.
@@ -65,8 +64,7 @@ where
     F: FnMut(I::Item) -> Fut,
     Fut: Future,
 {
-    check(limit)?;
-    Ok(stream::iter(input).map(f).buffer_unordered(limit))
+    map_stream_bounded_unordered(stream::iter(input), limit, f)
 }
 
 /// Like [`map_bounded`], over a stream.

@@ -90,6 +90,15 @@ impl<E> ScopeError<E> {
         }
     }
 
+    /// The child's position in spawn order.
+    pub fn index(&self) -> usize {
+        match self {
+            ScopeError::Failed { index, .. }
+            | ScopeError::Panicked { index, .. }
+            | ScopeError::Cancelled { index, .. } => *index,
+        }
+    }
+
     /// The failing child's own error, if it returned one.
     pub fn into_error(self) -> Option<E> {
         match self {
@@ -191,6 +200,23 @@ impl<T: Send + 'static, E: Send + 'static> Scope<T, E> {
             .map_or(Location::caller(), |c| c.site)
     }
 
+    /// A child that ended without returning: it panicked or was cancelled.
+    fn child_error(&self, e: tokio::task::JoinError) -> ScopeError<E> {
+        let index = self.index_of(e.id());
+        let site = self.site(index);
+        if e.is_panic() {
+            let payload = e.into_panic();
+            ScopeError::Panicked {
+                index,
+                site,
+                message: panic_message(&*payload),
+                payload: PanicPayload(payload),
+            }
+        } else {
+            ScopeError::Cancelled { index, site }
+        }
+    }
+
     /// Waits for every child. Fail-fast: the first child to fail or panic cancels the
     /// others, which are awaited until they have stopped, and its error is returned.
     /// On success, the results come back in spawn order.
@@ -209,21 +235,7 @@ impl<T: Send + 'static, E: Send + 'static> Scope<T, E> {
                     site: self.site(index),
                     error,
                 },
-                Err(e) => {
-                    let index = self.index_of(e.id());
-                    let site = self.site(index);
-                    if e.is_panic() {
-                        let payload = e.into_panic();
-                        ScopeError::Panicked {
-                            index,
-                            site,
-                            message: panic_message(&*payload),
-                            payload: PanicPayload(payload),
-                        }
-                    } else {
-                        ScopeError::Cancelled { index, site }
-                    }
-                }
+                Err(e) => self.child_error(e),
             };
             tracing::debug!(error = %failure_kind(&failure), "scope child failed; cancelling siblings");
             self.cancel().await;
@@ -248,20 +260,8 @@ impl<T: Send + 'static, E: Send + 'static> Scope<T, E> {
                     }),
                 ),
                 Err(e) => {
-                    let index = self.index_of(e.id());
-                    let site = self.site(index);
-                    let err = if e.is_panic() {
-                        let payload = e.into_panic();
-                        ScopeError::Panicked {
-                            index,
-                            site,
-                            message: panic_message(&*payload),
-                            payload: PanicPayload(payload),
-                        }
-                    } else {
-                        ScopeError::Cancelled { index, site }
-                    };
-                    (index, Err(err))
+                    let err = self.child_error(e);
+                    (err.index(), Err(err))
                 }
             };
             if let Some(slot) = results.get_mut(index) {
