@@ -1,7 +1,8 @@
 //! Windlass's concurrency tools against the hand-written tokio/futures equivalents, in one
 //! run: scope vs `JoinSet`, `gather::all` vs `try_join_all`, bounded map vs
 //! `buffer_unordered`, `throttle` vs tokio-stream's, `batch` vs tokio-stream's
-//! `chunks_timeout`. Allocations per operation are printed first.
+//! `chunks_timeout`; and the cost of `signals::instrument` over a plain await. Allocations
+//! per operation are printed first.
 //!
 //! Run: `cargo bench -p windlass-bench --bench concurrency`
 
@@ -126,6 +127,21 @@ async fn chunks_timeout() {
     black_box(n);
 }
 
+async fn instrumented_100() {
+    for i in 0..TASKS {
+        black_box(
+            windlass_concurrency::signals::instrument("bench.op", async move { black_box(i) })
+                .await,
+        );
+    }
+}
+
+async fn plain_100() {
+    for i in 0..TASKS {
+        black_box(async move { black_box(i) }.await);
+    }
+}
+
 type Case = (
     &'static str,
     &'static str,
@@ -166,6 +182,12 @@ fn cases() -> Vec<Case> {
             "tokio-stream chunks_timeout",
             || Box::pin(chunks_timeout()),
         ),
+        ("100 awaited operations", "signals::instrument", || {
+            Box::pin(instrumented_100())
+        }),
+        ("100 awaited operations", "plain await", || {
+            Box::pin(plain_100())
+        }),
     ]
 }
 

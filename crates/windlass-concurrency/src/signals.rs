@@ -56,12 +56,27 @@ struct LiveOp {
     started: Instant,
 }
 
-#[derive(Default)]
 struct OpStats {
     in_flight: u64,
     completed: u64,
     cancelled: u64,
     samples: VecDeque<Duration>,
+    // Registered once per name: building a labelled key on every call would allocate.
+    m_in_flight: metrics::Gauge,
+    m_duration: metrics::Histogram,
+}
+
+impl OpStats {
+    fn new(name: &'static str) -> Self {
+        OpStats {
+            in_flight: 0,
+            completed: 0,
+            cancelled: 0,
+            samples: VecDeque::new(),
+            m_in_flight: metrics::gauge!("windlass_inflight", "op" => name),
+            m_duration: metrics::histogram!("windlass_op_duration_seconds", "op" => name),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -131,9 +146,9 @@ fn finish(id: u64, name: &'static str, took: Option<Duration>) {
     let r = registry();
     lock(&r.live).remove(&id);
     let mut ops = lock(&r.ops);
-    let stats = ops.entry(name).or_default();
+    let stats = ops.entry(name).or_insert_with(|| OpStats::new(name));
     stats.in_flight = stats.in_flight.saturating_sub(1);
-    metrics::gauge!("windlass_inflight", "op" => name).decrement(1.0);
+    stats.m_in_flight.decrement(1.0);
     match took {
         Some(d) => {
             stats.completed += 1;
@@ -141,8 +156,7 @@ fn finish(id: u64, name: &'static str, took: Option<Duration>) {
                 stats.samples.pop_front();
             }
             stats.samples.push_back(d);
-            metrics::histogram!("windlass_op_duration_seconds", "op" => name)
-                .record(d.as_secs_f64());
+            stats.m_duration.record(d.as_secs_f64());
         }
         None => stats.cancelled += 1,
     }
@@ -169,8 +183,11 @@ impl<F: Future> Future for Instrumented<F> {
                     started: now,
                 },
             );
-            lock(&r.ops).entry(this.name).or_default().in_flight += 1;
-            metrics::gauge!("windlass_inflight", "op" => *this.name).increment(1.0);
+            let name = *this.name;
+            let mut ops = lock(&r.ops);
+            let stats = ops.entry(name).or_insert_with(|| OpStats::new(name));
+            stats.in_flight += 1;
+            stats.m_in_flight.increment(1.0);
         }
         let out = std::task::ready!(this.inner.poll(cx));
         if let (Some(id), Some(started)) = (this.id.take(), *this.started) {
