@@ -503,3 +503,54 @@ proptest! {
         })?;
     }
 }
+
+/// Four threads record through the batched path at once: the window never holds more than
+/// its size, healthy traffic keeps it closed, and failing traffic still opens it.
+#[test]
+fn batched_successes_under_contention() {
+    let b = breaker(100, 10, Duration::from_secs(60), 1);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..10_000 {
+                    b.try_acquire().unwrap().success();
+                }
+            });
+        }
+    });
+    assert_eq!(b.state(), BreakerState::Closed);
+    match crate::observe::find(b.name())[0].state {
+        crate::observe::PolicyState::CircuitBreaker {
+            calls_in_window,
+            failure_rate,
+            ..
+        } => {
+            assert_eq!(
+                calls_in_window, 100,
+                "every batched success folded in, window bounded"
+            );
+            assert_eq!(failure_rate, 0.0);
+        }
+        ref other => panic!("{other:?}"),
+    }
+    // Now 60% failures from every thread: the breaker must open.
+    let rejected = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for i in 0..1_000 {
+                    match b.try_acquire() {
+                        Ok(p) if i % 5 < 3 => p.failure(),
+                        Ok(p) => p.success(),
+                        Err(_) => {
+                            rejected.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(b.state(), BreakerState::Open);
+    assert!(rejected.load(Ordering::SeqCst) > 0);
+    assert_eq!(b.openings(), 1);
+}
