@@ -216,6 +216,27 @@ mod tests {
         assert!(reg.len() <= 100, "bounded: {}", reg.len());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn per_tenant_rate_limits_are_independent() {
+        let limits = Keyed::builder()
+            .build(|tenant: &&str| {
+                crate::RateLimiter::builder()
+                    .name(format!("tenant:{tenant}"))
+                    .per_second(2)
+                    .burst(2)
+                    .build()
+            })
+            .unwrap();
+        let noisy = limits.get(&"noisy").unwrap();
+        assert!(noisy.try_acquire().is_ok() && noisy.try_acquire().is_ok());
+        assert!(
+            limits.get(&"noisy").unwrap().try_acquire().is_err(),
+            "noisy is throttled"
+        );
+        let quiet = limits.get(&"quiet").unwrap();
+        assert!(quiet.try_acquire().is_ok(), "another tenant is not");
+    }
+
     #[test]
     fn factory_errors_surface() {
         let reg = Keyed::builder()
