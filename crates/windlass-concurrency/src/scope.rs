@@ -412,11 +412,10 @@ mod tests {
         assert!(caught.is_err(), "resume_unwind re-raised the panic");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn dropping_or_cancelling_the_scope_stops_every_child() {
-        let live = Live::default();
-        let mut s: Scope<(), ()> = Scope::new();
-        for _ in 0..3 {
+    /// A scope with `n` children that never finish, each counted by `live`.
+    fn pending_children(live: &Live, n: usize) -> Scope<(), ()> {
+        let mut s = Scope::new();
+        for _ in 0..n {
             let live = live.clone();
             s.spawn(async move {
                 let _alive = live.enter();
@@ -424,20 +423,19 @@ mod tests {
                 Ok(())
             });
         }
+        s
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_or_cancelling_the_scope_stops_every_child() {
+        let live = Live::default();
+        let mut s = pending_children(&live, 3);
         tokio::task::yield_now().await;
         assert_eq!(live.count(), 3);
         s.cancel().await;
         assert_eq!(live.count(), 0, "cancel waits until every child is gone");
 
-        let mut s: Scope<(), ()> = Scope::new();
-        for _ in 0..3 {
-            let live = live.clone();
-            s.spawn(async move {
-                let _alive = live.enter();
-                std::future::pending::<()>().await;
-                Ok(())
-            });
-        }
+        let s = pending_children(&live, 3);
         tokio::task::yield_now().await;
         assert_eq!(live.count(), 3);
         drop(s);
@@ -450,18 +448,7 @@ mod tests {
     async fn a_cancelled_owner_cancels_its_children() {
         let live = Live::default();
         let l = live.clone();
-        let owner = tokio::spawn(async move {
-            let mut s: Scope<(), ()> = Scope::new();
-            for _ in 0..4 {
-                let l = l.clone();
-                s.spawn(async move {
-                    let _alive = l.enter();
-                    std::future::pending::<()>().await;
-                    Ok(())
-                });
-            }
-            s.join().await
-        });
+        let owner = tokio::spawn(async move { pending_children(&l, 4).join().await });
         tokio::time::sleep(ms(1)).await;
         assert_eq!(live.count(), 4);
         owner.abort();
