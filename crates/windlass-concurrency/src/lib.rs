@@ -31,4 +31,4 @@ pub use actor::{Actor, ActorRef, ActorStopped, AskError, TrySendError, spawn_act
 pub use detached::{DetachedFailure, detached_failures, recent_failures, spawn_detached};
 pub use offload::{Offload, OffloadError, OffloadStats};
 pub use scope::{PanicPayload, Scope, ScopeError};
-pub use supervisor::{Escalated, Supervisor, SupervisorBuilder};
+pub use supervisor::{Escalated, Restart, Supervisor, SupervisorBuilder};

@@ -29,11 +29,11 @@ use windlass_policy::ConfigError;
 
 fn check(limit: usize) -> Result<(), ConfigError> {
     if limit == 0 {
-        Err(ConfigError {
-            policy: "bounded map",
-            field: "limit",
-            problem: "must be at least 1".into(),
-        })
+        Err(ConfigError::new(
+            "bounded map",
+            "limit",
+            "must be at least 1",
+        ))
     } else {
         Ok(())
     }
@@ -208,7 +208,7 @@ mod tests {
         assert_eq!(
             map_bounded(0..1, 0, |x| async move { x })
                 .err()
-                .map(|e| e.field),
+                .map(|e| e.field()),
             Some("limit")
         );
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -219,6 +219,6 @@ mod tests {
             0,
             |x| async move { Ok::<_, ()>(x) },
         ));
-        assert!(matches!(out, Err(MapError::Config(e)) if e.field == "limit"));
+        assert!(matches!(out, Err(MapError::Config(e)) if e.field() == "limit"));
     }
 }

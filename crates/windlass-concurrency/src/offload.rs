@@ -6,7 +6,9 @@
 //! runs such closures on tokio's blocking threads, at most `threads` at a time, with at most
 //! `queue` more waiting; past that, [`Offload::run`] waits for room (backpressure) and
 //! [`Offload::try_run`] refuses at once. A job whose awaiting future is dropped before the
-//! job starts never runs. Queue depth, running jobs and run time are measured
+//! job starts never runs (it is counted as abandoned); a job that has started keeps its
+//! thread and queue slot until it finishes, even if its caller stopped waiting, so the
+//! bounds hold exactly when callers time out under overload. Queue depth, running jobs and run time are measured
 //! (`windlass_offload_queued`, `windlass_offload_running`, `windlass_offload_run_seconds`).
 //!
 //! **When not to use it:** for blocking *I/O* (use the async API, or plain
@@ -26,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use windlass_policy::ConfigError;
 
 use crate::scope::panic_message;
@@ -62,8 +64,8 @@ pub struct OffloadStats {
 
 struct Shared {
     name: Arc<str>,
-    admitted: Semaphore,
-    threads: Semaphore,
+    admitted: Arc<Semaphore>,
+    threads: Arc<Semaphore>,
     queued: AtomicU64,
     running: AtomicU64,
     completed: AtomicU64,
@@ -89,13 +91,20 @@ impl std::fmt::Debug for Offload {
     }
 }
 
-/// Leaves the queue however the wait ends.
-struct Waiting<'a>(&'a Shared);
+/// Leaves the queue however the wait ends; a wait that ends without a thread (the caller
+/// went away) abandons the job.
+struct Waiting<'a> {
+    shared: &'a Shared,
+    got_thread: bool,
+}
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.queued.fetch_sub(1, Ordering::Relaxed);
-        self.0.m_queued.decrement(1.0);
+        self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+        self.shared.m_queued.decrement(1.0);
+        if !self.got_thread {
+            self.shared.abandoned.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -107,11 +116,7 @@ impl Offload {
         threads: usize,
         queue: usize,
     ) -> Result<Self, ConfigError> {
-        let invalid = |field, problem: &str| ConfigError {
-            policy: "offload",
-            field,
-            problem: problem.into(),
-        };
+        let invalid = |field, problem: &str| ConfigError::new("offload", field, problem);
         if threads == 0 {
             return Err(invalid("threads", "must be at least 1"));
         }
@@ -123,8 +128,8 @@ impl Offload {
         let label = name.to_string();
         Ok(Offload {
             shared: Arc::new(Shared {
-                admitted: Semaphore::new(admitted),
-                threads: Semaphore::new(threads),
+                admitted: Arc::new(Semaphore::new(admitted)),
+                threads: Arc::new(Semaphore::new(threads)),
                 queued: AtomicU64::new(0),
                 running: AtomicU64::new(0),
                 completed: AtomicU64::new(0),
@@ -159,7 +164,8 @@ impl Offload {
         let admitted = self
             .shared
             .admitted
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| OffloadError::Shutdown)?;
         self.execute(admitted, job).await
@@ -171,18 +177,14 @@ impl Offload {
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
     {
-        let Ok(admitted) = self.shared.admitted.try_acquire() else {
+        let Ok(admitted) = self.shared.admitted.clone().try_acquire_owned() else {
             self.shared.rejected.fetch_add(1, Ordering::Relaxed);
             return Err(OffloadError::Full(self.shared.name.clone()));
         };
         self.execute(admitted, job).await
     }
 
-    async fn execute<F, R>(
-        &self,
-        _admitted: tokio::sync::SemaphorePermit<'_>,
-        job: F,
-    ) -> Result<R, OffloadError>
+    async fn execute<F, R>(&self, admitted: OwnedSemaphorePermit, job: F) -> Result<R, OffloadError>
     where
         F: FnOnce() -> R + Send + 'static,
         R: Send + 'static,
@@ -190,12 +192,17 @@ impl Offload {
         let s = &*self.shared;
         s.queued.fetch_add(1, Ordering::Relaxed);
         s.m_queued.increment(1.0);
-        let waiting = Waiting(s);
+        let mut waiting = Waiting {
+            shared: s,
+            got_thread: false,
+        };
         let thread = s
             .threads
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| OffloadError::Shutdown)?;
+        waiting.got_thread = true;
         drop(waiting);
         // Set when this future is dropped: a job whose caller left before it started on
         // its thread is skipped.
@@ -211,6 +218,10 @@ impl Offload {
         let mut guard = Abandon(abandoned.clone(), false);
         let shared = self.shared.clone();
         let handle = tokio::task::spawn_blocking(move || {
+            // Both permits live as long as the job, not as long as its caller: a caller that
+            // stops waiting (a timeout, a cancelled request) does not free a slot whose job
+            // is still computing.
+            let _permits = (admitted, thread);
             if abandoned.load(Ordering::SeqCst) {
                 shared.abandoned.fetch_add(1, Ordering::Relaxed);
                 return None;
@@ -227,7 +238,6 @@ impl Offload {
         });
         let joined = handle.await;
         guard.1 = true;
-        drop(thread);
         match joined {
             Ok(Some(Ok(v))) => Ok(v),
             Ok(Some(Err(panic))) => Err(OffloadError::Panicked(panic_message(&*panic))),
@@ -313,11 +323,45 @@ mod tests {
         assert_eq!(pool.run(|| ()).await, Ok(()));
         assert!(!ran.load(Ordering::SeqCst), "the abandoned job never ran");
         assert_eq!(pool.stats().queued, 0);
+        assert_eq!(pool.stats().abandoned, 1);
+        assert_eq!(pool.stats().completed, 2, "the blocker and the probe");
+    }
+
+    /// Regression: both permits lived in the caller's future, so a caller that timed out
+    /// freed the slot of a job that was still computing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_that_stops_waiting_does_not_free_its_running_jobs_slot() {
+        let pool = Offload::new("t4", 1, 0).unwrap();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let p = pool.clone();
+        let caller = tokio::spawn(async move {
+            p.run(move || {
+                let _ = started_tx.send(());
+                let _ = release_rx.recv();
+            })
+            .await
+        });
+        started_rx.await.unwrap();
+        caller.abort();
+        assert!(caller.await.unwrap_err().is_cancelled());
+        assert_eq!(pool.stats().running, 1, "the job computes on");
+        assert!(
+            matches!(pool.try_run(|| ()).await, Err(OffloadError::Full(_))),
+            "its slot is still taken"
+        );
+        release_tx.send(()).unwrap();
+        // Once the job ends, its slot comes back: `run` waits for it and gets it.
+        assert_eq!(pool.run(|| 7).await, Ok(7));
+        assert_eq!(pool.stats().running, 0);
     }
 
     #[test]
     fn invalid_sizes_rejected() {
-        assert_eq!(Offload::new("x", 0, 1).unwrap_err().field, "threads");
-        assert_eq!(Offload::new("x", 1, usize::MAX).unwrap_err().field, "queue");
+        assert_eq!(Offload::new("x", 0, 1).unwrap_err().field(), "threads");
+        assert_eq!(
+            Offload::new("x", 1, usize::MAX).unwrap_err().field(),
+            "queue"
+        );
     }
 }

@@ -355,11 +355,7 @@ impl Monitor {
     /// # Panics
     /// Outside a tokio runtime, like `tokio::spawn`.
     pub fn start(cfg: MonitorConfig) -> Result<Monitor, ConfigError> {
-        let bad = |field, problem: &str| ConfigError {
-            policy: "monitor",
-            field,
-            problem: problem.into(),
-        };
+        let bad = |field, problem: &str| ConfigError::new("monitor", field, problem);
         if cfg.probe_interval.is_zero() {
             return Err(bad("probe_interval", "must be positive"));
         }
@@ -477,6 +473,6 @@ mod tests {
             ..MonitorConfig::default()
         })
         .unwrap_err();
-        assert_eq!(e.field, "probe_interval");
+        assert_eq!(e.field(), "probe_interval");
     }
 }

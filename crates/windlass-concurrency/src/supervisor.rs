@@ -7,8 +7,14 @@
 //! allows at most `max_restarts` within a sliding `within` window. One more failure
 //! *escalates*: the supervisor stops restarting, records the failure as a silent error
 //! (see [`spawn_detached`](crate::spawn_detached)) and resolves the task's handle with
-//! [`Escalated`], for the next level up to act on. A task that returns `Ok` is done and not
-//! restarted (Erlang's *transient* restart strategy).
+//! [`Escalated`], for the next level up to act on.
+//!
+//! What counts as a reason to restart is the task's [`Restart`] type, as in Erlang/OTP:
+//! *transient* (the default) restarts after a failure only and is done after a normal exit;
+//! *permanent* restarts after a normal exit too (a server loop that must always run);
+//! *temporary* never restarts (the failure is still logged, counted and reported). The
+//! restart delay follows a [`RetrySchedule`] (its `max_attempts` is not used: the restart
+//! window bounds restarts).
 //!
 //! ```
 //! use std::sync::atomic::{AtomicU32, Ordering};
@@ -38,8 +44,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use windlass_policy::retry::backoff::{self, JitterState};
-use windlass_policy::{Backoff, ConfigError, Jitter};
+use windlass_policy::{Backoff, ConfigError, Jitter, RetrySchedule};
 
 use crate::detached::{record_failure, run_caught};
 
@@ -59,15 +64,29 @@ pub struct Escalated {
     pub last_failure: String,
 }
 
-/// Builds a [`Supervisor`]. Defaults: 5 restarts within 60 s, exponential backoff from
-/// 100 ms with full jitter, capped at 10 s.
+/// When a supervised task is restarted (Erlang/OTP's restart types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Restart {
+    /// Restart after a failure (an `Err` or a panic); a normal exit ends supervision.
+    #[default]
+    Transient,
+    /// Restart after any exit, normal or not: the task must always be running. Its handle
+    /// resolves only when it escalates or is aborted.
+    Permanent,
+    /// Never restart: one run, whose failure is still logged, counted and returned as
+    /// [`Escalated`] with zero restarts.
+    Temporary,
+}
+
+/// Builds a [`Supervisor`]. Defaults: transient restarts, at most 5 within 60 s,
+/// exponential backoff from 100 ms with full jitter, capped at 10 s.
 #[derive(Debug, Clone)]
 pub struct SupervisorBuilder {
     max_restarts: u32,
     within: Duration,
-    backoff: Backoff,
-    jitter: Jitter,
-    max_delay: Duration,
+    schedule: RetrySchedule,
+    restart: Restart,
 }
 
 impl SupervisorBuilder {
@@ -83,30 +102,27 @@ impl SupervisorBuilder {
     }
     /// The wait before each restart.
     pub fn backoff(mut self, backoff: Backoff, jitter: Jitter, max_delay: Duration) -> Self {
-        self.backoff = backoff;
-        self.jitter = jitter;
-        self.max_delay = max_delay;
+        self.schedule.backoff = backoff;
+        self.schedule.jitter = jitter;
+        self.schedule.max_delay = max_delay;
+        self
+    }
+    /// The wait before each restart, as a stored schedule (its `max_attempts` is ignored).
+    pub fn schedule(mut self, schedule: RetrySchedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+    /// When tasks are restarted (default [`Restart::Transient`]).
+    pub fn restart(mut self, restart: Restart) -> Self {
+        self.restart = restart;
         self
     }
 
     /// Validates and builds.
     pub fn build(self) -> Result<Supervisor, ConfigError> {
-        // Reuse the retry policy's validation of backoff and jitter.
-        windlass_policy::Retry::builder()
-            .backoff(self.backoff)
-            .jitter(self.jitter)
-            .max_delay(self.max_delay)
-            .build()
-            .map_err(|e| ConfigError {
-                policy: "supervisor",
-                ..e
-            })?;
+        self.schedule.validate_as("supervisor")?;
         if self.within.is_zero() {
-            return Err(ConfigError {
-                policy: "supervisor",
-                field: "within",
-                problem: "must be positive".into(),
-            });
+            return Err(ConfigError::new("supervisor", "within", "must be positive"));
         }
         Ok(Supervisor { cfg: self })
     }
@@ -125,9 +141,13 @@ impl Supervisor {
         SupervisorBuilder {
             max_restarts: 5,
             within: Duration::from_secs(60),
-            backoff: Backoff::exponential(Duration::from_millis(100)),
-            jitter: Jitter::Full,
-            max_delay: Duration::from_secs(10),
+            schedule: RetrySchedule {
+                max_attempts: u32::MAX,
+                backoff: Backoff::exponential(Duration::from_millis(100)),
+                jitter: Jitter::Full,
+                max_delay: Duration::from_secs(10),
+            },
+            restart: Restart::Transient,
         }
     }
 
@@ -167,10 +187,18 @@ where
 {
     let mut failures: VecDeque<Instant> = VecDeque::new();
     let mut restarts: u32 = 0;
-    let mut jitter = JitterState::default();
-    let mut rng = fastrand::Rng::new();
+    let seed = fastrand::u64(..);
     loop {
         let failure = match run_caught(task, site, start()).await {
+            Ok(()) if cfg.restart == Restart::Permanent => {
+                restarts += 1;
+                tracing::info!(task, site = %site, restarts, "restarting permanent task after a normal exit");
+                metrics::counter!("windlass_supervisor_restarts_total", "task" => task, "reason" => "exit").increment(1);
+                // A permanent task that keeps exiting is a loop, not a failure: yield so
+                // that it cannot starve its runtime thread.
+                tokio::task::yield_now().await;
+                continue;
+            }
             Ok(()) => return Ok(()),
             Err(f) => f,
         };
@@ -184,7 +212,8 @@ where
         }
         // `failures` includes this one: more than max_restarts failures in the window
         // would need a restart beyond the limit.
-        if failures.len() as u64 > u64::from(cfg.max_restarts) {
+        if cfg.restart == Restart::Temporary || failures.len() as u64 > u64::from(cfg.max_restarts)
+        {
             let escalated = Escalated {
                 task,
                 site,
@@ -196,16 +225,11 @@ where
             return Err(escalated);
         }
         restarts += 1;
-        let wait = backoff::delay(
-            &cfg.backoff,
-            cfg.jitter,
-            cfg.max_delay,
-            failures.len() as u32,
-            &mut jitter,
-            || rng.f64(),
-        );
+        let wait = cfg
+            .schedule
+            .retry_delay(u32::try_from(failures.len()).unwrap_or(u32::MAX), seed);
         tracing::warn!(task, site = %site, restarts, delay_ms = wait.as_millis() as u64, failure = %failure.message, "restarting supervised task");
-        metrics::counter!("windlass_supervisor_restarts_total", "task" => task).increment(1);
+        metrics::counter!("windlass_supervisor_restarts_total", "task" => task, "reason" => "failure").increment(1);
         tokio::time::sleep(wait).await;
     }
 }
@@ -297,11 +321,77 @@ mod tests {
             .within(Duration::ZERO)
             .build()
             .unwrap_err();
-        assert_eq!(e.field, "within");
+        assert_eq!(e.field(), "within");
         let e = Supervisor::builder()
             .backoff(Backoff::Constant(ms(1)), Jitter::Proportional(2.0), ms(1))
             .build()
             .unwrap_err();
-        assert_eq!((e.policy, e.field), ("supervisor", "jitter factor"));
+        assert_eq!((e.component(), e.field()), ("supervisor", "jitter.factor"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_tasks_restart_after_a_normal_exit_too() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let r = runs.clone();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut done_tx = Some(done_tx);
+        let handle = Supervisor::builder()
+            .restart(Restart::Permanent)
+            .build()
+            .unwrap()
+            .spawn("server-loop", move || {
+                let n = r.fetch_add(1, Ordering::SeqCst);
+                let tx = if n == 4 { done_tx.take() } else { None };
+                async move {
+                    if let Some(tx) = tx {
+                        let _ = tx.send(());
+                    }
+                    Ok::<(), &str>(())
+                }
+            });
+        done_rx.await.unwrap();
+        assert!(
+            runs.load(Ordering::SeqCst) >= 5,
+            "exited normally and came back"
+        );
+        assert!(!handle.is_finished(), "a permanent task runs until aborted");
+        handle.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn temporary_tasks_never_restart_but_their_failure_is_reported() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let r = runs.clone();
+        let out = Supervisor::builder()
+            .restart(Restart::Temporary)
+            .build()
+            .unwrap()
+            .spawn("one-shot", move || {
+                r.fetch_add(1, Ordering::SeqCst);
+                async { Err::<(), _>("failed once") }
+            })
+            .await
+            .unwrap();
+        let esc = out.unwrap_err();
+        assert_eq!(
+            (esc.restarts, esc.last_failure.as_str()),
+            (0, "failed once")
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_tasks_stop_after_a_normal_exit() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let r = runs.clone();
+        let out = sup(5, Duration::from_secs(1))
+            .spawn("job", move || {
+                r.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<(), &str>(()) }
+            })
+            .await
+            .unwrap();
+        assert!(out.is_ok());
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
     }
 }

@@ -131,11 +131,7 @@ impl FaultInjectorBuilder {
     }
     /// Validates and builds.
     pub fn build(self) -> Result<FaultInjector, ConfigError> {
-        let bad = |field, problem: &str| ConfigError {
-            policy: "fault injector",
-            field,
-            problem: problem.into(),
-        };
+        let bad = |field, problem: &str| ConfigError::new("fault injector", field, problem);
         for (field, r) in [
             ("error_rate", self.error_rate),
             ("hang_rate", self.hang_rate),

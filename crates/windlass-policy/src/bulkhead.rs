@@ -30,6 +30,7 @@
 //! # }
 //! ```
 
+use crate::time::saturating_add;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -304,7 +305,7 @@ impl Bulkhead {
         s.m_queued.increment(1.0);
         let _in_line = QueueSlot(s);
         let start = Instant::now();
-        let own = s.max_wait.map(|w| start + w);
+        let own = s.max_wait.map(|w| saturating_add(start, w));
         let (limit, on_expiry) = match (own, deadline) {
             (Some(o), Some(d)) if d < o => (Some(d), PolicyError::DeadlineExceeded),
             (Some(o), _) => (
@@ -519,7 +520,7 @@ mod tests {
                 .max_concurrent(0)
                 .build()
                 .unwrap_err()
-                .field,
+                .field(),
             "max_concurrent"
         );
     }

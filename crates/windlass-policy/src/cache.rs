@@ -5,9 +5,10 @@
 //! and a bounded capacity (the `moka` crate's TinyLFU eviction). A miss loads through a
 //! [`Coalesce`], so a hot key that expires causes one load, not a stampede.
 //!
-//! **Invalidation during a load is safe:** `invalidate(key)` while a load for that key is in
-//! flight makes that load's result go to its waiters only; it is not stored, so the cache
-//! never resurrects data older than the invalidation.
+//! **Invalidation is exact:** a read that starts after `invalidate(key)` (or `insert`)
+//! returns never sees a value from before it, on any thread. A load in flight at the time
+//! hands its result to the callers already waiting on it, but it is not stored, and later
+//! readers do not join it: they start a fresh load.
 //!
 //! Expiry is measured on tokio's clock (paused in tests), not moka's own.
 //!
@@ -40,12 +41,14 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::coalesce::Coalesce;
 use crate::config::{ConfigError, ensure};
+use crate::time::saturating_add;
 
 const STRIPES: usize = 64;
 
@@ -111,7 +114,7 @@ impl<V: 'static> CacheBuilder<V> {
             store: moka::sync::Cache::new(self.max_capacity),
             loads: Coalesce::new(),
             ttl_for: self.ttl_for,
-            stripes: std::array::from_fn(|_| AtomicU64::new(0)),
+            stripes: std::array::from_fn(|_| Mutex::new(0)),
             hasher: std::collections::hash_map::RandomState::new(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -122,11 +125,15 @@ impl<V: 'static> CacheBuilder<V> {
 /// A bounded, TTL-expiring cache with coalesced loads.
 pub struct Cache<K, V> {
     store: moka::sync::Cache<K, (V, Instant)>,
-    loads: Coalesce<K, V>,
+    /// Loads in flight, keyed by the key *and* its stripe's generation when the load began:
+    /// a reader that arrives after an invalidation never joins a load from before it.
+    loads: Coalesce<(K, u64), V>,
     ttl_for: Arc<TtlFn<V>>,
-    /// Invalidation counters by key hash: a load stores its result only if its key's stripe
-    /// was not invalidated meanwhile. (A collision only skips caching one load.)
-    stripes: [AtomicU64; STRIPES],
+    /// Write generations by key hash. Every write and invalidation bumps its key's stripe
+    /// under the stripe's lock, and a load stores its result only if, under the same lock,
+    /// the stripe is still at the generation the load began with. (A collision only skips
+    /// caching one load.)
+    stripes: [Mutex<u64>; STRIPES],
     hasher: std::collections::hash_map::RandomState,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -159,32 +166,43 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    fn stripe(&self, key: &K) -> &AtomicU64 {
+    fn stripe(&self, key: &K) -> MutexGuard<'_, u64> {
         let h = self.hasher.hash_one(key);
-        &self.stripes[(h as usize) % STRIPES]
+        self.stripes[(h as usize) % STRIPES]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The cached value, if present and fresh.
     pub fn get(&self, key: &K) -> Option<V> {
         match self.store.get(key) {
             Some((v, expires)) if Instant::now() < expires => Some(v),
-            Some(_) => {
-                self.store.invalidate(key);
-                None
-            }
-            None => None,
+            _ => None,
         }
     }
 
-    /// Stores a value (with its TTL) unless the TTL rule says not to.
+    /// Stores `value` under the TTL its rule gives (a `None` TTL stores nothing). Loads in
+    /// flight for this key will not overwrite it.
     pub fn insert(&self, key: K, value: V) {
-        if let Some(ttl) = (self.ttl_for)(&value) {
-            self.store.insert(key, (value, Instant::now() + ttl));
+        let mut generation = self.stripe(&key);
+        *generation += 1;
+        self.store_entry(key, value);
+    }
+
+    /// Writes to the store; the caller holds the key's stripe lock.
+    fn store_entry(&self, key: K, value: V) {
+        match (self.ttl_for)(&value) {
+            // `Duration::MAX` (or any TTL past the far future) means "until evicted".
+            Some(ttl) => {
+                let expires = saturating_add(Instant::now(), ttl);
+                self.store.insert(key, (value, expires));
+            }
+            None => self.store.invalidate(&key),
         }
     }
 
     /// The cached value, or the result of `load()` (shared with concurrent misses), which is
-    /// then cached.
+    /// then cached — unless the key was written or invalidated while it loaded.
     pub async fn get_or_load<F, Fut>(&self, key: K, load: F) -> V
     where
         F: FnOnce() -> Fut,
@@ -197,24 +215,34 @@ where
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         self.m_miss.increment(1);
-        let generation = self.stripe(&key).load(Ordering::Acquire);
-        let value = self.loads.call(key.clone(), load).await;
-        if self.stripe(&key).load(Ordering::Acquire) == generation {
-            self.insert(key, value.clone());
+        let generation = *self.stripe(&key);
+        let value = self.loads.call((key.clone(), generation), load).await;
+        let current = self.stripe(&key);
+        if *current == generation {
+            self.store_entry(key, value.clone());
         }
+        drop(current);
         value
     }
 
-    /// Removes a key; a load in flight for it will not store its result.
+    /// Removes a key. A load in flight for it will not store its result, and a read that
+    /// starts after this returns does not join that load: it loads afresh.
     pub fn invalidate(&self, key: &K) {
-        self.stripe(key).fetch_add(1, Ordering::AcqRel);
+        let mut generation = self.stripe(key);
+        *generation += 1;
         self.store.invalidate(key);
     }
 
-    /// Removes every key; no load in flight will store its result.
+    /// Removes every key; no load in flight will store its result, and no later read joins
+    /// one of them.
     pub fn invalidate_all(&self) {
-        for s in &self.stripes {
-            s.fetch_add(1, Ordering::AcqRel);
+        let mut guards: Vec<_> = self
+            .stripes
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner))
+            .collect();
+        for g in &mut guards {
+            **g += 1;
         }
         self.store.invalidate_all();
     }
@@ -309,6 +337,106 @@ mod tests {
             "the waiter still gets its answer"
         );
         assert_eq!(cache.get(&"k"), None, "but it is not cached");
+    }
+
+    /// Regression: a read that starts after `invalidate` returned used to join the load that
+    /// was in flight before it, and store its stale value for the full TTL.
+    #[tokio::test(start_paused = true)]
+    async fn read_after_invalidate_does_not_join_the_older_load() {
+        let cache: Arc<Cache<&str, &str>> = Arc::new(Cache::builder().build().unwrap());
+        let c = cache.clone();
+        let old = tokio::spawn(async move {
+            c.get_or_load("k", || async {
+                tokio::time::sleep(ms(50)).await;
+                "stale"
+            })
+            .await
+        });
+        tokio::time::sleep(ms(10)).await;
+        cache.invalidate(&"k");
+        let fresh = cache
+            .get_or_load("k", || async {
+                tokio::time::sleep(ms(100)).await;
+                "fresh"
+            })
+            .await;
+        assert_eq!(fresh, "fresh", "a read after the invalidation loads afresh");
+        assert_eq!(
+            old.await.unwrap(),
+            "stale",
+            "the older waiter keeps its answer"
+        );
+        assert_eq!(cache.get(&"k"), Some("fresh"));
+    }
+
+    /// Regression: `insert` during a load used to be overwritten by the load's older value.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_during_a_load_is_not_overwritten_by_it() {
+        let cache: Arc<Cache<&str, &str>> = Arc::new(Cache::builder().build().unwrap());
+        let c = cache.clone();
+        let load = tokio::spawn(async move {
+            c.get_or_load("k", || async {
+                tokio::time::sleep(ms(50)).await;
+                "loaded before the write"
+            })
+            .await
+        });
+        tokio::time::sleep(ms(10)).await;
+        cache.insert("k", "written");
+        load.await.unwrap();
+        assert_eq!(cache.get(&"k"), Some("written"));
+    }
+
+    /// Write, invalidate, read on several threads: every read that starts after an
+    /// invalidation returned sees the database's value from after the write.
+    #[test]
+    fn write_invalidate_read_is_exact_across_threads() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let cache: Arc<Cache<u8, u64>> = Arc::new(Cache::builder().build().unwrap());
+            let db = Arc::new(AtomicU64::new(0));
+            let invalidated = Arc::new(AtomicU64::new(0));
+            let readers: Vec<_> = (0..3)
+                .map(|_| {
+                    let (cache, db, invalidated) = (cache.clone(), db.clone(), invalidated.clone());
+                    tokio::spawn(async move {
+                        for _ in 0..2_000 {
+                            let floor = invalidated.load(Ordering::SeqCst);
+                            let db = db.clone();
+                            let seen = cache
+                                .get_or_load(1, move || async move {
+                                    let v = db.load(Ordering::SeqCst);
+                                    tokio::task::yield_now().await;
+                                    v
+                                })
+                                .await;
+                            assert!(seen >= floor, "read {seen} after invalidation of {floor}");
+                        }
+                    })
+                })
+                .collect();
+            for v in 1..=2_000u64 {
+                db.store(v, Ordering::SeqCst);
+                cache.invalidate(&1);
+                invalidated.store(v, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+            for r in readers {
+                r.await.unwrap();
+            }
+        });
+    }
+
+    /// `Duration::MAX` is "until evicted", not a panic.
+    #[tokio::test(start_paused = true)]
+    async fn forever_ttl_keeps_the_value() {
+        let cache: Cache<u32, u32> = Cache::builder().ttl(Duration::MAX).build().unwrap();
+        assert_eq!(cache.get_or_load(1, || async { 5 }).await, 5);
+        tokio::time::advance(Duration::from_secs(86_400 * 365)).await;
+        assert_eq!(cache.get(&1), Some(5));
     }
 
     #[tokio::test]

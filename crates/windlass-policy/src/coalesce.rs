@@ -159,6 +159,14 @@ impl<K: Hash + Eq + Clone + Send, V: Clone + Send + Sync + 'static> Coalesce<K, 
         .await
     }
 
+    /// Forgets the execution in flight for `key`, if any: callers already waiting on it still
+    /// get its result, but the next caller starts a fresh execution (Go's
+    /// `singleflight.Forget`). Use it when the data behind the key changed mid-flight.
+    /// Returns whether an execution was forgotten.
+    pub fn forget(&self, key: &K) -> bool {
+        self.lock().remove(key).is_some()
+    }
+
     /// Keys with an execution in flight.
     pub fn in_flight(&self) -> usize {
         self.lock().len()
@@ -203,6 +211,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn forget_lets_the_next_caller_start_afresh_while_waiters_keep_theirs() {
+        let c: Arc<Coalesce<&str, &str>> = Arc::new(Coalesce::new());
+        let c2 = c.clone();
+        let old = tokio::spawn(async move {
+            c2.call("k", || async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                "old"
+            })
+            .await
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(c.in_flight(), 1);
+        assert!(c.forget(&"k"));
+        assert!(!c.forget(&"k"), "nothing left to forget");
+        let new = c.call("k", || async { "new" }).await;
+        assert_eq!(new, "new");
+        assert_eq!(old.await.unwrap(), "old");
+        assert_eq!(c.stats(), (2, 0));
+        assert_eq!(c.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn dropped_waiter_does_not_cancel_the_others_but_the_last_does() {
         let c: Coalesce<&str, u32> = Coalesce::new();
         let finished = Arc::new(AtomicBool::new(false));
@@ -212,17 +242,19 @@ mod tests {
             f.store(true, Ordering::SeqCst);
             7
         };
-        let first = c.call("k", work);
-        let second = c.call("k", || async { unreachable!() });
-        tokio::pin!(first);
-        tokio::pin!(second);
+        // Boxed, so that `drop(first)` drops the waiter itself (not a pinned reference).
+        let mut first = Box::pin(c.call("k", work));
+        let mut second = Box::pin(c.call("k", || async { unreachable!() }));
         assert!(futures_util::FutureExt::now_or_never(first.as_mut()).is_none());
         assert!(futures_util::FutureExt::now_or_never(second.as_mut()).is_none());
+        assert_eq!(c.in_flight(), 1);
         // Drop the leader's own waiter: the work continues for the second.
-        #[allow(clippy::drop_non_drop)]
         drop(first);
+        assert_eq!(c.in_flight(), 1, "the flight survives one waiter leaving");
+        tokio::time::advance(Duration::from_millis(100)).await;
         assert_eq!(second.await, 7);
         assert!(finished.load(Ordering::SeqCst));
+        assert_eq!(c.stats(), (1, 1));
 
         // Now drop every waiter before it finishes: the work is cancelled and the key freed.
         let finished = Arc::new(AtomicBool::new(false));

@@ -34,6 +34,7 @@
 //! # }
 //! ```
 
+use crate::time::saturating_add;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -339,7 +340,7 @@ impl<T: Send, E: Send> Policy<T, E> for Hedge {
                             extras
                                 .get_or_insert_with(FuturesUnordered::new)
                                 .push(op(cx.with_attempt(launched)));
-                            timer.as_mut().reset(Instant::now() + delay);
+                            timer.as_mut().reset(saturating_add(Instant::now(), delay));
                             continue;
                         }
                     } else if primary_done && extras.as_ref().is_none_or(|x| x.is_empty()) {
@@ -519,7 +520,7 @@ mod tests {
     #[test]
     fn invalid_configs_rejected() {
         assert_eq!(
-            Hedge::builder().max_hedges(0).build().unwrap_err().field,
+            Hedge::builder().max_hedges(0).build().unwrap_err().field(),
             "max_hedges"
         );
         assert_eq!(
@@ -527,7 +528,7 @@ mod tests {
                 .percentile(1.5, 10, ms(1))
                 .build()
                 .unwrap_err()
-                .field,
+                .field(),
             "quantile"
         );
     }

@@ -242,7 +242,7 @@ mod tests {
         let reg = Keyed::builder()
             .build(|_: &u8| CircuitBreaker::builder().count_window(0).build())
             .unwrap();
-        assert_eq!(reg.get(&1).unwrap_err().field, "count_window");
+        assert_eq!(reg.get(&1).unwrap_err().field(), "count_window");
         assert!(Keyed::builder().max_keys(0).build(|_: &u8| Ok(())).is_err());
     }
 

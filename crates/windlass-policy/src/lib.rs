@@ -70,6 +70,7 @@ pub mod observe;
 pub mod pipeline;
 pub mod rate_limit;
 pub mod retry;
+pub mod time;
 pub mod timeout;
 
 pub use breaker::{BreakerPermit, BreakerState, CircuitBreaker, CircuitBreakerBuilder, WindowKind};
@@ -87,5 +88,7 @@ pub use layer::{PolicyLayer, PolicyService};
 pub use limit::{ConcurrencyLimiter, ConcurrencyLimiterBuilder, LimitAlgorithm, LimitPermit};
 pub use pipeline::{Pipeline, PipelineBuilder};
 pub use rate_limit::{RateLimiter, RateLimiterBuilder};
-pub use retry::{Backoff, Jitter, Retry, RetryBudget, RetryBuilder, RetryEvent};
+pub use retry::{
+    Backoff, Jitter, Retry, RetryAt, RetryBudget, RetryBuilder, RetryEvent, RetrySchedule,
+};
 pub use timeout::{Deadline, Timeout};

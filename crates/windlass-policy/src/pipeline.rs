@@ -44,6 +44,7 @@
 //! # }
 //! ```
 
+use crate::time::saturating_add;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -196,7 +197,7 @@ impl<T: Send, E: Send> Stages<T, E> {
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
         let cx = match &self.deadline {
-            Some(d) => cx.with_deadline(tokio::time::Instant::now() + d.budget()),
+            Some(d) => cx.with_deadline(saturating_add(tokio::time::Instant::now(), d.budget())),
             None => cx,
         };
         let attempt = |cx: Context| self.attempt(cx, op);

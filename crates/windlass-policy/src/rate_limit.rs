@@ -28,6 +28,7 @@
 //! # }
 //! ```
 
+use crate::time::saturating_add;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -224,7 +225,7 @@ impl RateLimiter {
             return Ok(());
         }
         let start = Instant::now();
-        let mut limit = start + s.max_wait;
+        let mut limit = saturating_add(start, s.max_wait);
         if let Some(d) = deadline {
             limit = limit.min(d);
         }
@@ -238,7 +239,7 @@ impl RateLimiter {
                 Err(not_until) => not_until.wait_time_from(s.clock.now()),
             };
             let now = Instant::now();
-            if now + wait > limit {
+            if saturating_add(now, wait) > limit {
                 return Err(self.reject(wait));
             }
             tokio::time::sleep(wait).await;
@@ -354,13 +355,13 @@ mod tests {
 
     #[test]
     fn invalid_rates_rejected() {
-        assert_eq!(RateLimiter::builder().build().unwrap_err().field, "rate");
+        assert_eq!(RateLimiter::builder().build().unwrap_err().field(), "rate");
         assert_eq!(
             RateLimiter::builder()
                 .per_second(0)
                 .build()
                 .unwrap_err()
-                .field,
+                .field(),
             "rate"
         );
         assert_eq!(
@@ -369,7 +370,7 @@ mod tests {
                 .burst(0)
                 .build()
                 .unwrap_err()
-                .field,
+                .field(),
             "burst"
         );
     }

@@ -22,6 +22,7 @@
 //! # }
 //! ```
 
+use crate::time::saturating_add;
 use std::future::Future;
 use std::time::Duration;
 
@@ -68,7 +69,7 @@ impl<T: Send, E: Send> Policy<T, E> for Timeout {
         Op: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
-        let own = Instant::now() + self.after;
+        let own = saturating_add(Instant::now(), self.after);
         // If an outer deadline comes first, it is the one that fires, and the failure is
         // the permanent DeadlineExceeded rather than a retryable timeout.
         let (at, err) = match cx.deadline() {
@@ -114,7 +115,7 @@ impl<T: Send, E: Send> Policy<T, E> for Deadline {
         Op: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
-        let cx = cx.with_deadline(Instant::now() + self.budget);
+        let cx = cx.with_deadline(saturating_add(Instant::now(), self.budget));
         let at = cx.deadline().unwrap_or_else(Instant::now);
         let fut = op(cx);
         async move {
@@ -217,7 +218,7 @@ mod tests {
 
     #[test]
     fn zero_durations_rejected() {
-        assert_eq!(Timeout::new(Duration::ZERO).unwrap_err().field, "after");
-        assert_eq!(Deadline::new(Duration::ZERO).unwrap_err().field, "budget");
+        assert_eq!(Timeout::new(Duration::ZERO).unwrap_err().field(), "after");
+        assert_eq!(Deadline::new(Duration::ZERO).unwrap_err().field(), "budget");
     }
 }

@@ -51,13 +51,7 @@ impl Default for AdaptiveBatch {
 
 impl AdaptiveBatch {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |field, problem: &str| {
-            Err(ConfigError {
-                policy: "adaptive batch",
-                field,
-                problem: problem.into(),
-            })
-        };
+        let bad = |field, problem: &str| Err(ConfigError::new("adaptive batch", field, problem));
         if self.min == 0 {
             return bad("min", "must be at least 1");
         }

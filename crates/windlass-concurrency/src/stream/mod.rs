@@ -79,11 +79,7 @@ pub trait StreamOps: Stream + Sized {
     /// batch's first value; the remainder is emitted when the input ends.
     fn batch(self, size: usize, max_wait: Duration) -> Result<Batch<Self>, ConfigError> {
         if size == 0 {
-            return Err(ConfigError {
-                policy: "batch",
-                field: "size",
-                problem: "must be at least 1".into(),
-            });
+            return Err(ConfigError::new("batch", "size", "must be at least 1"));
         }
         Ok(Batch::fixed(self, size, max_wait))
     }

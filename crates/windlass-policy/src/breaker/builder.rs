@@ -41,7 +41,7 @@ pub struct CircuitBreakerBuilder {
     minimum_calls: u32,
     open_duration: Duration,
     open_duration_multiplier: f64,
-    max_open_duration: Duration,
+    max_open_duration: Option<Duration>,
     permitted_in_half_open: u32,
     max_wait_in_half_open: Duration,
     counts_as_failure: FailurePredicate,
@@ -93,7 +93,7 @@ impl CircuitBreakerBuilder {
     /// to `max`.
     pub fn open_duration_growth(mut self, multiplier: f64, max: Duration) -> Self {
         self.open_duration_multiplier = multiplier;
-        self.max_open_duration = max;
+        self.max_open_duration = Some(max);
         self
     }
     /// Probe calls admitted in half-open.
@@ -188,7 +188,8 @@ impl CircuitBreakerBuilder {
             "open_duration multiplier",
         )?;
         ensure(
-            self.max_open_duration >= self.open_duration,
+            self.max_open_duration
+                .is_none_or(|max| max >= self.open_duration),
             P,
             "max_open_duration",
             "must be at least open_duration",
@@ -234,7 +235,7 @@ impl CircuitBreakerBuilder {
                 minimum_calls: u64::from(self.minimum_calls),
                 open_duration: self.open_duration,
                 open_duration_multiplier: self.open_duration_multiplier,
-                max_open_duration: self.max_open_duration,
+                max_open_duration: self.max_open_duration.unwrap_or(self.open_duration),
                 permitted_in_half_open: self.permitted_in_half_open,
                 max_wait_in_half_open: self.max_wait_in_half_open,
                 counts_as_failure: self.counts_as_failure,
@@ -278,7 +279,7 @@ impl CircuitBreaker {
             minimum_calls: 100,
             open_duration: Duration::from_secs(60),
             open_duration_multiplier: 1.0,
-            max_open_duration: Duration::from_secs(60),
+            max_open_duration: None,
             permitted_in_half_open: 10,
             max_wait_in_half_open: Duration::ZERO,
             counts_as_failure: default_counts,

@@ -42,6 +42,7 @@ mod builder;
 mod state;
 mod window;
 
+use crate::time::saturating_add;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -249,7 +250,9 @@ impl CircuitBreaker {
             });
         }
         let retry_after = match core.state {
-            BreakerState::Open => (core.since + core.open_for).saturating_duration_since(now),
+            BreakerState::Open => {
+                saturating_add(core.since, core.open_for).saturating_duration_since(now)
+            }
             // Half-open with every probe taken, or forced open: no time is known; suggest
             // the base open duration so that callers back off rather than spin.
             _ => self.shared.cfg.open_duration,
@@ -265,12 +268,12 @@ impl CircuitBreaker {
     /// Applies the time-driven transitions: open → half-open, half-open → open on max wait.
     fn refresh(&self, core: &mut Core, now: Instant) {
         match core.state {
-            BreakerState::Open if now >= core.since + core.open_for => {
+            BreakerState::Open if now >= saturating_add(core.since, core.open_for) => {
                 self.transition(core, BreakerState::HalfOpen, now);
             }
             BreakerState::HalfOpen
                 if self.shared.cfg.max_wait_in_half_open > Duration::ZERO
-                    && now >= core.since + self.shared.cfg.max_wait_in_half_open =>
+                    && now >= saturating_add(core.since, self.shared.cfg.max_wait_in_half_open) =>
             {
                 self.open(core, now);
                 self.refresh(core, now);
@@ -523,7 +526,9 @@ impl Inspect for Shared {
             _ => core.window.totals(now),
         };
         let retry_after = match core.state {
-            BreakerState::Open => Some((core.since + core.open_for).saturating_duration_since(now)),
+            BreakerState::Open => {
+                Some(saturating_add(core.since, core.open_for).saturating_duration_since(now))
+            }
             _ => None,
         };
         PolicySnapshot {

@@ -257,18 +257,18 @@ fn invalid_configs_rejected() {
         .failure_rate_threshold(0.0)
         .build()
         .unwrap_err();
-    assert_eq!(e.field, "failure_rate_threshold");
+    assert_eq!(e.field(), "failure_rate_threshold");
     let e = CircuitBreaker::builder()
         .failure_rate_threshold(1.5)
         .build()
         .unwrap_err();
-    assert_eq!(e.field, "failure_rate_threshold");
+    assert_eq!(e.field(), "failure_rate_threshold");
     assert_eq!(
         CircuitBreaker::builder()
             .count_window(0)
             .build()
             .unwrap_err()
-            .field,
+            .field(),
         "count_window"
     );
     assert_eq!(
@@ -276,7 +276,7 @@ fn invalid_configs_rejected() {
             .time_window(0)
             .build()
             .unwrap_err()
-            .field,
+            .field(),
         "time_window"
     );
     assert_eq!(
@@ -284,7 +284,7 @@ fn invalid_configs_rejected() {
             .minimum_calls(0)
             .build()
             .unwrap_err()
-            .field,
+            .field(),
         "minimum_calls"
     );
     assert_eq!(
@@ -292,7 +292,7 @@ fn invalid_configs_rejected() {
             .permitted_in_half_open(0)
             .build()
             .unwrap_err()
-            .field,
+            .field(),
         "permitted_in_half_open"
     );
     assert_eq!(
@@ -300,7 +300,7 @@ fn invalid_configs_rejected() {
             .initial_state(BreakerState::Open)
             .build()
             .unwrap_err()
-            .field,
+            .field(),
         "initial_state"
     );
 }

@@ -139,7 +139,7 @@ fn invalid_configs_rejected() {
         .algorithm(LimitAlgorithm::Fixed(0))
         .build()
         .unwrap_err();
-    assert_eq!(e.field, "limit");
+    assert_eq!(e.field(), "limit");
     let e = ConcurrencyLimiter::builder()
         .algorithm(LimitAlgorithm::Aimd(Aimd {
             backoff_ratio: 1.5,
@@ -147,7 +147,7 @@ fn invalid_configs_rejected() {
         }))
         .build()
         .unwrap_err();
-    assert_eq!(e.field, "backoff_ratio");
+    assert_eq!(e.field(), "backoff_ratio");
     let e = ConcurrencyLimiter::builder()
         .algorithm(LimitAlgorithm::Gradient2(Gradient2 {
             initial: 500,
@@ -155,10 +155,10 @@ fn invalid_configs_rejected() {
         }))
         .build()
         .unwrap_err();
-    assert_eq!(e.field, "initial");
+    assert_eq!(e.field(), "initial");
     let e = ConcurrencyLimiter::builder()
         .priority_share(Priority::Low, 0.0)
         .build()
         .unwrap_err();
-    assert_eq!(e.field, "priority share");
+    assert_eq!(e.field(), "priority share");
 }

@@ -7,10 +7,17 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// The base delay schedule. Retry numbers start at 1 (the wait before the second attempt).
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// Serialised with a `kind` tag (`{"kind": "exponential", "initial": ..., "factor": 2.0}`),
+/// so that a job can store its schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Backoff {
-    /// The same delay before every retry.
+    /// The same delay before every retry. Zero is meaningful: retry at once.
     Constant(Duration),
     /// `initial + step * (n - 1)`.
     Linear {
@@ -46,7 +53,7 @@ impl Backoff {
     }
 
     /// The base delay before retry `n` (1-based), before jitter, capped at `cap`.
-    pub fn base(&self, n: u32, cap: Duration) -> Duration {
+    pub(crate) fn base(&self, n: u32, cap: Duration) -> Duration {
         let n = n.max(1);
         let secs = match *self {
             Backoff::Constant(d) => d.as_secs_f64(),
@@ -64,7 +71,9 @@ impl Backoff {
 }
 
 /// How a base delay is randomised.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "factor", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Jitter {
     /// No jitter: every client waits exactly the base delay.
     None,
@@ -85,13 +94,13 @@ pub enum Jitter {
 
 /// Per-call state a jitter needs between retries.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct JitterState {
+pub(crate) struct JitterState {
     prev_delay: Option<Duration>,
     prev_v2: f64,
 }
 
 /// Computes the delay before retry `n` (1-based). `rand` returns uniform values in `[0, 1)`.
-pub fn delay(
+pub(crate) fn delay(
     backoff: &Backoff,
     jitter: Jitter,
     cap: Duration,
@@ -248,6 +257,30 @@ mod tests {
                     }
                     prev = Some(d);
                 }
+            }
+        }
+
+        /// Polly's V2 delays telescope: uncapped, the first `n` delays add up to the curve
+        /// `2^t * tanh(sqrt(4t)) / 1.4 * initial` at some `t` in `[n-1, n)`, so the total
+        /// wait grows exponentially and never falls behind or races ahead of the curve.
+        #[test]
+        fn decorrelated_v2_total_follows_the_exponential_curve(
+            initial_ms in 1u64..2_000,
+            seed in any::<u64>(),
+            retries in 1u32..20,
+        ) {
+            let b = Backoff::exponential(ms(initial_ms));
+            let cap = Duration::from_secs(1 << 40);
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut st = JitterState::default();
+            let mut total = 0.0;
+            for n in 1..=retries {
+                let d = delay(&b, Jitter::DecorrelatedV2, cap, n, &mut st, || rng.f64());
+                total += d.as_secs_f64();
+                let curve = |t: f64| 2f64.powf(t) * (4.0 * t).sqrt().tanh() / 1.4 * b.initial().as_secs_f64();
+                let (lo, hi) = (curve(f64::from(n - 1)), curve(f64::from(n)));
+                prop_assert!(total >= lo * (1.0 - 1e-9) - 1e-9 && total <= hi * (1.0 + 1e-9) + 1e-9,
+                    "after {n} retries the total {total} s is outside [{lo}, {hi}]");
             }
         }
 

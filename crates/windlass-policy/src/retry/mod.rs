@@ -43,7 +43,9 @@
 
 pub mod backoff;
 mod budget;
+pub mod schedule;
 
+use crate::time::saturating_add;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,9 +56,10 @@ use tokio::time::Instant;
 
 pub use backoff::{Backoff, Jitter};
 pub use budget::RetryBudget;
+pub use schedule::{RetryAt, RetrySchedule};
 
 use crate::classify::ErrorClass;
-use crate::config::{ConfigError, ensure, ensure_range};
+use crate::config::{ConfigError, ensure};
 use crate::context::{Context, Policy};
 use crate::error::{GaveUp, PolicyError};
 use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
@@ -83,10 +86,7 @@ type RetryHook = Arc<dyn Fn(&RetryEvent<'_>) + Send + Sync>;
 #[derive(Clone)]
 pub struct RetryBuilder {
     name: Option<Arc<str>>,
-    max_attempts: u32,
-    backoff: Backoff,
-    jitter: Jitter,
-    max_delay: Duration,
+    schedule: RetrySchedule,
     deadline: Option<Duration>,
     budget: Option<Arc<RetryBudget>>,
     hook: Option<RetryHook>,
@@ -97,10 +97,7 @@ impl std::fmt::Debug for RetryBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RetryBuilder")
             .field("name", &self.name)
-            .field("max_attempts", &self.max_attempts)
-            .field("backoff", &self.backoff)
-            .field("jitter", &self.jitter)
-            .field("max_delay", &self.max_delay)
+            .field("schedule", &self.schedule)
             .field("deadline", &self.deadline)
             .finish_non_exhaustive()
     }
@@ -115,25 +112,32 @@ impl RetryBuilder {
 
     /// Total attempts, the first call included (at least 1).
     pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n;
+        self.schedule.max_attempts = n;
+        self
+    }
+
+    /// The whole schedule at once (attempts, backoff, jitter, cap), e.g. one read from a
+    /// job's stored options. The setters below change one field of it.
+    pub fn schedule(mut self, schedule: RetrySchedule) -> Self {
+        self.schedule = schedule;
         self
     }
 
     /// The backoff schedule.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
+        self.schedule.backoff = backoff;
         self
     }
 
     /// The jitter applied to each delay.
     pub fn jitter(mut self, jitter: Jitter) -> Self {
-        self.jitter = jitter;
+        self.schedule.jitter = jitter;
         self
     }
 
     /// The cap on any single backoff delay (a `Retry-After` hint may ask for longer).
     pub fn max_delay(mut self, cap: Duration) -> Self {
-        self.max_delay = cap;
+        self.schedule.max_delay = cap;
         self
     }
 
@@ -166,37 +170,14 @@ impl RetryBuilder {
     /// Validates the settings and builds the policy.
     pub fn build(self) -> Result<Retry, ConfigError> {
         const P: &str = "retry";
-        ensure(
-            self.max_attempts >= 1,
-            P,
-            "max_attempts",
-            "must be at least 1",
-        )?;
-        match self.backoff {
-            Backoff::Exponential { factor, .. } => {
-                ensure_range(factor, 1.0, 1e6, P, "backoff.factor")?;
-            }
-            Backoff::Constant(_) | Backoff::Linear { .. } => {}
-        }
-        if let Jitter::Proportional(f) = self.jitter {
-            ensure_range(f, 0.0, 1.0, P, "jitter factor")?;
-        }
-        ensure(
-            self.max_delay > Duration::ZERO,
-            P,
-            "max_delay",
-            "must be positive",
-        )?;
+        self.schedule.validate_as(P)?;
         if let Some(d) = self.deadline {
             ensure(d > Duration::ZERO, P, "deadline", "must be positive")?;
         }
         let name = self.name.unwrap_or_else(|| observe::default_name("retry"));
         let label = name.to_string();
         let shared = Arc::new(RetryShared {
-            max_attempts: self.max_attempts,
-            backoff: self.backoff,
-            jitter: self.jitter,
-            max_delay: self.max_delay,
+            schedule: self.schedule,
             deadline: self.deadline,
             budget: self.budget,
             hook: self.hook,
@@ -235,17 +216,14 @@ impl std::fmt::Debug for Retry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Retry")
             .field("name", &self.shared.name)
-            .field("max_attempts", &self.shared.max_attempts)
+            .field("schedule", &self.shared.schedule)
             .finish_non_exhaustive()
     }
 }
 
 struct RetryShared {
     name: Arc<str>,
-    max_attempts: u32,
-    backoff: Backoff,
-    jitter: Jitter,
-    max_delay: Duration,
+    schedule: RetrySchedule,
     deadline: Option<Duration>,
     budget: Option<Arc<RetryBudget>>,
     hook: Option<RetryHook>,
@@ -278,10 +256,7 @@ impl Retry {
     pub fn builder() -> RetryBuilder {
         RetryBuilder {
             name: None,
-            max_attempts: 3,
-            backoff: Backoff::exponential(Duration::from_millis(100)),
-            jitter: Jitter::Full,
-            max_delay: Duration::from_secs(30),
+            schedule: RetrySchedule::default(),
             deadline: None,
             budget: None,
             hook: None,
@@ -292,6 +267,11 @@ impl Retry {
     /// The policy's name.
     pub fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// The schedule this policy follows.
+    pub fn schedule(&self) -> &RetrySchedule {
+        &self.shared.schedule
     }
 
     fn give_up<E>(&self, attempts: u32, reason: GaveUp, last: PolicyError<E>) -> PolicyError<E> {
@@ -326,11 +306,10 @@ impl<T: Send, E: Send> Policy<T, E> for Retry {
                 b.deposit();
             }
             let cx = match s.deadline {
-                Some(d) => cx.with_deadline(Instant::now() + d),
+                Some(d) => cx.with_deadline(saturating_add(Instant::now(), d)),
                 None => cx,
             };
-            let mut rng: Option<fastrand::Rng> = None;
-            let mut jitter_state = backoff::JitterState::default();
+            let mut cursor: Option<schedule::Cursor> = None;
             let mut attempt: u32 = 1;
             loop {
                 s.m_attempts.increment(1);
@@ -353,28 +332,21 @@ impl<T: Send, E: Send> Policy<T, E> for Retry {
                 if !cx.is_idempotent() && err.may_have_reached_upstream() {
                     return Err(self.give_up(attempt, GaveUp::NotIdempotent, err));
                 }
-                if attempt >= s.max_attempts {
+                if attempt >= s.schedule.max_attempts {
                     return Err(self.give_up(attempt, GaveUp::MaxAttempts, err));
                 }
-                let rng = rng.get_or_insert_with(|| match s.seed {
-                    Some(seed) => fastrand::Rng::with_seed(
-                        seed.wrapping_add(s.seq.fetch_add(1, Ordering::Relaxed)),
-                    ),
-                    None => fastrand::Rng::new(),
+                let cursor = cursor.get_or_insert_with(|| {
+                    schedule::Cursor::new(match s.seed {
+                        Some(seed) => seed.wrapping_add(s.seq.fetch_add(1, Ordering::Relaxed)),
+                        None => fastrand::u64(..),
+                    })
                 });
-                let mut wait = backoff::delay(
-                    &s.backoff,
-                    s.jitter,
-                    s.max_delay,
-                    attempt,
-                    &mut jitter_state,
-                    || rng.f64(),
-                );
+                let mut wait = cursor.next(&s.schedule, attempt);
                 if let Some(after) = class.retry_after() {
                     wait = wait.max(after);
                 }
                 if let Some(deadline) = cx.deadline() {
-                    if Instant::now() + wait >= deadline {
+                    if saturating_add(Instant::now(), wait) >= deadline {
                         return Err(self.give_up(attempt, GaveUp::Deadline, err));
                     }
                 }

@@ -309,13 +309,13 @@ async fn attempt_numbers_reach_the_operation() {
 #[test]
 fn invalid_configs_are_rejected_with_a_clear_error() {
     let e = Retry::builder().max_attempts(0).build().unwrap_err();
-    assert_eq!(e.field, "max_attempts");
+    assert_eq!(e.field(), "max_attempts");
     assert!(e.to_string().contains("at least 1"), "{e}");
     let e = Retry::builder()
         .jitter(Jitter::Proportional(1.5))
         .build()
         .unwrap_err();
-    assert_eq!(e.field, "jitter factor");
+    assert_eq!(e.field(), "jitter.factor");
     let e = Retry::builder()
         .backoff(Backoff::Exponential {
             initial: ms(1),
@@ -323,17 +323,17 @@ fn invalid_configs_are_rejected_with_a_clear_error() {
         })
         .build()
         .unwrap_err();
-    assert_eq!(e.field, "backoff.factor");
+    assert_eq!(e.field(), "backoff.factor");
     let e = Retry::builder()
         .max_delay(Duration::ZERO)
         .build()
         .unwrap_err();
-    assert_eq!(e.field, "max_delay");
+    assert_eq!(e.field(), "max_delay");
     let e = Retry::builder()
         .deadline(Duration::ZERO)
         .build()
         .unwrap_err();
-    assert_eq!(e.field, "deadline");
+    assert_eq!(e.field(), "deadline");
 }
 
 #[tokio::test(start_paused = true)]
