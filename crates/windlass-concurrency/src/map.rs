@@ -24,7 +24,7 @@
 
 use std::future::Future;
 
-use futures_util::stream::{self, Stream, StreamExt, TryStreamExt};
+use futures_util::stream::{self, Stream, StreamExt};
 use windlass_policy::ConfigError;
 
 fn check(limit: usize) -> Result<(), ConfigError> {
@@ -109,7 +109,9 @@ pub enum MapError<E> {
 }
 
 /// Maps `f` over `input` with at most `limit` in flight and collects the results in input
-/// order; the first error stops it and cancels the calls in flight.
+/// order. It fails fast: the first call to *fail* (in completion order, not input order)
+/// stops it at once, and the calls still in flight are cancelled (dropped). An earlier call
+/// that hangs never hides a later call's error.
 pub async fn try_map_bounded<I, F, Fut, T, E>(
     input: I,
     limit: usize,
@@ -121,12 +123,23 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     check(limit).map_err(MapError::Config)?;
-    stream::iter(input)
-        .map(f)
-        .buffered(limit)
-        .try_collect()
-        .await
-        .map_err(MapError::Failed)
+    let mut f = f;
+    let mut running = stream::iter(input.into_iter().enumerate())
+        .map(|(i, x)| {
+            let call = f(x);
+            async move { (i, call.await) }
+        })
+        .buffer_unordered(limit);
+    let mut out: Vec<Option<T>> = Vec::new();
+    while let Some((i, result)) = running.next().await {
+        let value = result.map_err(MapError::Failed)?; // drops `running`: cancels the rest
+        if out.len() <= i {
+            out.resize_with(i + 1, || None);
+        }
+        out[i] = Some(value);
+    }
+    // Every index below the largest one finished (the stream ran dry without an error).
+    Ok(out.into_iter().flatten().collect())
 }
 
 #[cfg(test)]
@@ -201,6 +214,60 @@ mod tests {
             "stopped early: {}",
             started.load(Ordering::SeqCst)
         );
+    }
+
+    /// Regression: results were yielded in input order, so a hanging first call hid a later
+    /// call's error forever and nothing in flight was cancelled.
+    #[tokio::test(start_paused = true)]
+    async fn try_map_fails_fast_in_completion_order_and_cancels_the_rest() {
+        struct Cancelled(Arc<AtomicUsize>);
+        impl Drop for Cancelled {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let d = dropped.clone();
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            try_map_bounded(0..3u32, 3, move |x| {
+                let guard = Cancelled(d.clone());
+                async move {
+                    let _guard = guard;
+                    match x {
+                        1 => {
+                            tokio::time::sleep(ms(10)).await;
+                            Err::<u32, _>("call 1 failed")
+                        }
+                        // Calls 0 and 2 hang.
+                        _ => std::future::pending().await,
+                    }
+                }
+            }),
+        )
+        .await;
+        assert_eq!(
+            out,
+            Ok(Err(MapError::Failed("call 1 failed"))),
+            "not hidden by call 0"
+        );
+        assert_eq!(
+            dropped.load(Ordering::SeqCst),
+            3,
+            "the hanging calls were cancelled"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_map_keeps_input_order_on_success() {
+        let out = try_map_bounded([30u64, 10, 20, 5], 2, |d| async move {
+            tokio::time::sleep(ms(d)).await;
+            Ok::<_, ()>(d)
+        })
+        .await;
+        assert_eq!(out, Ok(vec![30, 10, 20, 5]));
+        let none = try_map_bounded(Vec::<u8>::new(), 2, |x| async move { Ok::<_, ()>(x) }).await;
+        assert_eq!(none, Ok(vec![]));
     }
 
     #[test]

@@ -38,6 +38,7 @@ use tokio::task::{AbortHandle, JoinSet};
 
 /// Why a scope ended without every child succeeding.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ScopeError<E> {
     /// A child returned an error; under fail-fast its siblings were cancelled.
     #[error("child {index} (spawned at {site}) failed")]
@@ -49,6 +50,10 @@ pub enum ScopeError<E> {
         /// Its error.
         #[source]
         error: E,
+        /// Under fail-fast: the siblings that also failed or panicked before they could be
+        /// cancelled (the first failure wins; these are kept, logged and counted, never
+        /// dropped without a trace).
+        suppressed: Vec<ScopeError<E>>,
     },
     /// A child panicked; under fail-fast its siblings were cancelled.
     #[error("child {index} (spawned at {site}) panicked: {message}")]
@@ -61,8 +66,11 @@ pub enum ScopeError<E> {
         message: String,
         /// The panic payload, to re-raise with [`ScopeError::resume_unwind`].
         payload: PanicPayload,
+        /// Under fail-fast: siblings that also failed or panicked (see `Failed`).
+        suppressed: Vec<ScopeError<E>>,
     },
-    /// The child was cancelled (by a failing sibling, or by [`Scope::cancel`]).
+    /// The child was cancelled (by a failing sibling, or by [`Scope::cancel`]), or was
+    /// spawned into a scope that had already been cancelled and never ran.
     #[error("child {index} (spawned at {site}) was cancelled")]
     Cancelled {
         /// The child's position in spawn order.
@@ -99,6 +107,24 @@ impl<E> ScopeError<E> {
         }
     }
 
+    /// Other children's failures that this one won over under fail-fast.
+    pub fn suppressed(&self) -> &[ScopeError<E>] {
+        match self {
+            ScopeError::Failed { suppressed, .. } | ScopeError::Panicked { suppressed, .. } => {
+                suppressed
+            }
+            ScopeError::Cancelled { .. } => &[],
+        }
+    }
+
+    fn set_suppressed(&mut self, others: Vec<ScopeError<E>>) {
+        if let ScopeError::Failed { suppressed, .. } | ScopeError::Panicked { suppressed, .. } =
+            self
+        {
+            *suppressed = others;
+        }
+    }
+
     /// The failing child's own error, if it returned one.
     pub fn into_error(self) -> Option<E> {
         match self {
@@ -123,11 +149,13 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 pub struct Scope<T, E> {
     set: JoinSet<(usize, Result<T, E>)>,
     children: Vec<Child>,
+    cancelled: bool,
 }
 
 struct Child {
     site: &'static Location<'static>,
-    abort: AbortHandle,
+    /// `None` for a child spawned after the scope was cancelled: it never ran.
+    abort: Option<AbortHandle>,
 }
 
 impl<T, E> std::fmt::Debug for Scope<T, E> {
@@ -151,11 +179,16 @@ impl<T: Send + 'static, E: Send + 'static> Scope<T, E> {
         Scope {
             set: JoinSet::new(),
             children: Vec::new(),
+            cancelled: false,
         }
     }
 
     /// Spawns a child on the current tokio runtime. Its result is reported at its index
     /// (the order of `spawn` calls).
+    ///
+    /// In a scope that was [cancelled](Self::cancel), the child is cancelled at once: it is
+    /// dropped without ever being polled and reported as [`ScopeError::Cancelled`] (as in
+    /// Trio, Kotlin and Swift: a cancelled scope starts no new work).
     ///
     /// # Panics
     /// Outside a tokio runtime, like `tokio::spawn`.
@@ -166,9 +199,19 @@ impl<T: Send + 'static, E: Send + 'static> Scope<T, E> {
     {
         let index = self.children.len();
         let site = Location::caller();
-        let abort = self.set.spawn(async move { (index, child.await) });
+        let abort = if self.cancelled {
+            drop(child);
+            None
+        } else {
+            Some(self.set.spawn(async move { (index, child.await) }))
+        };
         self.children.push(Child { site, abort });
         index
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled
     }
 
     /// Children still running.
@@ -181,16 +224,53 @@ impl<T: Send + 'static, E: Send + 'static> Scope<T, E> {
         self.children.len()
     }
 
-    /// Cancels every child and waits until all have stopped.
+    /// Cancels every child and waits until all have stopped. The scope stays cancelled:
+    /// children spawned into it later never run.
     pub async fn cancel(&mut self) {
+        self.cancelled = true;
         self.set.abort_all();
         while self.set.join_next().await.is_some() {}
+    }
+
+    /// Cancels the children still running after a fail-fast failure, and returns those that
+    /// failed or panicked on their own before the cancellation reached them.
+    async fn cancel_collecting_failures(&mut self) -> Vec<ScopeError<E>> {
+        self.cancelled = true;
+        self.set.abort_all();
+        let mut others = Vec::new();
+        while let Some(joined) = self.set.join_next_with_id().await {
+            let other = match joined {
+                Ok((_, (_, Ok(_)))) => continue,
+                Ok((_, (index, Err(error)))) => self.failed(index, error),
+                Err(e) if e.is_cancelled() => continue,
+                Err(e) => self.child_error(e),
+            };
+            others.push(other);
+        }
+        others
+    }
+
+    fn failed(&self, index: usize, error: E) -> ScopeError<E> {
+        ScopeError::Failed {
+            index,
+            site: self.site(index),
+            error,
+            suppressed: Vec::new(),
+        }
+    }
+
+    /// The error of a child that has no result: it never ran or was cancelled.
+    fn never_finished(&self, index: usize) -> ScopeError<E> {
+        ScopeError::Cancelled {
+            index,
+            site: self.site(index),
+        }
     }
 
     fn index_of(&self, id: tokio::task::Id) -> usize {
         self.children
             .iter()
-            .position(|c| c.abort.id() == id)
+            .position(|c| c.abort.as_ref().is_some_and(|a| a.id() == id))
             .unwrap_or(usize::MAX)
     }
 
@@ -211,6 +291,7 @@ impl<T: Send + 'static, E: Send + 'static> Scope<T, E> {
                 site,
                 message: panic_message(&*payload),
                 payload: PanicPayload(payload),
+                suppressed: Vec::new(),
             }
         } else {
             ScopeError::Cancelled { index, site }
@@ -230,18 +311,31 @@ impl<T: Send + 'static, E: Send + 'static> Scope<T, E> {
                     }
                     continue;
                 }
-                Ok((_, (index, Err(error)))) => ScopeError::Failed {
-                    index,
-                    site: self.site(index),
-                    error,
-                },
+                Ok((_, (index, Err(error)))) => self.failed(index, error),
                 Err(e) => self.child_error(e),
             };
-            tracing::debug!(error = %failure_kind(&failure), "scope child failed; cancelling siblings");
-            self.cancel().await;
-            return Err(failure);
+            return Err(self.fail_fast(failure).await);
+        }
+        // A child with no result never ran (spawned after `cancel`) or was cancelled.
+        if let Some(index) = results.iter().position(Option::is_none) {
+            return Err(self.never_finished(index));
         }
         Ok(results.into_iter().flatten().collect())
+    }
+
+    /// Cancels the siblings of the first failure and attaches theirs to it.
+    async fn fail_fast(&mut self, mut failure: ScopeError<E>) -> ScopeError<E> {
+        tracing::debug!(error = %failure_kind(&failure), index = failure.index(), "scope child failed; cancelling siblings");
+        let others = self.cancel_collecting_failures().await;
+        for other in &others {
+            tracing::warn!(kind = failure_kind(other), index = other.index(), site = %self.site(other.index()), "scope child also failed (suppressed by the first failure)");
+        }
+        if !others.is_empty() {
+            metrics::counter!("windlass_scope_suppressed_errors_total")
+                .increment(others.len() as u64);
+        }
+        failure.set_suppressed(others);
+        failure
     }
 
     /// Waits for every child to end by itself and returns every outcome, in spawn order.
@@ -251,14 +345,7 @@ impl<T: Send + 'static, E: Send + 'static> Scope<T, E> {
         while let Some(joined) = self.set.join_next_with_id().await {
             let (index, outcome) = match joined {
                 Ok((_, (index, Ok(v)))) => (index, Ok(v)),
-                Ok((_, (index, Err(error)))) => (
-                    index,
-                    Err(ScopeError::Failed {
-                        index,
-                        site: self.site(index),
-                        error,
-                    }),
-                ),
+                Ok((_, (index, Err(error)))) => (index, Err(self.failed(index, error))),
                 Err(e) => {
                     let err = self.child_error(e);
                     (err.index(), Err(err))
@@ -268,7 +355,11 @@ impl<T: Send + 'static, E: Send + 'static> Scope<T, E> {
                 *slot = Some(outcome);
             }
         }
-        results.into_iter().flatten().collect()
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(index, r)| r.unwrap_or_else(|| Err(self.never_finished(index))))
+            .collect()
     }
 }
 
@@ -410,6 +501,72 @@ mod tests {
             }))
             .await;
         assert!(caught.is_err(), "resume_unwind re-raised the panic");
+    }
+
+    /// Regression: after `cancel`, `spawn` started children normally and `join` waited for
+    /// them.
+    #[tokio::test(start_paused = true)]
+    async fn a_child_spawned_into_a_cancelled_scope_never_runs() {
+        let live = Live::default();
+        let mut s = pending_children(&live, 2);
+        s.cancel().await;
+        assert!(s.is_cancelled());
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        let index = s.spawn(async move {
+            r.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+            Ok(())
+        });
+        assert_eq!(index, 2);
+        assert_eq!(s.running(), 0);
+        let out = tokio::time::timeout(Duration::from_secs(1), s.join())
+            .await
+            .expect("join does not wait for a child of a cancelled scope");
+        assert!(matches!(out, Err(ScopeError::Cancelled { .. })), "{out:?}");
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "never polled");
+
+        let mut s: Scope<u8, ()> = Scope::new();
+        s.cancel().await;
+        s.spawn(async { Ok(1) });
+        let settled = s.join_settled().await;
+        assert!(matches!(
+            settled[..],
+            [Err(ScopeError::Cancelled { index: 0, .. })]
+        ));
+    }
+
+    /// Regression: under fail-fast the errors after the first were dropped without a trace.
+    #[tokio::test(start_paused = true)]
+    async fn fail_fast_keeps_the_other_failures_as_suppressed() {
+        let mut s: Scope<(), String> = Scope::new();
+        for i in 0..3 {
+            s.spawn(async move {
+                tokio::time::sleep(ms(10)).await;
+                Err(format!("child {i}"))
+            });
+        }
+        s.spawn(async {
+            tokio::time::sleep(ms(10)).await;
+            panic!("child 3 panicked")
+        });
+        s.spawn(async {
+            std::future::pending::<()>().await;
+            Ok(())
+        });
+        let err = s.join().await.unwrap_err();
+        let mut all: Vec<usize> = std::iter::once(err.index())
+            .chain(err.suppressed().iter().map(ScopeError::index))
+            .collect();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            vec![0, 1, 2, 3],
+            "every failure kept; the pending child was cancelled"
+        );
+        assert!(err.suppressed().iter().chain(std::iter::once(&err)).any(
+            |e| matches!(e, ScopeError::Panicked { message, .. } if message == "child 3 panicked")
+        ));
     }
 
     /// A scope with `n` children that never finish, each counted by `live`.

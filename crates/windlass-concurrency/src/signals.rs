@@ -122,6 +122,12 @@ pin_project_lite::pin_project! {
             let this = this.project();
             if let Some(id) = this.id.take() {
                 finish(id, this.name, None);
+            } else if this.started.is_none() {
+                // Dropped before its first poll: it never ran, but it was an operation that
+                // did not complete, so it counts as cancelled.
+                let name = *this.name;
+                let mut ops = lock(&registry().ops);
+                ops.entry(name).or_insert_with(|| OpStats::new(name)).cancelled += 1;
             }
         }
     }
@@ -130,7 +136,8 @@ pin_project_lite::pin_project! {
 /// Watches `future` as operation `name`: counted in flight while it runs, its latency
 /// recorded when it completes, listed as stuck if it runs too long. The place this is
 /// called is recorded as the operation's origin. A future dropped before completion is
-/// counted as cancelled.
+/// counted as cancelled — also one dropped before it was ever polled (it is never counted
+/// in flight: it never ran), so every operation is accounted for.
 #[track_caller]
 pub fn instrument<F: Future>(name: &'static str, future: F) -> Instrumented<F> {
     Instrumented {
@@ -368,7 +375,7 @@ impl Monitor {
         let probe = tokio::spawn(async move {
             let lag_hist = metrics::histogram!("windlass_runtime_lag_seconds");
             let stuck_gauge = metrics::gauge!("windlass_stuck_operations");
-            let mut due = Instant::now() + cfg.probe_interval;
+            let mut due = windlass_policy::time::saturating_add(Instant::now(), cfg.probe_interval);
             loop {
                 tokio::time::sleep_until(due).await;
                 let lag = Instant::now().saturating_duration_since(due);
@@ -385,7 +392,7 @@ impl Monitor {
                     .filter(|op| now.saturating_duration_since(op.started) >= cfg.stuck_after)
                     .count();
                 stuck_gauge.set(stuck as f64);
-                due = Instant::now() + cfg.probe_interval;
+                due = windlass_policy::time::saturating_add(Instant::now(), cfg.probe_interval);
             }
         });
         Ok(Monitor { probe })
@@ -426,6 +433,15 @@ mod tests {
         assert!(tokio::time::timeout(ms(5), fut).await.is_err());
         let s = snapshot();
         let l = op(&s, "t.cancel").unwrap();
+        assert_eq!((l.in_flight, l.cancelled, l.count), (0, 1, 0));
+    }
+
+    /// Regression: a future dropped before its first poll was never counted anywhere.
+    #[tokio::test(start_paused = true)]
+    async fn dropped_before_the_first_poll_counts_as_cancelled() {
+        drop(instrument("t.never-polled", async { 1 }));
+        let s = snapshot();
+        let l = op(&s, "t.never-polled").expect("the operation is accounted for");
         assert_eq!((l.in_flight, l.cancelled, l.count), (0, 1, 0));
     }
 
