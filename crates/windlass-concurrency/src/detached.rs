@@ -3,7 +3,7 @@
 //! A `tokio::spawn`ed task that returns `Err` or panics just ends: nobody awaits its handle,
 //! so nobody hears of it. [`spawn_detached`] runs fire-and-forget work whose every error and
 //! panic is logged (`tracing::error!`) with the task's name and the place it was spawned
-//! (`#[track_caller]`), counted in `windlass_detached_failures_total{task, kind}`, and kept
+//! (`#[track_caller]`), counted in `windlass_detached_failures_total{name, kind}`, and kept
 //! in a short list of recent failures ([`recent_failures`]) that the golden-signals monitor
 //! reports as *silent errors*.
 //!
@@ -69,7 +69,7 @@ pub fn recent_failures() -> Vec<DetachedFailure> {
 
 pub(crate) fn record_failure(failure: DetachedFailure) {
     FAILURES.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!("windlass_detached_failures_total", "task" => failure.task, "kind" => failure.kind)
+    metrics::counter!("windlass_detached_failures_total", "name" => failure.task, "kind" => failure.kind)
         .increment(1);
     tracing::error!(
         task = failure.task,

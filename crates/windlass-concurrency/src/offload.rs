@@ -135,9 +135,9 @@ impl Offload {
                 completed: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
                 abandoned: AtomicU64::new(0),
-                m_queued: metrics::gauge!("windlass_offload_queued", "pool" => label.clone()),
-                m_running: metrics::gauge!("windlass_offload_running", "pool" => label.clone()),
-                m_run: metrics::histogram!("windlass_offload_run_seconds", "pool" => label),
+                m_queued: metrics::gauge!("windlass_offload_queued", "name" => label.clone()),
+                m_running: metrics::gauge!("windlass_offload_running", "name" => label.clone()),
+                m_run: metrics::histogram!("windlass_offload_run_seconds", "name" => label),
                 name,
             }),
         })

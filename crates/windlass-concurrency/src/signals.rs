@@ -6,15 +6,15 @@
 //! dying quietly. Wrap an operation in [`instrument`] (one line) and turn on the
 //! [`Monitor`] (one call), and [`snapshot`] — or any `metrics` exporter — shows:
 //!
-//! - **in-flight** operations per name (`windlass_inflight{op}`);
+//! - **in-flight** operations per name (`windlass_op_in_flight{name}`);
 //! - **runtime lag**: how late a periodic probe tick runs (`windlass_runtime_lag_seconds`),
 //!   the symptom of blocked runtime threads;
 //! - **silent errors**: failed detached tasks ([`spawn_detached`](crate::spawn_detached),
 //!   supervisors), with the most recent ones;
 //! - **tail latency** per operation: p50, p95, p99 over the last 1,024 completions
-//!   (`windlass_op_duration_seconds{op}`);
+//!   (`windlass_op_duration_seconds{name}`);
 //! - **stuck operations**: every instrumented operation older than a threshold, with its
-//!   name, age and the line that created it (`windlass_stuck_operations`).
+//!   name, age and the line that created it (`windlass_op_stuck`).
 //!
 //! ```
 //! use std::time::Duration;
@@ -73,8 +73,8 @@ impl OpStats {
             completed: 0,
             cancelled: 0,
             samples: VecDeque::new(),
-            m_in_flight: metrics::gauge!("windlass_inflight", "op" => name),
-            m_duration: metrics::histogram!("windlass_op_duration_seconds", "op" => name),
+            m_in_flight: metrics::gauge!("windlass_op_in_flight", "name" => name),
+            m_duration: metrics::histogram!("windlass_op_duration_seconds", "name" => name),
         }
     }
 }
@@ -374,7 +374,7 @@ impl Monitor {
             .store(cfg.stuck_after.as_nanos() as u64, Ordering::Relaxed);
         let probe = tokio::spawn(async move {
             let lag_hist = metrics::histogram!("windlass_runtime_lag_seconds");
-            let stuck_gauge = metrics::gauge!("windlass_stuck_operations");
+            let stuck_gauge = metrics::gauge!("windlass_op_stuck");
             let mut due = windlass_policy::time::saturating_add(Instant::now(), cfg.probe_interval);
             loop {
                 tokio::time::sleep_until(due).await;

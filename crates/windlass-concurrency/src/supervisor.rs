@@ -193,7 +193,7 @@ where
             Ok(()) if cfg.restart == Restart::Permanent => {
                 restarts += 1;
                 tracing::info!(task, site = %site, restarts, "restarting permanent task after a normal exit");
-                metrics::counter!("windlass_supervisor_restarts_total", "task" => task, "reason" => "exit").increment(1);
+                metrics::counter!("windlass_supervisor_restarts_total", "name" => task, "reason" => "exit").increment(1);
                 // A permanent task that keeps exiting is a loop, not a failure: yield so
                 // that it cannot starve its runtime thread.
                 tokio::task::yield_now().await;
@@ -229,7 +229,7 @@ where
             .schedule
             .retry_delay(u32::try_from(failures.len()).unwrap_or(u32::MAX), seed);
         tracing::warn!(task, site = %site, restarts, delay_ms = wait.as_millis() as u64, failure = %failure.message, "restarting supervised task");
-        metrics::counter!("windlass_supervisor_restarts_total", "task" => task, "reason" => "failure").increment(1);
+        metrics::counter!("windlass_supervisor_restarts_total", "name" => task, "reason" => "failure").increment(1);
         tokio::time::sleep(wait).await;
     }
 }

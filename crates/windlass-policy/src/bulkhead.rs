@@ -102,11 +102,11 @@ impl BulkheadBuilder {
             max_queued: self.max_queued,
             max_wait: self.max_wait,
             queued: AtomicUsize::new(0),
-            m_in_use: metrics::gauge!("windlass_bulkhead_in_use", "policy" => label.clone()),
-            m_queued: metrics::gauge!("windlass_bulkhead_queued", "policy" => label.clone()),
-            m_full: metrics::counter!("windlass_policy_rejections_total", "policy" => label.clone(), "reason" => "bulkhead_full"),
-            m_timeout: metrics::counter!("windlass_policy_rejections_total", "policy" => label.clone(), "reason" => "bulkhead_timeout"),
-            m_wait: metrics::histogram!("windlass_bulkhead_wait_seconds", "policy" => label),
+            m_in_use: metrics::gauge!("windlass_bulkhead_in_use", "name" => label.clone()),
+            m_queued: metrics::gauge!("windlass_bulkhead_queued", "name" => label.clone()),
+            m_full: metrics::counter!("windlass_policy_rejections_total", "name" => label.clone(), "reason" => "bulkhead_full"),
+            m_timeout: metrics::counter!("windlass_policy_rejections_total", "name" => label.clone(), "reason" => "bulkhead_timeout"),
+            m_wait: metrics::histogram!("windlass_bulkhead_wait_seconds", "name" => label),
             name,
         });
         observe::register(&shared);

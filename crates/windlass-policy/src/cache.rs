@@ -15,7 +15,7 @@
 //! **Cancellation:** a caller dropped while a load is in flight leaves it to the others; the
 //! load is dropped when its last waiter is (see [`Coalesce`]), and nothing is stored.
 //!
-//! Hits and misses are counted (`windlass_cache_requests_total{cache, result}`) when the
+//! Hits and misses are counted (`windlass_cache_requests_total{name, result}`) when the
 //! cache is built with a [`name`](CacheBuilder::name).
 //!
 //! ```
@@ -109,8 +109,8 @@ impl<V: 'static> CacheBuilder<V> {
             .unwrap_or_else(|| crate::observe::default_name("cache"))
             .to_string();
         Ok(Cache {
-            m_hit: metrics::counter!("windlass_cache_requests_total", "cache" => label.clone(), "result" => "hit"),
-            m_miss: metrics::counter!("windlass_cache_requests_total", "cache" => label, "result" => "miss"),
+            m_hit: metrics::counter!("windlass_cache_requests_total", "name" => label.clone(), "result" => "hit"),
+            m_miss: metrics::counter!("windlass_cache_requests_total", "name" => label, "result" => "miss"),
             store: moka::sync::Cache::new(self.max_capacity),
             loads: Coalesce::new(),
             ttl_for: self.ttl_for,

@@ -26,7 +26,7 @@ use std::future::Future;
 
 use tokio::time::Instant;
 
-use crate::classify::{AllTransient, Classify};
+use crate::classify::{Classify, ErrorClass};
 use crate::error::PolicyError;
 
 /// How important a call is. Load shedding drops lower priorities first.
@@ -156,6 +156,16 @@ pub trait Policy<T: Send, E: Send>: Sync {
     where
         Op: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send;
+
+    /// The class this policy gives an operation's error, if it carries a classifier (a
+    /// [`Pipeline`](crate::Pipeline) does; a stack asks its layers, outermost first).
+    /// [`PolicyExt::call`] and [`PolicyExt::call_in`] classify with it, so a pipeline's
+    /// classifier applies however the pipeline is called: directly, behind an `Arc`, or
+    /// nested in a stack. `None` (the default) means "no opinion": the error is transient.
+    fn class_of(&self, error: &E) -> Option<ErrorClass> {
+        let _ = error;
+        None
+    }
 }
 
 /// Composition: `outer.then(inner)` runs `inner` inside `outer`, so
@@ -172,19 +182,45 @@ impl<P: Compose> Compose for Option<P> {}
 impl<P: Compose> Compose for std::sync::Arc<P> {}
 impl Compose for Identity {}
 
-/// Convenience methods for every [`Policy`].
+/// How to call an operation through any [`Policy`]: one name per idea.
+///
+/// - [`call`](Self::call): a fresh [`Context`], errors classified by the policy's own
+///   classifier ([`Policy::class_of`]; transient when it has none).
+/// - [`call_in`](Self::call_in): the same, from a given context (priority, idempotence,
+///   deadline); the operation receives each attempt's context.
+/// - [`call_with`](Self::call_with): from a given context with an explicit classifier,
+///   which overrides the policy's own.
 pub trait PolicyExt<T: Send, E: Send>: Policy<T, E> {
-    /// Calls `op` under this policy; every error is [`Transient`](crate::ErrorClass::Transient).
+    /// Calls `op` under this policy, classifying its errors with the policy's own
+    /// classifier.
     fn call<F, Fut>(&self, op: F) -> impl Future<Output = Result<T, PolicyError<E>>> + Send
     where
         F: Fn() -> Fut + Send + Sync,
         Fut: Future<Output = Result<T, E>> + Send,
     {
-        self.call_with(Context::new(), &AllTransient, move |_| op())
+        self.call_in(Context::new(), move |_| op())
+    }
+
+    /// Calls `op` under this policy from `cx`, classifying its errors with the policy's own
+    /// classifier. `op` receives the context of each attempt.
+    fn call_in<F, Fut>(
+        &self,
+        cx: Context,
+        op: F,
+    ) -> impl Future<Output = Result<T, PolicyError<E>>> + Send
+    where
+        F: Fn(Context) -> Fut + Send + Sync,
+        Fut: Future<Output = Result<T, E>> + Send,
+    {
+        async move {
+            let own = OwnClassifier(self, std::marker::PhantomData);
+            self.call_with(cx, &own, op).await
+        }
     }
 
     /// Calls `op` under this policy, starting from `cx`, classifying its errors with
-    /// `classifier`. `op` receives the context of each attempt.
+    /// `classifier` (instead of the policy's own). `op` receives the context of each
+    /// attempt.
     fn call_with<C, F, Fut>(
         &self,
         cx: Context,
@@ -212,6 +248,15 @@ pub trait PolicyExt<T: Send, E: Send>: Policy<T, E> {
 }
 
 impl<T: Send, E: Send, P: Policy<T, E>> PolicyExt<T, E> for P {}
+
+/// A policy's own classifier, transient when it has none.
+struct OwnClassifier<'a, P: ?Sized, T>(&'a P, std::marker::PhantomData<fn() -> T>);
+
+impl<T: Send, E: Send, P: Policy<T, E> + ?Sized> Classify<E> for OwnClassifier<'_, P, T> {
+    fn classify(&self, error: &E) -> ErrorClass {
+        self.0.class_of(error).unwrap_or(ErrorClass::Transient)
+    }
+}
 
 /// Two policies, `inner` running inside `outer`. Built by [`Compose::then`].
 #[derive(Debug, Clone)]
@@ -247,6 +292,12 @@ impl<T: Send, E: Send, A: Policy<T, E>, B: Policy<T, E>> Policy<T, E> for Stack<
             self.outer.execute(cx, &inner).await
         }
     }
+
+    fn class_of(&self, error: &E) -> Option<ErrorClass> {
+        self.outer
+            .class_of(error)
+            .or_else(|| self.inner.class_of(error))
+    }
 }
 
 /// An optional policy: `None` runs the operation directly.
@@ -267,6 +318,10 @@ impl<T: Send, E: Send, P: Policy<T, E>> Policy<T, E> for Option<P> {
             }
         }
     }
+
+    fn class_of(&self, error: &E) -> Option<ErrorClass> {
+        self.as_ref().and_then(|p| p.class_of(error))
+    }
 }
 
 /// A shared policy is still a policy.
@@ -281,6 +336,10 @@ impl<T: Send, E: Send, P: Policy<T, E> + Send> Policy<T, E> for std::sync::Arc<P
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
         (**self).execute(cx, op)
+    }
+
+    fn class_of(&self, error: &E) -> Option<ErrorClass> {
+        (**self).class_of(error)
     }
 }
 

@@ -128,8 +128,8 @@ impl HedgeBuilder {
             latencies: Mutex::new(Latencies::default()),
             hedges: AtomicU64::new(0),
             wins: AtomicU64::new(0),
-            m_hedges: metrics::counter!("windlass_hedge_attempts_total", "policy" => label.clone()),
-            m_wins: metrics::counter!("windlass_hedge_wins_total", "policy" => label),
+            m_hedges: metrics::counter!("windlass_hedge_attempts_total", "name" => label.clone()),
+            m_wins: metrics::counter!("windlass_hedge_wins_total", "name" => label),
             name,
         });
         observe::register(&shared);

@@ -53,11 +53,14 @@ pub enum PolicyState {
     CircuitBreaker {
         /// The current state.
         state: BreakerState,
-        /// Failure rate over the window, 0..=1 (0 until the minimum number of calls).
-        failure_rate: f64,
-        /// Slow-call rate over the window, 0..=1.
-        slow_call_rate: f64,
-        /// Calls currently in the window.
+        /// Failure rate, 0..=1, over the calls the current state judges: the sliding window
+        /// when closed, the probes when half-open, and, when open, the calls that opened it.
+        /// `None` while too few calls were seen to judge (below `minimum_calls`, or before
+        /// every half-open probe finished): never a healthy-looking 0 that was not measured.
+        failure_rate: Option<f64>,
+        /// Slow-call rate over the same calls, 0..=1; `None` as for `failure_rate`.
+        slow_call_rate: Option<f64>,
+        /// How many calls those are.
         calls_in_window: u64,
         /// How many times it has opened since it was built.
         openings: u64,

@@ -259,17 +259,18 @@ impl<T: Send + 'static, E: Send + 'static> Pipeline<T, E> {
         &self.classifier
     }
 
-    /// Calls `op` through the pipeline, classifying its errors with the pipeline's classifier.
+    /// Calls `op` through the pipeline, classifying its errors with the pipeline's
+    /// classifier. The same as [`PolicyExt::call`], here so that no import is needed.
     pub fn call<F, Fut>(&self, op: F) -> impl Future<Output = Result<T, PolicyError<E>>> + Send
     where
         F: Fn() -> Fut + Send + Sync,
         Fut: Future<Output = Result<T, E>> + Send,
     {
-        self.call_in(Context::new(), move |_| op())
+        PolicyExt::call(self, op)
     }
 
     /// Like [`call`](Self::call), starting from `cx` (priority, idempotence, deadline), with
-    /// each attempt's context passed to `op`.
+    /// each attempt's context passed to `op`. The same as [`PolicyExt::call_in`].
     pub fn call_in<F, Fut>(
         &self,
         cx: Context,
@@ -279,17 +280,7 @@ impl<T: Send + 'static, E: Send + 'static> Pipeline<T, E> {
         F: Fn(Context) -> Fut + Send + Sync,
         Fut: Future<Output = Result<T, E>> + Send,
     {
-        let classifier = ClassifierRef(&*self.classifier);
-        async move { self.call_with(cx, &classifier, op).await }
-    }
-}
-
-/// Lets a borrowed `dyn Classify` be passed where `impl Classify` is expected.
-struct ClassifierRef<'a, E>(&'a dyn Classify<E>);
-
-impl<E> Classify<E> for ClassifierRef<'_, E> {
-    fn classify(&self, error: &E) -> crate::ErrorClass {
-        self.0.classify(error)
+        PolicyExt::call_in(self, cx, op)
     }
 }
 
@@ -306,6 +297,10 @@ impl<T: Send, E: Send> Policy<T, E> for Pipeline<T, E> {
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
         self.stages.run(cx, op)
+    }
+
+    fn class_of(&self, error: &E) -> Option<crate::ErrorClass> {
+        Some(self.classifier.classify(error))
     }
 }
 
@@ -377,6 +372,63 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Regression: with `PolicyExt` in scope, `Arc<Pipeline>.call` and a pipeline nested
+    /// with `then` resolved to a call that treated every error as transient, ignoring the
+    /// pipeline's classifier.
+    #[tokio::test(start_paused = true)]
+    async fn the_pipeline_classifier_applies_however_it_is_called() {
+        let calls = AtomicU32::new(0);
+        let op = || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), u16>(404) }
+        };
+        let p = Pipeline::<(), u16>::builder()
+            .classify(|c: &u16| {
+                if *c >= 500 {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Permanent
+                }
+            })
+            .retry(Retry::builder().max_attempts(3).build().unwrap())
+            .build();
+        let shared = Arc::new(p.clone());
+        let out = PolicyExt::call(&shared, op).await;
+        assert!(matches!(
+            out,
+            Err(PolicyError::Operation {
+                class: ErrorClass::Permanent,
+                ..
+            })
+        ));
+        let nested = Retry::builder()
+            .max_attempts(2)
+            .build()
+            .unwrap()
+            .then(p.clone());
+        let out = nested.call(op).await;
+        assert!(matches!(
+            out,
+            Err(PolicyError::Operation {
+                class: ErrorClass::Permanent,
+                ..
+            })
+        ));
+        let out = PolicyExt::call_in(&p, Context::new(), |_| op()).await;
+        assert!(matches!(
+            out,
+            Err(PolicyError::Operation {
+                class: ErrorClass::Permanent,
+                ..
+            })
+        ));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3,
+            "a 404 is never retried, by any path"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -129,8 +129,8 @@ impl RateLimiterBuilder {
             max_wait: self.max_wait,
             admitted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
-            m_rejected: metrics::counter!("windlass_policy_rejections_total", "policy" => label.clone(), "reason" => "rate_limited"),
-            m_wait: metrics::histogram!("windlass_rate_limit_wait_seconds", "policy" => label),
+            m_rejected: metrics::counter!("windlass_policy_rejections_total", "name" => label.clone(), "reason" => "rate_limited"),
+            m_wait: metrics::histogram!("windlass_rate_limit_wait_seconds", "name" => label),
             name,
         });
         observe::register(&shared);

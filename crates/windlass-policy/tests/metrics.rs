@@ -126,55 +126,55 @@ async fn policies_report_attempts_retries_rejections_and_breaker_state() {
     let _ = policy.call(|| async { Err::<(), _>("503") }).await;
 
     assert_eq!(
-        capture.counter("windlass_retry_attempts_total{policy=m-retry}"),
+        capture.counter("windlass_retry_attempts_total{name=m-retry}"),
         3
     );
     assert_eq!(
-        capture.counter("windlass_retry_retries_total{policy=m-retry}"),
+        capture.counter("windlass_retry_retries_total{name=m-retry}"),
         2
     );
     assert_eq!(
-        capture.counter("windlass_retry_gave_up_total{policy=m-retry,reason=max_attempts}"),
+        capture.counter("windlass_retry_gave_up_total{name=m-retry,reason=max_attempts}"),
         1
     );
     assert_eq!(
-        capture.counter("windlass_breaker_transitions_total{policy=m-breaker,to=open}"),
+        capture.counter("windlass_breaker_transitions_total{name=m-breaker,to=open}"),
         1
     );
     assert_eq!(
-        capture.gauge("windlass_breaker_state{policy=m-breaker}"),
+        capture.gauge("windlass_breaker_state{name=m-breaker}"),
         1.0,
         "1 = open"
     );
     assert_eq!(
-        capture.counter("windlass_policy_rejections_total{policy=m-breaker,reason=circuit_open}"),
+        capture.counter("windlass_policy_rejections_total{name=m-breaker,reason=circuit_open}"),
         1
     );
     assert_eq!(
-        capture.counter("windlass_breaker_calls_total{outcome=failure,policy=m-breaker}"),
+        capture.counter("windlass_breaker_calls_total{name=m-breaker,outcome=failure}"),
         2
     );
 
     let slot = bulkhead.try_acquire().unwrap();
     assert_eq!(
-        capture.gauge("windlass_bulkhead_in_use{policy=m-bulkhead}"),
+        capture.gauge("windlass_bulkhead_in_use{name=m-bulkhead}"),
         1.0
     );
     assert!(bulkhead.try_acquire().is_err());
     assert_eq!(
-        capture.counter("windlass_policy_rejections_total{policy=m-bulkhead,reason=bulkhead_full}"),
+        capture.counter("windlass_policy_rejections_total{name=m-bulkhead,reason=bulkhead_full}"),
         1
     );
     drop(slot);
     assert_eq!(
-        capture.gauge("windlass_bulkhead_in_use{policy=m-bulkhead}"),
+        capture.gauge("windlass_bulkhead_in_use{name=m-bulkhead}"),
         0.0
     );
 
     limiter.try_acquire().unwrap();
     assert!(limiter.try_acquire().is_err());
     assert_eq!(
-        capture.counter("windlass_policy_rejections_total{policy=m-rate,reason=rate_limited}"),
+        capture.counter("windlass_policy_rejections_total{name=m-rate,reason=rate_limited}"),
         1
     );
 }

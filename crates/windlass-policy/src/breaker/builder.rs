@@ -226,7 +226,7 @@ impl CircuitBreakerBuilder {
             BreakerState::ForcedOpen,
             BreakerState::MetricsOnly,
         ]
-        .map(|s| metrics::counter!("windlass_breaker_transitions_total", "policy" => label.clone(), "to" => s.as_str()));
+        .map(|s| metrics::counter!("windlass_breaker_transitions_total", "name" => label.clone(), "to" => s.as_str()));
         let shared = Arc::new(Shared {
             cfg: Config {
                 failure_rate_threshold: self.failure_rate_threshold,
@@ -249,16 +249,17 @@ impl CircuitBreakerBuilder {
                 consecutive_openings: 0,
                 half_open_left: 0,
                 half_open: Totals::default(),
+                decided_by: Totals::default(),
             }),
             openings: AtomicU64::new(0),
             fast: AtomicU64::new(self.initial_state.code()),
             stripes: (0..STRIPES).map(|_| Stripe(AtomicU64::new(0))).collect(),
             batchable: matches!(self.window, WindowKind::Count(_)),
-            m_state: metrics::gauge!("windlass_breaker_state", "policy" => label.clone()),
+            m_state: metrics::gauge!("windlass_breaker_state", "name" => label.clone()),
             m_transitions: transitions,
             m_calls: ["success", "failure", "ignored"]
-                .map(|o| metrics::counter!("windlass_breaker_calls_total", "policy" => label.clone(), "outcome" => o)),
-            m_rejected: metrics::counter!("windlass_policy_rejections_total", "policy" => label.clone(), "reason" => "circuit_open"),
+                .map(|o| metrics::counter!("windlass_breaker_calls_total", "name" => label.clone(), "outcome" => o)),
+            m_rejected: metrics::counter!("windlass_policy_rejections_total", "name" => label.clone(), "reason" => "circuit_open"),
             name,
         });
         shared.m_state.set(self.initial_state.gauge_value());

@@ -108,6 +108,9 @@ struct Core {
     half_open_left: u32,
     /// Outcomes of the finished half-open probes.
     half_open: Totals,
+    /// The calls that made the last decision to open: the closed window, or the half-open
+    /// probes. Reported while open, so a dashboard shows why it opened.
+    decided_by: Totals,
 }
 
 struct Shared {
@@ -300,6 +303,12 @@ impl CircuitBreaker {
 
     fn transition(&self, core: &mut Core, to: BreakerState, now: Instant) {
         let from = core.state;
+        if to == BreakerState::Open {
+            core.decided_by = match from {
+                BreakerState::HalfOpen => core.half_open,
+                _ => core.window.totals(now),
+            };
+        }
         core.state = to;
         core.since = now;
         core.generation += 1;
@@ -521,10 +530,14 @@ impl Inspect for Shared {
         if matches!(core.state, BreakerState::Closed | BreakerState::MetricsOnly) {
             self.flush(&mut core, now);
         }
-        let t = match core.state {
-            BreakerState::HalfOpen => core.half_open,
-            _ => core.window.totals(now),
+        // The calls that the current state's decision rests on, and how many it needs before
+        // a rate means anything.
+        let (t, needed) = match core.state {
+            BreakerState::HalfOpen => (core.half_open, u64::from(self.cfg.permitted_in_half_open)),
+            BreakerState::Open | BreakerState::ForcedOpen => (core.decided_by, 1),
+            _ => (core.window.totals(now), self.cfg.minimum_calls),
         };
+        let known = t.calls >= needed;
         let retry_after = match core.state {
             BreakerState::Open => {
                 Some(saturating_add(core.since, core.open_for).saturating_duration_since(now))
@@ -536,16 +549,8 @@ impl Inspect for Shared {
             kind: PolicyKind::CircuitBreaker,
             state: PolicyState::CircuitBreaker {
                 state: core.state,
-                failure_rate: if t.calls >= self.cfg.minimum_calls {
-                    t.failure_rate()
-                } else {
-                    0.0
-                },
-                slow_call_rate: if t.calls >= self.cfg.minimum_calls {
-                    t.slow_rate()
-                } else {
-                    0.0
-                },
+                failure_rate: known.then(|| t.failure_rate()),
+                slow_call_rate: known.then(|| t.slow_rate()),
                 calls_in_window: t.calls,
                 openings: self.openings.load(Ordering::Relaxed),
                 retry_after,

@@ -529,7 +529,7 @@ fn batched_successes_under_contention() {
                 calls_in_window, 100,
                 "every batched success folded in, window bounded"
             );
-            assert_eq!(failure_rate, 0.0);
+            assert_eq!(failure_rate, Some(0.0));
         }
         ref other => panic!("{other:?}"),
     }
@@ -553,4 +553,46 @@ fn batched_successes_under_contention() {
     assert_eq!(b.state(), BreakerState::Open);
     assert!(rejected.load(Ordering::SeqCst) > 0);
     assert_eq!(b.openings(), 1);
+}
+
+/// `(failure_rate, calls)` as the observability snapshot reports them.
+fn reported(b: &CircuitBreaker) -> (Option<f64>, u64) {
+    match crate::observe::find(b.name())[0].state {
+        crate::observe::PolicyState::CircuitBreaker {
+            failure_rate,
+            calls_in_window,
+            ..
+        } => (failure_rate, calls_in_window),
+        ref other => panic!("{other:?}"),
+    }
+}
+
+/// Regression: before the minimum number of calls the failure rate read 0.0 (a healthy
+/// number never measured), and after a half-open decision to re-open, the snapshot showed
+/// the closed-state window from before the first opening instead of the probes.
+#[tokio::test(start_paused = true)]
+async fn snapshot_reports_the_calls_behind_each_decision() {
+    let b = breaker(4, 4, Duration::from_secs(10), 2);
+    let _ = fail(&b).await;
+    assert_eq!(reported(&b), (None, 1), "unknown, not 0 %");
+    let _ = succeed(&b).await;
+    let _ = succeed(&b).await;
+    let _ = fail(&b).await;
+    assert_eq!(b.state(), BreakerState::Open);
+    assert_eq!(
+        reported(&b),
+        (Some(0.5), 4),
+        "the closed window that opened it"
+    );
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let _ = fail(&b).await; // the first probe: half-open, one of two probes done
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+    assert_eq!(
+        reported(&b),
+        (None, 1),
+        "not judged until every probe is back"
+    );
+    let _ = fail(&b).await;
+    assert_eq!(b.state(), BreakerState::Open);
+    assert_eq!(reported(&b), (Some(1.0), 2), "the probes that re-opened it");
 }

@@ -103,10 +103,10 @@ impl ConcurrencyLimiterBuilder {
             shares,
             shed: AtomicU64::new(0),
             m_shed: Priority::ALL.map(|p| {
-                metrics::counter!("windlass_policy_rejections_total", "policy" => label.clone(), "reason" => "shed", "priority" => p.as_str())
+                metrics::counter!("windlass_policy_rejections_total", "name" => label.clone(), "reason" => "shed", "priority" => p.as_str())
             }),
-            m_limit: metrics::gauge!("windlass_concurrency_limit", "policy" => label.clone()),
-            m_in_flight: metrics::gauge!("windlass_concurrency_in_flight", "policy" => label),
+            m_limit: metrics::gauge!("windlass_concurrency_limit", "name" => label.clone()),
+            m_in_flight: metrics::gauge!("windlass_concurrency_in_flight", "name" => label),
             name,
         });
         shared.m_limit.set(initial as f64);

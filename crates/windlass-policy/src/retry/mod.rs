@@ -186,10 +186,10 @@ impl RetryBuilder {
             calls: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             gave_up: AtomicU64::new(0),
-            m_attempts: metrics::counter!("windlass_retry_attempts_total", "policy" => label.clone()),
-            m_retries: metrics::counter!("windlass_retry_retries_total", "policy" => label.clone()),
+            m_attempts: metrics::counter!("windlass_retry_attempts_total", "name" => label.clone()),
+            m_retries: metrics::counter!("windlass_retry_retries_total", "name" => label.clone()),
             m_gave_up: [GaveUp::MaxAttempts, GaveUp::Deadline, GaveUp::Budget, GaveUp::NotIdempotent]
-                .map(|r| metrics::counter!("windlass_retry_gave_up_total", "policy" => label.clone(), "reason" => gave_up_label(r))),
+                .map(|r| metrics::counter!("windlass_retry_gave_up_total", "name" => label.clone(), "reason" => gave_up_label(r))),
             name,
         });
         observe::register(&shared);
