@@ -4,12 +4,8 @@ use std::io::IsTerminal;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use windlass_bench::alloc::CountingAlloc;
 
 use windlass_cli::demo;
-
-#[global_allocator]
-static ALLOC: CountingAlloc = CountingAlloc;
 
 #[derive(Parser)]
 #[command(

@@ -274,6 +274,12 @@ impl Bulkhead {
         }
     }
 
+    /// A free slot now, if nobody is waiting for one (no rejection is counted).
+    pub(crate) fn take_now(&self) -> Option<BulkheadPermit<'_>> {
+        (self.shared.queued.load(Ordering::SeqCst) == 0 && self.shared.take())
+            .then(|| self.granted())
+    }
+
     /// Takes a slot now, or fails with [`Rejection::BulkheadFull`].
     pub fn try_acquire(&self) -> Result<BulkheadPermit<'_>, Rejection> {
         // Nobody jumps the line: with callers waiting, a free slot is theirs.
@@ -360,7 +366,14 @@ impl<T: Send, E: Send> Policy<T, E> for Bulkhead {
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
         async move {
-            let _permit = self.acquire(cx.deadline()).await.map_err(widen)?;
+            let (_permit, cx) = match self.take_now() {
+                Some(permit) => (permit, cx),
+                // After a wait the attempt's clock reading is stale.
+                None => (
+                    self.acquire(cx.deadline()).await.map_err(widen)?,
+                    cx.without_now(),
+                ),
+            };
             op(cx).await
         }
     }

@@ -70,6 +70,9 @@ pub struct Context {
     priority: Priority,
     idempotent: bool,
     attempt: u32,
+    /// The attempt's start, once a policy has read the clock: the policies of one attempt
+    /// share one clock read instead of taking one each.
+    now: Option<Instant>,
 }
 
 impl Default for Context {
@@ -86,7 +89,29 @@ impl Context {
             priority: Priority::Normal,
             idempotent: true,
             attempt: 1,
+            now: None,
         }
+    }
+
+    /// The current attempt's start time: the clock as first read by a policy for this
+    /// attempt, or read now if none has. Policies pass it inward with
+    /// [`with_now`](Self::with_now) so that one attempt costs one clock read; a policy that
+    /// waits (for a permit or a slot) passes [`without_now`](Self::without_now) instead, and
+    /// a new attempt starts without one.
+    pub fn now(&self) -> Instant {
+        self.now.unwrap_or_else(Instant::now)
+    }
+
+    /// This context with the attempt's start time known.
+    pub fn with_now(mut self, now: Instant) -> Self {
+        self.now = Some(now);
+        self
+    }
+
+    /// This context with the start time forgotten (after a wait, it is stale).
+    pub fn without_now(mut self) -> Self {
+        self.now = None;
+        self
     }
 
     /// The instant by which the whole operation must finish, if any.
@@ -133,9 +158,10 @@ impl Context {
         self.attempt
     }
 
-    /// This context for the given attempt number.
+    /// This context for the given attempt number (a new attempt reads the clock afresh).
     pub fn with_attempt(mut self, attempt: u32) -> Self {
         self.attempt = attempt;
+        self.now = None;
         self
     }
 }

@@ -160,21 +160,34 @@ impl<T: Send, E: Send> Stages<T, E> {
         Op: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
+        // One clock read for the whole attempt: the breaker's start time, the rate limiter's
+        // permit and the timeout's deadline all use it, unless a wait made it stale.
+        let now = cx.now();
         let breaker = self
             .breaker
             .as_ref()
-            .map(CircuitBreaker::try_acquire)
+            .map(|b| b.try_acquire_at(now))
             .transpose()?;
+        let mut waited = false;
         if let Some(limiter) = &self.rate_limiter {
-            limiter.acquire(cx.deadline()).await?;
+            waited = limiter.acquire_at(now, cx.deadline()).await?;
         }
         let _slot = match &self.bulkhead {
-            Some(b) => Some(
-                b.acquire(cx.deadline())
-                    .await
-                    .map_err(crate::bulkhead::widen)?,
-            ),
+            Some(b) => Some(match b.take_now() {
+                Some(slot) => slot,
+                None => {
+                    waited = true;
+                    b.acquire(cx.deadline())
+                        .await
+                        .map_err(crate::bulkhead::widen)?
+                }
+            }),
             None => None,
+        };
+        let cx = if waited {
+            cx.without_now()
+        } else {
+            cx.with_now(now)
         };
         let limit = self
             .concurrency
@@ -197,7 +210,7 @@ impl<T: Send, E: Send> Stages<T, E> {
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
         let cx = match &self.deadline {
-            Some(d) => cx.with_deadline(saturating_add(tokio::time::Instant::now(), d.budget())),
+            Some(d) => cx.with_deadline(saturating_add(cx.now(), d.budget())),
             None => cx,
         };
         let attempt = |cx: Context| self.attempt(cx, op);

@@ -1,13 +1,21 @@
 //! Rate limiting: send no faster than the other side allows.
 //!
-//! Exceeding a partner's quota earns `429`s, bans or a bill. [`RateLimiter`] admits calls at
-//! a steady rate with a burst allowance (GCRA, the token bucket's exact cousin, from the
-//! `governor` crate) and either waits for a permit (up to a bound) or rejects at once with
-//! [`Rejection::RateLimited`] saying how long until a permit is free. For one limit per host
-//! or tenant, put it in a [`Keyed`](crate::Keyed) registry.
+//! Exceeding a partner's quota earns `429`s, bans or a bill. [`RateLimiter`] admits calls
+//! and either waits for a permit (up to a bound) or rejects at once with
+//! [`Rejection::RateLimited`] saying how long until a permit is free. Two ways to count:
 //!
-//! `governor` is driven here by tokio's clock rather than its own, so the paused clock
-//! makes rate-limited code deterministic in tests, like every other policy.
+//! - **smooth** (the default, [`per_second`](RateLimiterBuilder::per_second) /
+//!   [`every`](RateLimiterBuilder::every)): GCRA, the token bucket's exact cousin — permits
+//!   evenly spaced, with [`burst`](RateLimiterBuilder::burst) allowed at once after a quiet
+//!   spell. One atomic compare-and-swap per permit.
+//! - **fixed window** ([`fixed_window`](RateLimiterBuilder::fixed_window)): at most `limit`
+//!   permits per window, all of which may go at the window's start — what many APIs
+//!   actually enforce ("1,000 requests per minute"), and burstier than GCRA.
+//!
+//! For one limit per host or tenant, put it in a [`Keyed`](crate::Keyed) registry. Time is
+//! tokio's (the paused clock makes rate-limited code deterministic in tests), and a call
+//! takes the clock reading its [`Context`] already has, so a pipeline reads the clock once
+//! per attempt, not once per policy.
 //!
 //! **Cancellation:** a waiting call takes its permit only when its wait is over, so a call
 //! dropped while waiting has taken nothing from the quota.
@@ -30,16 +38,10 @@
 
 use crate::time::saturating_add;
 use std::future::Future;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use governor::clock::Clock;
-use governor::middleware::NoOpMiddleware;
-use governor::nanos::Nanos;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter as Gcra};
 use metrics::{Counter, Histogram};
 use tokio::time::Instant;
 
@@ -48,20 +50,86 @@ use crate::context::{Compose, Context, Policy};
 use crate::error::{PolicyError, Rejection};
 use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
 
-/// governor's clock, read from tokio's (pausable) time.
-#[derive(Debug, Clone)]
-struct TokioClock {
-    base: Instant,
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-impl Clock for TokioClock {
-    type Instant = Nanos;
-    fn now(&self) -> Nanos {
-        Nanos::from(self.base.elapsed())
+/// The permit arithmetic, in nanoseconds since the limiter was built.
+#[derive(Debug)]
+enum Meter {
+    /// GCRA: `tat` is the theoretical arrival time of the next permit; a call at `now` is
+    /// admitted when `max(tat, now) - now <= tolerance`, and pushes `tat` one interval on.
+    Gcra {
+        tat: AtomicU64,
+        interval: u64,
+        tolerance: u64,
+    },
+    /// `(window number << 32) | permits taken in it`.
+    Window {
+        state: AtomicU64,
+        limit: u32,
+        length: u64,
+    },
+}
+
+impl Meter {
+    /// Takes a permit at `now`, or returns how many nanoseconds until one is free.
+    fn check(&self, now: u64) -> Result<(), u64> {
+        match self {
+            Meter::Gcra {
+                tat,
+                interval,
+                tolerance,
+            } => {
+                let mut current = tat.load(Ordering::Acquire);
+                loop {
+                    let start = current.max(now);
+                    let ahead = start - now;
+                    if ahead > *tolerance {
+                        return Err(ahead - tolerance);
+                    }
+                    match tat.compare_exchange_weak(
+                        current,
+                        start.saturating_add(*interval),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => return Ok(()),
+                        Err(seen) => current = seen,
+                    }
+                }
+            }
+            Meter::Window {
+                state,
+                limit,
+                length,
+            } => {
+                let window = now / length;
+                let tag = window & 0xffff_ffff;
+                let mut current = state.load(Ordering::Acquire);
+                loop {
+                    let taken = if current >> 32 == tag {
+                        current & 0xffff_ffff
+                    } else {
+                        0
+                    };
+                    if taken >= u64::from(*limit) {
+                        return Err((window + 1).saturating_mul(*length).saturating_sub(now));
+                    }
+                    match state.compare_exchange_weak(
+                        current,
+                        (tag << 32) | (taken + 1),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => return Ok(()),
+                        Err(seen) => current = seen,
+                    }
+                }
+            }
+        }
     }
 }
-
-type Inner = Gcra<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
 
 /// Builds a [`RateLimiter`]. There is no default rate: set one with
 /// [`per_second`](Self::per_second) or [`every`](Self::every).
@@ -70,6 +138,7 @@ pub struct RateLimiterBuilder {
     name: Option<Arc<str>>,
     period: Option<Duration>,
     burst: u32,
+    window: Option<(u32, Duration)>,
     max_wait: Duration,
 }
 
@@ -93,6 +162,12 @@ impl RateLimiterBuilder {
         self.period = Some(period);
         self
     }
+    /// Fixed-window counting instead of GCRA: at most `limit` permits per `window`, all of
+    /// which may be taken at the window's start. Replaces `per_second`/`every`/`burst`.
+    pub fn fixed_window(mut self, limit: u32, window: Duration) -> Self {
+        self.window = Some((limit, window));
+        self
+    }
     /// Permits that may be taken at once after a quiet spell (default 1).
     pub fn burst(mut self, n: u32) -> Self {
         self.burst = n;
@@ -107,25 +182,53 @@ impl RateLimiterBuilder {
     /// Validates and builds.
     pub fn build(self) -> Result<RateLimiter, ConfigError> {
         const P: &str = "rate limiter";
-        let period = self.period.ok_or_else(|| {
-            ConfigError::new(P, "rate", "must be set with per_second() or every()")
-        })?;
-        ensure(period > Duration::ZERO, P, "rate", "must be positive")?;
-        let burst = NonZeroU32::new(self.burst)
-            .ok_or_else(|| ConfigError::new(P, "burst", "must be at least 1"))?;
-        let quota = Quota::with_period(period)
-            .ok_or_else(|| ConfigError::new(P, "rate", "must be positive"))?
-            .allow_burst(burst);
+        let meter = match (self.window, self.period) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    P,
+                    "rate",
+                    "set either a rate (per_second/every) or a fixed window, not both",
+                ));
+            }
+            (Some((limit, window)), None) => {
+                ensure(limit >= 1, P, "fixed_window.limit", "must be at least 1")?;
+                ensure(
+                    window > Duration::ZERO,
+                    P,
+                    "fixed_window.window",
+                    "must be positive",
+                )?;
+                Meter::Window {
+                    state: AtomicU64::new(0),
+                    limit,
+                    length: nanos(window),
+                }
+            }
+            (None, period) => {
+                let period = period.ok_or_else(|| {
+                    ConfigError::new(
+                        P,
+                        "rate",
+                        "must be set with per_second(), every() or fixed_window()",
+                    )
+                })?;
+                ensure(period > Duration::ZERO, P, "rate", "must be positive")?;
+                ensure(self.burst >= 1, P, "burst", "must be at least 1")?;
+                let interval = nanos(period);
+                Meter::Gcra {
+                    tat: AtomicU64::new(0),
+                    interval,
+                    tolerance: interval.saturating_mul(u64::from(self.burst - 1)),
+                }
+            }
+        };
         let name = self
             .name
             .unwrap_or_else(|| observe::default_name("rate-limiter"));
         let label = name.to_string();
-        let clock = TokioClock {
-            base: Instant::now(),
-        };
         let shared = Arc::new(Shared {
-            gcra: Gcra::direct_with_clock(quota, clock.clone()),
-            clock,
+            meter,
+            base: Instant::now(),
             max_wait: self.max_wait,
             admitted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -140,8 +243,9 @@ impl RateLimiterBuilder {
 
 struct Shared {
     name: Arc<str>,
-    gcra: Inner,
-    clock: TokioClock,
+    meter: Meter,
+    /// Time zero of the meter's arithmetic.
+    base: Instant,
     max_wait: Duration,
     admitted: AtomicU64,
     rejected: AtomicU64,
@@ -162,7 +266,7 @@ impl Inspect for Shared {
     }
 }
 
-/// A GCRA rate limiter. Cheap to clone: clones share the rate.
+/// A rate limiter (GCRA or fixed window). Cheap to clone: clones share the rate.
 #[derive(Clone)]
 pub struct RateLimiter {
     shared: Arc<Shared>,
@@ -184,6 +288,7 @@ impl RateLimiter {
             name: None,
             period: None,
             burst: 1,
+            window: None,
             max_wait: Duration::ZERO,
         }
     }
@@ -203,46 +308,59 @@ impl RateLimiter {
         }
     }
 
-    /// Takes a permit now, or says how long until one is free.
-    pub fn try_acquire(&self) -> Result<(), Rejection> {
+    /// One permit at `now`, or how long until one is free.
+    fn check_at(&self, now: Instant) -> Result<(), Duration> {
         let s = &self.shared;
-        match s.gcra.check() {
+        let at = nanos(now.saturating_duration_since(s.base));
+        match s.meter.check(at) {
             Ok(()) => {
                 s.admitted.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
-            Err(not_until) => Err(self.reject(not_until.wait_time_from(s.clock.now()))),
+            Err(wait) => Err(Duration::from_nanos(wait)),
         }
+    }
+
+    /// Takes a permit now, or says how long until one is free.
+    pub fn try_acquire(&self) -> Result<(), Rejection> {
+        self.check_at(Instant::now())
+            .map_err(|wait| self.reject(wait))
     }
 
     /// Takes a permit, waiting up to the configured maximum wait (and never past
     /// `deadline`).
     pub async fn acquire(&self, deadline: Option<Instant>) -> Result<(), Rejection> {
+        self.acquire_at(Instant::now(), deadline).await.map(|_| ())
+    }
+
+    /// [`acquire`](Self::acquire) for a call whose clock reading is `now`. Returns whether
+    /// it waited (after a wait, `now` is stale).
+    pub(crate) async fn acquire_at(
+        &self,
+        now: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<bool, Rejection> {
         let s = &self.shared;
-        // The common case reads the clock once (inside governor) and returns.
-        if s.gcra.check().is_ok() {
-            s.admitted.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        let start = Instant::now();
-        let mut limit = saturating_add(start, s.max_wait);
+        let mut wait = match self.check_at(now) {
+            Ok(()) => return Ok(false),
+            Err(wait) => wait,
+        };
+        let mut limit = saturating_add(now, s.max_wait);
         if let Some(d) = deadline {
             limit = limit.min(d);
         }
         loop {
-            let wait = match s.gcra.check() {
-                Ok(()) => {
-                    s.admitted.fetch_add(1, Ordering::Relaxed);
-                    s.m_wait.record(start.elapsed().as_secs_f64());
-                    return Ok(());
-                }
-                Err(not_until) => not_until.wait_time_from(s.clock.now()),
-            };
-            let now = Instant::now();
-            if saturating_add(now, wait) > limit {
+            if saturating_add(Instant::now(), wait) > limit {
                 return Err(self.reject(wait));
             }
             tokio::time::sleep(wait).await;
+            match self.check_at(Instant::now()) {
+                Ok(()) => {
+                    s.m_wait.record(now.elapsed().as_secs_f64());
+                    return Ok(true);
+                }
+                Err(w) => wait = w,
+            }
         }
     }
 }
@@ -260,8 +378,14 @@ impl<T: Send, E: Send> Policy<T, E> for RateLimiter {
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
         async move {
-            self.acquire(cx.deadline()).await?;
-            op(cx).await
+            let now = cx.now();
+            let waited = self.acquire_at(now, cx.deadline()).await?;
+            op(if waited {
+                cx.without_now()
+            } else {
+                cx.with_now(now)
+            })
+            .await
         }
     }
 }
@@ -292,6 +416,52 @@ mod tests {
         tokio::time::advance(ms(100)).await;
         assert!(l.try_acquire().is_ok());
         assert!(l.try_acquire().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fixed_window_allows_the_whole_limit_at_once_then_waits_for_the_next_window() {
+        let l = RateLimiter::builder()
+            .fixed_window(3, ms(1000))
+            .build()
+            .unwrap();
+        tokio::time::advance(ms(400)).await;
+        for _ in 0..3 {
+            assert!(l.try_acquire().is_ok(), "bursty: all three at once");
+        }
+        match l.try_acquire() {
+            Err(Rejection::RateLimited { retry_after, .. }) => {
+                assert_eq!(retry_after, ms(600), "until the window ends")
+            }
+            other => panic!("{other:?}"),
+        }
+        tokio::time::advance(ms(600)).await;
+        for _ in 0..3 {
+            assert!(l.try_acquire().is_ok(), "a fresh window");
+        }
+        assert!(l.try_acquire().is_err());
+    }
+
+    #[test]
+    fn rate_settings_are_validated_by_name() {
+        let field = |b: RateLimiterBuilder| b.build().unwrap_err().field();
+        assert_eq!(field(RateLimiter::builder()), "rate");
+        assert_eq!(field(RateLimiter::builder().per_second(0)), "rate");
+        assert_eq!(
+            field(RateLimiter::builder().per_second(5).burst(0)),
+            "burst"
+        );
+        assert_eq!(
+            field(RateLimiter::builder().fixed_window(0, ms(10))),
+            "fixed_window.limit"
+        );
+        assert_eq!(
+            field(RateLimiter::builder().fixed_window(1, Duration::ZERO)),
+            "fixed_window.window"
+        );
+        assert_eq!(
+            field(RateLimiter::builder().per_second(1).fixed_window(1, ms(1))),
+            "rate"
+        );
     }
 
     #[tokio::test(start_paused = true)]

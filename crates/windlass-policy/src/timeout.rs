@@ -24,6 +24,8 @@
 
 use crate::time::saturating_add;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -69,15 +71,61 @@ impl<T: Send, E: Send> Policy<T, E> for Timeout {
         Op: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
-        let own = saturating_add(Instant::now(), self.after);
+        let now = cx.now();
+        let own = saturating_add(now, self.after);
         // If an outer deadline comes first, it is the one that fires, and the failure is
         // the permanent DeadlineExceeded rather than a retryable timeout.
         let (at, err) = match cx.deadline() {
             Some(d) if d <= own => (d, PolicyError::DeadlineExceeded),
             _ => (own, PolicyError::Timeout(self.after)),
         };
-        let fut = op(cx.with_deadline(at));
-        async move { tokio::time::timeout_at(at, fut).await.unwrap_or(Err(err)) }
+        BoundedBy {
+            inner: op(cx.with_deadline(at).with_now(now)),
+            at,
+            sleep: None,
+            err: Some(err),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `inner`, failing with `err` at `at`. The timer is created only if `inner` does not
+    /// finish on its first poll: an operation that completes at once never touches the
+    /// runtime's timer (the common case on a fast path, and the cost of a timeout there).
+    struct BoundedBy<F, Err> {
+        #[pin]
+        inner: F,
+        at: Instant,
+        #[pin]
+        sleep: Option<tokio::time::Sleep>,
+        err: Option<Err>,
+    }
+}
+
+impl<T, E, F> Future for BoundedBy<F, PolicyError<E>>
+where
+    F: Future<Output = Result<T, PolicyError<E>>>,
+{
+    type Output = Result<T, PolicyError<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(out) = this.inner.poll(cx) {
+            return Poll::Ready(out);
+        }
+        if this.sleep.as_ref().as_pin_ref().is_none() {
+            this.sleep.set(Some(tokio::time::sleep_until(*this.at)));
+        }
+        match this.sleep.as_pin_mut() {
+            Some(sleep) => {
+                std::task::ready!(sleep.poll(cx));
+                Poll::Ready(Err(this
+                    .err
+                    .take()
+                    .unwrap_or(PolicyError::DeadlineExceeded)))
+            }
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -115,13 +163,14 @@ impl<T: Send, E: Send> Policy<T, E> for Deadline {
         Op: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
-        let cx = cx.with_deadline(saturating_add(Instant::now(), self.budget));
-        let at = cx.deadline().unwrap_or_else(Instant::now);
-        let fut = op(cx);
-        async move {
-            tokio::time::timeout_at(at, fut)
-                .await
-                .unwrap_or(Err(PolicyError::DeadlineExceeded))
+        let now = cx.now();
+        let cx = cx.with_deadline(saturating_add(now, self.budget));
+        let at = cx.deadline().unwrap_or(now);
+        BoundedBy {
+            inner: op(cx.with_now(now)),
+            at,
+            sleep: None,
+            err: Some(PolicyError::DeadlineExceeded),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! no controls, naive retries, and a Windlass pipeline — then prints what each achieved.
 
 pub mod client;
+pub mod measure;
 pub mod pipeline;
 pub mod upstream;
 
@@ -14,7 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use windlass_bench::alloc;
 
 use client::{HttpClient, WindlassClient};
 use upstream::{FaultProfile, Upstream};
@@ -49,7 +49,7 @@ pub struct ModeReport {
     pub p95_ms: f64,
     /// 99th percentile latency.
     pub p99_ms: f64,
-    /// Peak heap of the process during the mode, in bytes.
+    /// Peak resident memory of the process during the mode, in bytes (0 without `/proc`).
     pub peak_memory_bytes: u64,
     /// Requests the upstream received.
     pub upstream_calls: u64,
@@ -168,7 +168,7 @@ async fn run_mode(
     let callers = Arc::new(Semaphore::new(opts.concurrency));
     let base = format!("http://{}/item/", upstream.addr);
     upstream.begin_phase().await;
-    alloc::reset_peak();
+    measure::reset_peak();
     let started = Instant::now();
     let spacing = Duration::from_secs_f64(1.0 / opts.rate);
     let mut requests = tokio::task::JoinSet::new();
@@ -217,7 +217,7 @@ async fn run_mode(
         p50_ms: pct(0.50),
         p95_ms: pct(0.95),
         p99_ms: pct(0.99),
-        peak_memory_bytes: alloc::peak_bytes() as u64,
+        peak_memory_bytes: measure::peak_resident_bytes(),
         upstream_calls: upstream.calls(),
         retries: match mode {
             Mode::NoControls => 0,

@@ -11,13 +11,15 @@
 //! 4. **streaming + offload**: fetches bounded, thumbnails on the [`Offload`] pool (the CPU
 //!    work leaves the runtime; a full pool pushes back on the fetches), uploads bounded.
 //!
-//! Each stage reports wall time, the peak heap it added, and peak in-flight items.
+//! Each stage reports wall time, the peak resident memory it added, and peak in-flight
+//! items.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::measure::{self, InFlight};
 use anyhow::Context as _;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -31,9 +33,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use windlass::concurrency::map::{map_bounded_unordered, map_stream_bounded_unordered};
-use windlass::concurrency::testing::ConcurrencyProbe;
 use windlass::concurrency::{Offload, Scope};
-use windlass_bench::alloc;
 
 /// Image side in pixels (RGB).
 pub const SIDE: usize = 128;
@@ -62,8 +62,9 @@ pub struct StageReport {
     pub failed: usize,
     /// Wall time in milliseconds.
     pub wall_ms: f64,
-    /// Peak heap during the stage above the heap at its start, in bytes (what the stage
-    /// itself held at once: buffers, tasks, connections — client and server side).
+    /// Peak resident memory during the stage above the resident size at its start, in bytes
+    /// (what the stage itself held at once: buffers, tasks, connections, client and server
+    /// side; 0 without `/proc`).
     pub peak_memory_bytes: u64,
     /// Most items in flight at once.
     pub peak_in_flight: usize,
@@ -258,9 +259,9 @@ async fn run_stage(
     opts: &PipelineOptions,
     io: Io,
 ) -> anyhow::Result<StageReport> {
-    let probe = ConcurrencyProbe::new();
-    let baseline = alloc::current_bytes();
-    alloc::reset_peak();
+    let probe = InFlight::default();
+    let baseline = measure::resident_bytes();
+    measure::reset_peak();
     let started = Instant::now();
     let items = 0..n as u64;
     let failed = match stage {
@@ -326,7 +327,7 @@ async fn run_stage(
         items: n,
         failed,
         wall_ms: started.elapsed().as_secs_f64() * 1000.0,
-        peak_memory_bytes: alloc::peak_bytes().saturating_sub(baseline) as u64,
+        peak_memory_bytes: measure::peak_resident_bytes().saturating_sub(baseline),
         peak_in_flight: probe.peak(),
     })
 }

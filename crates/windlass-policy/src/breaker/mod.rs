@@ -218,7 +218,12 @@ impl CircuitBreaker {
 
     /// Asks to make one call. `Err` carries how long until the breaker may admit again.
     pub fn try_acquire(&self) -> Result<BreakerPermit<'_>, Rejection> {
-        let now = Instant::now();
+        self.try_acquire_at(Instant::now())
+    }
+
+    /// [`try_acquire`](Self::try_acquire) for a call starting at `now` (a clock reading the
+    /// caller already has, e.g. [`Context::now`]).
+    pub fn try_acquire_at(&self, now: Instant) -> Result<BreakerPermit<'_>, Rejection> {
         let fast = self.shared.fast.load(Ordering::Acquire);
         let state = BreakerState::from_code(fast & STATE_MASK);
         if matches!(
@@ -572,8 +577,9 @@ impl<T: Send, E: Send> Policy<T, E> for CircuitBreaker {
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
         async move {
-            let permit = self.try_acquire()?;
-            let result = op(cx).await;
+            let now = cx.now();
+            let permit = self.try_acquire_at(now)?;
+            let result = op(cx.with_now(now)).await;
             self.report(permit, &result);
             result
         }
