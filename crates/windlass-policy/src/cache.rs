@@ -318,17 +318,25 @@ mod tests {
         assert_eq!(loads.load(Ordering::SeqCst), 1);
     }
 
+    /// Starts a 50 ms load of `value` for key "k" in a task of its own.
+    fn slow_load(
+        cache: &Arc<Cache<&'static str, &'static str>>,
+        value: &'static str,
+    ) -> tokio::task::JoinHandle<&'static str> {
+        let c = cache.clone();
+        tokio::spawn(async move {
+            c.get_or_load("k", move || async move {
+                tokio::time::sleep(ms(50)).await;
+                value
+            })
+            .await
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn invalidate_during_load_does_not_store_stale_value() {
         let cache: Arc<Cache<&str, &str>> = Arc::new(Cache::builder().build().unwrap());
-        let c = cache.clone();
-        let load = tokio::spawn(async move {
-            c.get_or_load("k", || async {
-                tokio::time::sleep(ms(50)).await;
-                "stale"
-            })
-            .await
-        });
+        let load = slow_load(&cache, "stale");
         tokio::time::sleep(ms(10)).await;
         cache.invalidate(&"k");
         assert_eq!(
@@ -344,14 +352,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn read_after_invalidate_does_not_join_the_older_load() {
         let cache: Arc<Cache<&str, &str>> = Arc::new(Cache::builder().build().unwrap());
-        let c = cache.clone();
-        let old = tokio::spawn(async move {
-            c.get_or_load("k", || async {
-                tokio::time::sleep(ms(50)).await;
-                "stale"
-            })
-            .await
-        });
+        let old = slow_load(&cache, "stale");
         tokio::time::sleep(ms(10)).await;
         cache.invalidate(&"k");
         let fresh = cache
@@ -373,14 +374,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_write_during_a_load_is_not_overwritten_by_it() {
         let cache: Arc<Cache<&str, &str>> = Arc::new(Cache::builder().build().unwrap());
-        let c = cache.clone();
-        let load = tokio::spawn(async move {
-            c.get_or_load("k", || async {
-                tokio::time::sleep(ms(50)).await;
-                "loaded before the write"
-            })
-            .await
-        });
+        let load = slow_load(&cache, "loaded before the write");
         tokio::time::sleep(ms(10)).await;
         cache.insert("k", "written");
         load.await.unwrap();
