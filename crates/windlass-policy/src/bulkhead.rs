@@ -40,10 +40,12 @@ use metrics::{Counter, Gauge};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::compose::Compose;
 use crate::config::{ConfigError, ensure};
-use crate::context::{Compose, Context, Policy};
+use crate::context::Context;
 use crate::error::{PolicyError, Rejection};
 use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
+use crate::policy::Policy;
 
 /// Builds a [`Bulkhead`]. Defaults: 25 concurrent, no queue.
 #[derive(Debug, Clone)]
@@ -382,7 +384,7 @@ impl<T: Send, E: Send> Policy<T, E> for Bulkhead {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::context::PolicyExt;
+    use crate::policy::PolicyExt;
     use std::sync::atomic::AtomicU32;
 
     fn ms(v: u64) -> Duration {

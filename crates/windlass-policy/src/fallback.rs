@@ -23,8 +23,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::classify::ErrorClass;
-use crate::context::{Compose, Context, Policy};
+use crate::compose::Compose;
+use crate::context::Context;
 use crate::error::PolicyError;
+use crate::policy::Policy;
 
 type FallbackFn<T, E> = dyn Fn(PolicyError<E>) -> Result<T, PolicyError<E>> + Send + Sync;
 
@@ -123,7 +125,7 @@ impl<T: Send, E: Send> Policy<T, E> for Fallback<T, E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::context::PolicyExt;
+    use crate::policy::PolicyExt;
     use std::time::Duration;
 
     #[tokio::test]

@@ -46,10 +46,12 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use metrics::Counter;
 use tokio::time::Instant;
 
+use crate::compose::Compose;
 use crate::config::{ConfigError, ensure, ensure_range};
-use crate::context::{Compose, Context, Policy};
+use crate::context::Context;
 use crate::error::PolicyError;
 use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
+use crate::policy::Policy;
 
 /// When to start the next attempt.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -362,7 +364,7 @@ impl<T: Send, E: Send> Policy<T, E> for Hedge {
 mod tests {
     use super::*;
     use crate::classify::ErrorClass;
-    use crate::context::PolicyExt;
+    use crate::policy::PolicyExt;
     use std::sync::atomic::AtomicU32;
 
     fn ms(v: u64) -> Duration {

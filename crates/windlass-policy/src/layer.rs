@@ -32,9 +32,11 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::classify::{AllTransient, Classify, ErrorClass};
-use crate::context::{Context, Policy, PolicyExt, Stack};
+use crate::compose::Stack;
+use crate::context::Context;
 use crate::error::PolicyError;
 use crate::pipeline::{Pipeline, SharedClassifier};
+use crate::policy::{Policy, PolicyExt};
 
 /// A tower layer applying policy `P`, classifying errors with `C`.
 #[derive(Debug)]

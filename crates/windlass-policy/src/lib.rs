@@ -58,6 +58,8 @@ pub mod bulkhead;
 pub mod cache;
 pub mod classify;
 pub mod coalesce;
+pub mod compose;
+pub mod concurrency_limiter;
 pub mod config;
 pub mod context;
 pub mod error;
@@ -65,9 +67,9 @@ pub mod fallback;
 pub mod hedge;
 pub mod keyed;
 pub mod layer;
-pub mod limit;
 pub mod observe;
 pub mod pipeline;
+pub mod policy;
 pub mod rate_limit;
 pub mod retry;
 pub mod time;
@@ -78,15 +80,19 @@ pub use bulkhead::{Bulkhead, BulkheadBuilder, BulkheadPermit};
 pub use cache::{Cache, CacheBuilder};
 pub use classify::{AllTransient, Classify, ErrorClass};
 pub use coalesce::Coalesce;
+pub use compose::{Compose, Identity, Stack};
+pub use concurrency_limiter::{
+    ConcurrencyLimiter, ConcurrencyLimiterBuilder, LimitAlgorithm, LimitPermit,
+};
 pub use config::ConfigError;
-pub use context::{Compose, Context, Identity, Policy, PolicyExt, Priority, Stack};
+pub use context::{Context, Priority};
 pub use error::{GaveUp, PolicyError, Rejection};
 pub use fallback::Fallback;
 pub use hedge::{Hedge, HedgeBuilder, HedgeDelay};
 pub use keyed::{Keyed, KeyedBuilder};
 pub use layer::{PolicyLayer, PolicyService};
-pub use limit::{ConcurrencyLimiter, ConcurrencyLimiterBuilder, LimitAlgorithm, LimitPermit};
 pub use pipeline::{Pipeline, PipelineBuilder};
+pub use policy::{Policy, PolicyExt};
 pub use rate_limit::{RateLimiter, RateLimiterBuilder};
 pub use retry::{
     Backoff, Jitter, Retry, RetryAt, RetryBudget, RetryBuilder, RetryEvent, RetrySchedule,

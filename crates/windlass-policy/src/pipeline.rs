@@ -51,11 +51,13 @@ use std::sync::Arc;
 use crate::breaker::CircuitBreaker;
 use crate::bulkhead::Bulkhead;
 use crate::classify::{AllTransient, Classify};
-use crate::context::{Compose, Context, Policy, PolicyExt};
+use crate::compose::Compose;
+use crate::concurrency_limiter::ConcurrencyLimiter;
+use crate::context::Context;
 use crate::error::PolicyError;
 use crate::fallback::Fallback;
 use crate::hedge::Hedge;
-use crate::limit::ConcurrencyLimiter;
+use crate::policy::{Policy, PolicyExt};
 use crate::rate_limit::RateLimiter;
 use crate::retry::Retry;
 use crate::timeout::{Deadline, Timeout};
@@ -196,7 +198,7 @@ impl<T: Send, E: Send> Stages<T, E> {
             .transpose()?;
         let result = self.timeout.execute(cx, op).await;
         if let Some(permit) = limit {
-            permit.finish(crate::limit::is_drop(&result));
+            permit.finish(crate::concurrency_limiter::is_drop(&result));
         }
         if let (Some(b), Some(permit)) = (&self.breaker, breaker) {
             b.report(permit, &result);

@@ -45,10 +45,12 @@ use std::time::Duration;
 use metrics::{Counter, Histogram};
 use tokio::time::Instant;
 
+use crate::compose::Compose;
 use crate::config::{ConfigError, ensure};
-use crate::context::{Compose, Context, Policy};
+use crate::context::Context;
 use crate::error::{PolicyError, Rejection};
 use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
+use crate::policy::Policy;
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -393,7 +395,7 @@ impl<T: Send, E: Send> Policy<T, E> for RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::context::PolicyExt;
+    use crate::policy::PolicyExt;
 
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)

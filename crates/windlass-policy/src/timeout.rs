@@ -31,8 +31,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{ConfigError, ensure};
-use crate::context::{Context, Policy};
+use crate::context::Context;
 use crate::error::PolicyError;
+use crate::policy::Policy;
 
 /// Cancels any single attempt that runs longer than a fixed duration.
 #[derive(Debug, Clone, Copy)]
@@ -58,8 +59,8 @@ impl Timeout {
     }
 }
 
-impl crate::context::Compose for Timeout {}
-impl crate::context::Compose for Deadline {}
+impl crate::compose::Compose for Timeout {}
+impl crate::compose::Compose for Deadline {}
 
 impl<T: Send, E: Send> Policy<T, E> for Timeout {
     fn execute<Op, Fut>(
@@ -178,7 +179,8 @@ impl<T: Send, E: Send> Policy<T, E> for Deadline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::context::{Compose, PolicyExt};
+    use crate::compose::Compose;
+    use crate::policy::PolicyExt;
     use crate::retry::{Backoff, Jitter, Retry};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

@@ -52,9 +52,10 @@ use metrics::{Counter, Gauge};
 use tokio::time::Instant;
 
 use crate::classify::ErrorClass;
-use crate::context::{Context, Policy};
+use crate::context::Context;
 use crate::error::{PolicyError, Rejection};
 use crate::observe::{Inspect, PolicyKind, PolicySnapshot, PolicyState};
+use crate::policy::Policy;
 pub use builder::{CircuitBreakerBuilder, FailurePredicate, WindowKind};
 pub use state::BreakerState;
 use window::{Outcome, Totals, Window};
@@ -564,7 +565,7 @@ impl Inspect for Shared {
     }
 }
 
-impl crate::context::Compose for CircuitBreaker {}
+impl crate::compose::Compose for CircuitBreaker {}
 
 impl<T: Send, E: Send> Policy<T, E> for CircuitBreaker {
     fn execute<Op, Fut>(

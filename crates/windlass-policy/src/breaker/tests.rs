@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicUsize;
 use proptest::prelude::*;
 
 use super::*;
-use crate::context::PolicyExt;
+use crate::policy::PolicyExt;
 
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)

@@ -60,9 +60,10 @@ pub use schedule::{RetryAt, RetrySchedule};
 
 use crate::classify::ErrorClass;
 use crate::config::{ConfigError, ensure};
-use crate::context::{Context, Policy};
+use crate::context::Context;
 use crate::error::{GaveUp, PolicyError};
 use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
+use crate::policy::Policy;
 
 /// What a retry hook is told before each backoff sleep.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -287,7 +288,7 @@ impl Retry {
     }
 }
 
-impl crate::context::Compose for Retry {}
+impl crate::compose::Compose for Retry {}
 
 impl<T: Send, E: Send> Policy<T, E> for Retry {
     fn execute<Op, Fut>(

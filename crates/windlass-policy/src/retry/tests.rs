@@ -6,8 +6,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
-use crate::context::PolicyExt;
 use crate::error::Rejection;
+use crate::policy::PolicyExt;
 
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)

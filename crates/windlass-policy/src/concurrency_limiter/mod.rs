@@ -16,7 +16,7 @@
 //!
 //! ```
 //! use windlass_policy::{ConcurrencyLimiter, LimitAlgorithm, PolicyExt, Priority, Context, AllTransient};
-//! use windlass_policy::limit::Aimd;
+//! use windlass_policy::concurrency_limiter::Aimd;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let limiter = ConcurrencyLimiter::builder()
@@ -42,10 +42,12 @@ use algorithm::LimitState;
 pub use algorithm::{Aimd, Gradient2, LimitAlgorithm, Sample};
 
 use crate::classify::ErrorClass;
+use crate::compose::Compose;
 use crate::config::{ConfigError, ensure_range};
-use crate::context::{Compose, Context, Policy, Priority};
+use crate::context::{Context, Priority};
 use crate::error::{PolicyError, Rejection};
 use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
+use crate::policy::Policy;
 
 /// Builds a [`ConcurrencyLimiter`]. Default: AIMD with its defaults, shares low 0.5,
 /// normal 0.75, high 0.9, critical 1.0.

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::context::PolicyExt;
+use crate::policy::PolicyExt;
 use crate::timeout::Timeout;
 use crate::{AllTransient, Compose};
 
