@@ -44,6 +44,7 @@ use crate::compose::Compose;
 use crate::config::{ConfigError, ensure};
 use crate::context::Context;
 use crate::error::{PolicyError, Rejection};
+use crate::guard::{self, Admitted, Guard, Refusal, check_deadline};
 use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
 use crate::policy::Policy;
 
@@ -293,11 +294,10 @@ impl Bulkhead {
     }
 
     /// Takes a slot, waiting in line if allowed. `deadline` (from the context) also bounds
-    /// the wait.
-    pub async fn acquire(
-        &self,
-        deadline: Option<Instant>,
-    ) -> Result<BulkheadPermit<'_>, PolicyError<std::convert::Infallible>> {
+    /// the wait: whichever of it and the bulkhead's own maximum wait ends first names the
+    /// verdict ([`Refusal::DeadlineExceeded`] or [`Rejection::BulkheadTimeout`]), as for
+    /// every [guard](crate::guard).
+    pub async fn acquire(&self, deadline: Option<Instant>) -> Result<BulkheadPermit<'_>, Refusal> {
         let s = &*self.shared;
         if s.queued.load(Ordering::SeqCst) == 0 && s.take() {
             return Ok(self.granted());
@@ -314,48 +314,59 @@ impl Bulkhead {
         let _in_line = QueueSlot(s);
         let start = Instant::now();
         let own = s.max_wait.map(|w| saturating_add(start, w));
-        let (limit, on_expiry) = match (own, deadline) {
-            (Some(o), Some(d)) if d < o => (Some(d), PolicyError::DeadlineExceeded),
-            (Some(o), _) => (
-                Some(o),
-                PolicyError::Rejected(Rejection::BulkheadTimeout {
-                    name: s.name.clone(),
-                    max_wait: s.max_wait.unwrap_or_default(),
-                }),
-            ),
-            (None, Some(d)) => (Some(d), PolicyError::DeadlineExceeded),
-            (None, None) => (None, PolicyError::DeadlineExceeded),
+        let limit = match (own, deadline) {
+            (Some(o), Some(d)) => Some(o.min(d)),
+            (o, d) => o.or(d),
         };
-        match limit {
-            Some(at) => {
-                if tokio::time::timeout_at(at, s.wait_for_slot())
-                    .await
-                    .is_err()
-                {
-                    if matches!(on_expiry, PolicyError::Rejected(_)) {
-                        s.m_timeout.increment(1);
-                    }
-                    return Err(on_expiry);
+        if let Some(at) = limit {
+            if tokio::time::timeout_at(at, s.wait_for_slot())
+                .await
+                .is_err()
+            {
+                let verdict =
+                    guard::expired_verdict(own, deadline, || Rejection::BulkheadTimeout {
+                        name: s.name.clone(),
+                        max_wait: s.max_wait.unwrap_or_default(),
+                    });
+                if matches!(verdict, Refusal::Rejected(_)) {
+                    s.m_timeout.increment(1);
                 }
+                return Err(verdict);
             }
-            None => s.wait_for_slot().await,
+        } else {
+            s.wait_for_slot().await;
         }
         s.m_wait.record(start.elapsed().as_secs_f64());
         Ok(self.granted())
     }
 }
 
-pub(crate) fn widen<E>(e: PolicyError<std::convert::Infallible>) -> PolicyError<E> {
-    match e {
-        PolicyError::Rejected(r) => PolicyError::Rejected(r),
-        PolicyError::Timeout(d) => PolicyError::Timeout(d),
-        PolicyError::DeadlineExceeded
-        | PolicyError::Operation { .. }
-        | PolicyError::RetriesExhausted { .. } => PolicyError::DeadlineExceeded,
+impl Compose for Bulkhead {}
+
+impl Guard for Bulkhead {
+    type Permit<'a> = BulkheadPermit<'a>;
+
+    fn admit(
+        &self,
+        cx: Context,
+    ) -> impl Future<Output = Result<Admitted<Self::Permit<'_>>, Refusal>> + Send {
+        async move {
+            check_deadline(&cx)?;
+            Ok(match self.take_now() {
+                Some(permit) => Admitted { permit, cx },
+                // After a wait the attempt's clock reading is stale.
+                None => Admitted {
+                    permit: self.acquire(cx.deadline()).await?,
+                    cx: cx.without_now(),
+                },
+            })
+        }
+    }
+
+    fn complete<T, E>(&self, permit: BulkheadPermit<'_>, _result: &Result<T, PolicyError<E>>) {
+        drop(permit);
     }
 }
-
-impl Compose for Bulkhead {}
 
 impl<T: Send, E: Send> Policy<T, E> for Bulkhead {
     fn execute<Op, Fut>(
@@ -367,17 +378,7 @@ impl<T: Send, E: Send> Policy<T, E> for Bulkhead {
         Op: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
-        async move {
-            let (_permit, cx) = match self.take_now() {
-                Some(permit) => (permit, cx),
-                // After a wait the attempt's clock reading is stale.
-                None => (
-                    self.acquire(cx.deadline()).await.map_err(widen)?,
-                    cx.without_now(),
-                ),
-            };
-            op(cx).await
-        }
+        guard::run(self, cx, op)
     }
 }
 
@@ -429,7 +430,7 @@ mod tests {
             "first waiter queues"
         );
         match b.acquire(None).await {
-            Err(PolicyError::Rejected(Rejection::BulkheadFull {
+            Err(Refusal::Rejected(Rejection::BulkheadFull {
                 max_concurrent: 1,
                 max_queued: 1,
                 ..
@@ -452,7 +453,7 @@ mod tests {
         let start = Instant::now();
         assert!(matches!(
             b.acquire(None).await,
-            Err(PolicyError::Rejected(Rejection::BulkheadTimeout { .. }))
+            Err(Refusal::Rejected(Rejection::BulkheadTimeout { .. }))
         ));
         assert_eq!(start.elapsed(), ms(30));
         assert_eq!(b.shared.queued.load(Ordering::SeqCst), 0, "left the line");
@@ -483,7 +484,7 @@ mod tests {
             .unwrap();
         let _hold = b.try_acquire().unwrap();
         let out = b.acquire(Some(Instant::now() + ms(20))).await;
-        assert!(matches!(out, Err(PolicyError::DeadlineExceeded)));
+        assert!(matches!(out, Err(Refusal::DeadlineExceeded)));
     }
 
     /// Many threads, a small bulkhead, a deep queue: never more than the limit inside, and

@@ -56,6 +56,7 @@ use crate::concurrency_limiter::ConcurrencyLimiter;
 use crate::context::Context;
 use crate::error::PolicyError;
 use crate::fallback::Fallback;
+use crate::guard::{Admitted, Guard};
 use crate::hedge::Hedge;
 use crate::policy::{Policy, PolicyExt};
 use crate::rate_limit::RateLimiter;
@@ -156,7 +157,8 @@ struct Stages<T, E> {
 
 impl<T: Send, E: Send> Stages<T, E> {
     /// One attempt: admitted by breaker, rate limiter, bulkhead and concurrency limiter (in
-    /// that order), bounded by the timeout, and reported back to breaker and limiter.
+    /// that order, each through [`Guard::admit`], as when each runs alone), bounded by the
+    /// timeout, and handed back to each guard, innermost first.
     async fn attempt<Op, Fut>(&self, cx: Context, op: &Op) -> Result<T, PolicyError<E>>
     where
         Op: Fn(Context) -> Fut + Sync,
@@ -164,45 +166,19 @@ impl<T: Send, E: Send> Stages<T, E> {
     {
         // One clock read for the whole attempt: the breaker's start time, the rate limiter's
         // permit and the timeout's deadline all use it, unless a wait made it stale.
-        let now = cx.now();
-        let breaker = self
-            .breaker
-            .as_ref()
-            .map(|b| b.try_acquire_at(now))
-            .transpose()?;
-        let mut waited = false;
-        if let Some(limiter) = &self.rate_limiter {
-            waited = limiter.acquire_at(now, cx.deadline()).await?;
-        }
-        let _slot = match &self.bulkhead {
-            Some(b) => Some(match b.take_now() {
-                Some(slot) => slot,
-                None => {
-                    waited = true;
-                    b.acquire(cx.deadline())
-                        .await
-                        .map_err(crate::bulkhead::widen)?
-                }
-            }),
-            None => None,
-        };
-        let cx = if waited {
-            cx.without_now()
-        } else {
-            cx.with_now(now)
-        };
-        let limit = self
-            .concurrency
-            .as_ref()
-            .map(|c| c.try_acquire(cx.priority()))
-            .transpose()?;
+        let cx = cx.with_now(cx.now());
+        let Admitted {
+            permit: breaker,
+            cx,
+        } = self.breaker.admit(cx).await?;
+        let Admitted { permit: paced, cx } = self.rate_limiter.admit(cx).await?;
+        let Admitted { permit: slot, cx } = self.bulkhead.admit(cx).await?;
+        let Admitted { permit: limit, cx } = self.concurrency.admit(cx).await?;
         let result = self.timeout.execute(cx, op).await;
-        if let Some(permit) = limit {
-            permit.finish(crate::concurrency_limiter::is_drop(&result));
-        }
-        if let (Some(b), Some(permit)) = (&self.breaker, breaker) {
-            b.report(permit, &result);
-        }
+        self.concurrency.complete(limit, &result);
+        self.bulkhead.complete(slot, &result);
+        self.rate_limiter.complete(paced, &result);
+        self.breaker.complete(breaker, &result);
         result
     }
 

@@ -49,6 +49,7 @@ use crate::compose::Compose;
 use crate::config::{ConfigError, ensure};
 use crate::context::Context;
 use crate::error::{PolicyError, Rejection};
+use crate::guard::{self, Admitted, Guard, Refusal, check_deadline};
 use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
 use crate::policy::Policy;
 
@@ -329,36 +330,38 @@ impl RateLimiter {
             .map_err(|wait| self.reject(wait))
     }
 
-    /// Takes a permit, waiting up to the configured maximum wait (and never past
-    /// `deadline`).
-    pub async fn acquire(&self, deadline: Option<Instant>) -> Result<(), Rejection> {
+    /// Takes a permit, waiting up to the configured maximum wait and never past `deadline`.
+    /// When the next permit comes after either, it refuses at once rather than sleeping
+    /// first: with [`Rejection::RateLimited`] if its own maximum wait is the earlier limit,
+    /// with [`Refusal::DeadlineExceeded`] if the deadline is, as for every
+    /// [guard](crate::guard).
+    pub async fn acquire(&self, deadline: Option<Instant>) -> Result<(), Refusal> {
         self.acquire_at(Instant::now(), deadline).await.map(|_| ())
     }
 
     /// [`acquire`](Self::acquire) for a call whose clock reading is `now`. Returns whether
     /// it waited (after a wait, `now` is stale).
-    pub(crate) async fn acquire_at(
-        &self,
-        now: Instant,
-        deadline: Option<Instant>,
-    ) -> Result<bool, Rejection> {
+    async fn acquire_at(&self, now: Instant, deadline: Option<Instant>) -> Result<bool, Refusal> {
         let s = &self.shared;
         let mut wait = match self.check_at(now) {
             Ok(()) => return Ok(false),
             Err(wait) => wait,
         };
-        let mut limit = saturating_add(now, s.max_wait);
-        if let Some(d) = deadline {
-            limit = limit.min(d);
-        }
+        let own = saturating_add(now, s.max_wait);
+        let mut t = now;
         loop {
-            if saturating_add(Instant::now(), wait) > limit {
-                return Err(self.reject(wait));
+            let ready_at = saturating_add(t, wait);
+            if let Some(verdict) =
+                guard::wait_verdict(ready_at, own, deadline, || self.reject(wait))
+            {
+                return Err(verdict);
             }
             tokio::time::sleep(wait).await;
-            match self.check_at(Instant::now()) {
+            t = Instant::now();
+            match self.check_at(t) {
                 Ok(()) => {
-                    s.m_wait.record(now.elapsed().as_secs_f64());
+                    s.m_wait
+                        .record(t.saturating_duration_since(now).as_secs_f64());
                     return Ok(true);
                 }
                 Err(w) => wait = w,
@@ -368,6 +371,23 @@ impl RateLimiter {
 }
 
 impl Compose for RateLimiter {}
+
+impl Guard for RateLimiter {
+    type Permit<'a> = ();
+
+    fn admit(&self, cx: Context) -> impl Future<Output = Result<Admitted<()>, Refusal>> + Send {
+        async move {
+            let cx = cx.with_now(cx.now());
+            check_deadline(&cx)?;
+            let waited = self.acquire_at(cx.now(), cx.deadline()).await?;
+            // After a wait the attempt's clock reading is stale.
+            let cx = if waited { cx.without_now() } else { cx };
+            Ok(Admitted { permit: (), cx })
+        }
+    }
+
+    fn complete<T, E>(&self, _permit: (), _result: &Result<T, PolicyError<E>>) {}
+}
 
 impl<T: Send, E: Send> Policy<T, E> for RateLimiter {
     fn execute<Op, Fut>(
@@ -379,16 +399,7 @@ impl<T: Send, E: Send> Policy<T, E> for RateLimiter {
         Op: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
-        async move {
-            let now = cx.now();
-            let waited = self.acquire_at(now, cx.deadline()).await?;
-            op(if waited {
-                cx.without_now()
-            } else {
-                cx.with_now(now)
-            })
-            .await
-        }
+        guard::run(self, cx, op)
     }
 }
 
@@ -493,7 +504,7 @@ mod tests {
         let start = Instant::now();
         assert!(matches!(
             l.acquire(None).await,
-            Err(Rejection::RateLimited { .. })
+            Err(Refusal::Rejected(Rejection::RateLimited { .. }))
         ));
         assert_eq!(
             start.elapsed(),
@@ -507,7 +518,12 @@ mod tests {
             .unwrap();
         l.try_acquire().unwrap();
         let out = l.acquire(Some(Instant::now() + ms(100))).await;
-        assert!(out.is_err(), "the deadline is nearer than the next permit");
+        assert_eq!(
+            out,
+            Err(Refusal::DeadlineExceeded),
+            "the deadline is nearer than the next permit and the nearer limit"
+        );
+        assert_eq!(start.elapsed(), Duration::ZERO, "refused without sleeping");
     }
 
     #[tokio::test(start_paused = true)]

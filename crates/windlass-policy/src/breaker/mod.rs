@@ -54,6 +54,7 @@ use tokio::time::Instant;
 use crate::classify::ErrorClass;
 use crate::context::Context;
 use crate::error::{PolicyError, Rejection};
+use crate::guard::{self, Admitted, Guard, Refusal, check_deadline};
 use crate::observe::{Inspect, PolicyKind, PolicySnapshot, PolicyState};
 use crate::policy::Policy;
 pub use builder::{CircuitBreakerBuilder, FailurePredicate, WindowKind};
@@ -567,6 +568,26 @@ impl Inspect for Shared {
 
 impl crate::compose::Compose for CircuitBreaker {}
 
+impl Guard for CircuitBreaker {
+    type Permit<'a> = BreakerPermit<'a>;
+
+    fn admit(
+        &self,
+        cx: Context,
+    ) -> impl Future<Output = Result<Admitted<Self::Permit<'_>>, Refusal>> + Send {
+        let cx = cx.with_now(cx.now());
+        std::future::ready(
+            check_deadline(&cx)
+                .and_then(|()| Ok(self.try_acquire_at(cx.now())?))
+                .map(|permit| Admitted { permit, cx }),
+        )
+    }
+
+    fn complete<T, E>(&self, permit: BreakerPermit<'_>, result: &Result<T, PolicyError<E>>) {
+        self.report(permit, result);
+    }
+}
+
 impl<T: Send, E: Send> Policy<T, E> for CircuitBreaker {
     fn execute<Op, Fut>(
         &self,
@@ -577,13 +598,7 @@ impl<T: Send, E: Send> Policy<T, E> for CircuitBreaker {
         Op: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
-        async move {
-            let now = cx.now();
-            let permit = self.try_acquire_at(now)?;
-            let result = op(cx.with_now(now)).await;
-            self.report(permit, &result);
-            result
-        }
+        guard::run(self, cx, op)
     }
 }
 

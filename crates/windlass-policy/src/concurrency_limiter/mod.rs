@@ -46,6 +46,7 @@ use crate::compose::Compose;
 use crate::config::{ConfigError, ensure_range};
 use crate::context::{Context, Priority};
 use crate::error::{PolicyError, Rejection};
+use crate::guard::{self, Admitted, Guard, Refusal, check_deadline};
 use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
 use crate::policy::Policy;
 
@@ -229,6 +230,16 @@ impl ConcurrencyLimiter {
 
     /// Takes a slot for a call of `priority`, or sheds it.
     pub fn try_acquire(&self, priority: Priority) -> Result<LimitPermit<'_>, Rejection> {
+        self.try_acquire_at(priority, Instant::now)
+    }
+
+    /// [`try_acquire`](Self::try_acquire) whose start time (read only by adaptive limits) is
+    /// `now`.
+    fn try_acquire_at(
+        &self,
+        priority: Priority,
+        now: impl FnOnce() -> Instant,
+    ) -> Result<LimitPermit<'_>, Rejection> {
         let s = &self.shared;
         let allowed = self.allowed(priority);
         let mut current = s.in_flight.load(Ordering::Acquire);
@@ -256,14 +267,14 @@ impl ConcurrencyLimiter {
         s.m_in_flight.increment(1.0);
         Ok(LimitPermit {
             limiter: self,
-            started: s.adaptive.as_ref().map(|_| Instant::now()),
+            started: s.adaptive.as_ref().map(|_| now()),
             in_flight: current + 1,
         })
     }
 }
 
 /// Whether a result tells an adaptive limit that the dependency is overloaded.
-pub(crate) fn is_drop<T, E>(r: &Result<T, PolicyError<E>>) -> bool {
+fn is_drop<T, E>(r: &Result<T, PolicyError<E>>) -> bool {
     match r {
         Ok(_) => false,
         Err(PolicyError::Timeout(_) | PolicyError::DeadlineExceeded | PolicyError::Rejected(_)) => {
@@ -275,6 +286,25 @@ pub(crate) fn is_drop<T, E>(r: &Result<T, PolicyError<E>>) -> bool {
 
 impl Compose for ConcurrencyLimiter {}
 
+impl Guard for ConcurrencyLimiter {
+    type Permit<'a> = LimitPermit<'a>;
+
+    fn admit(
+        &self,
+        cx: Context,
+    ) -> impl Future<Output = Result<Admitted<Self::Permit<'_>>, Refusal>> + Send {
+        std::future::ready(
+            check_deadline(&cx)
+                .and_then(|()| Ok(self.try_acquire_at(cx.priority(), || cx.now())?))
+                .map(|permit| Admitted { permit, cx }),
+        )
+    }
+
+    fn complete<T, E>(&self, permit: LimitPermit<'_>, result: &Result<T, PolicyError<E>>) {
+        permit.finish(is_drop(result));
+    }
+}
+
 impl<T: Send, E: Send> Policy<T, E> for ConcurrencyLimiter {
     fn execute<Op, Fut>(
         &self,
@@ -285,12 +315,7 @@ impl<T: Send, E: Send> Policy<T, E> for ConcurrencyLimiter {
         Op: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
-        async move {
-            let permit = self.try_acquire(cx.priority())?;
-            let result = op(cx).await;
-            permit.finish(is_drop(&result));
-            result
-        }
+        guard::run(self, cx, op)
     }
 }
 
