@@ -49,6 +49,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::supervisor::{Escalated, Supervisor};
+use windlass_policy::{ClassifiedError, ErrorClass};
 
 /// A task that owns its state and handles one message at a time.
 pub trait Actor: Send + 'static {
@@ -86,6 +87,7 @@ impl<M> std::fmt::Debug for TrySendError<M> {
 
 /// Why [`ActorRef::try_send`] failed; the message comes back.
 #[derive(thiserror::Error)]
+#[non_exhaustive]
 pub enum TrySendError<M> {
     /// The mailbox is full: the actor is behind.
     #[error("the actor's mailbox is full")]
@@ -95,8 +97,19 @@ pub enum TrySendError<M> {
     Stopped(M),
 }
 
+/// A full mailbox is transient (the actor is behind); a stopped actor is gone for good.
+impl<M> ClassifiedError for TrySendError<M> {
+    fn error_class(&self) -> ErrorClass {
+        match self {
+            TrySendError::Full(_) => ErrorClass::Transient,
+            TrySendError::Stopped(_) => ErrorClass::Permanent,
+        }
+    }
+}
+
 /// Why [`ActorRef::ask`] got no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AskError {
     /// The actor has stopped before the message was delivered.
     #[error("the actor has stopped")]
@@ -104,6 +117,17 @@ pub enum AskError {
     /// The actor dropped the reply channel (it failed while handling the message).
     #[error("the actor failed while handling the request")]
     NoReply,
+}
+
+/// A stopped actor is gone for good (permanent); one that failed while handling the
+/// request may handle it after its restart (transient).
+impl ClassifiedError for AskError {
+    fn error_class(&self) -> ErrorClass {
+        match self {
+            AskError::Stopped => ErrorClass::Permanent,
+            AskError::NoReply => ErrorClass::Transient,
+        }
+    }
 }
 
 /// A handle for sending to an actor. Cheap to clone.

@@ -35,10 +35,11 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Sleep;
-use windlass_policy::{ErrorClass, PolicyError};
+use windlass_policy::{ClassifiedError, ErrorClass, PolicyError};
 
 /// Why a combinator produced no value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum GatherError<E> {
     /// [`race`] or [`any`] was given no futures.
     #[error("no futures were given")]
@@ -54,6 +55,41 @@ pub enum GatherError<E> {
     /// Every leg of [`any`] failed; their errors in input order.
     #[error("all {} legs failed", .0.len())]
     AllFailed(Vec<E>),
+}
+
+/// A failed leg keeps its own class. When every leg of [`any`] failed, the whole is
+/// retryable if any leg was (the longest `Retry-After` among them, if they all said when),
+/// cancelled if every leg was, and permanent otherwise. No legs at all is a caller's
+/// mistake: permanent.
+impl<E: ClassifiedError> ClassifiedError for GatherError<E> {
+    fn error_class(&self) -> ErrorClass {
+        match self {
+            GatherError::Empty => ErrorClass::Permanent,
+            GatherError::Failed { error, .. } => error.error_class(),
+            GatherError::AllFailed(errors) => all_failed_class(errors),
+        }
+    }
+}
+
+fn all_failed_class<E: ClassifiedError>(errors: &[E]) -> ErrorClass {
+    let classes: Vec<ErrorClass> = errors.iter().map(E::error_class).collect();
+    let retryable: Vec<ErrorClass> = classes
+        .iter()
+        .copied()
+        .filter(|c| c.is_retryable())
+        .collect();
+    if !retryable.is_empty() {
+        let waits: Option<Vec<_>> = retryable.iter().map(|c| c.retry_after()).collect();
+        return match waits.and_then(|w| w.into_iter().max()) {
+            Some(longest) => ErrorClass::RetryAfter(longest),
+            None => ErrorClass::Transient,
+        };
+    }
+    if !classes.is_empty() && classes.iter().all(|c| *c == ErrorClass::Cancelled) {
+        ErrorClass::Cancelled
+    } else {
+        ErrorClass::Permanent
+    }
 }
 
 /// The legs, each tagged with its input position, ready to run concurrently.

@@ -32,3 +32,6 @@ pub use detached::{DetachedFailure, detached_failures, recent_failures, spawn_de
 pub use offload::{Offload, OffloadError, OffloadStats};
 pub use scope::{PanicPayload, Scope, ScopeError};
 pub use supervisor::{Escalated, Restart, Supervisor, SupervisorBuilder};
+
+#[cfg(test)]
+mod error_classes;

@@ -26,6 +26,7 @@ use std::future::Future;
 
 use futures_util::stream::{self, Stream, StreamExt};
 use windlass_policy::ConfigError;
+use windlass_policy::{ClassifiedError, ErrorClass};
 
 fn check(limit: usize) -> Result<(), ConfigError> {
     if limit == 0 {
@@ -99,6 +100,7 @@ where
 
 /// Why [`try_map_bounded`] stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MapError<E> {
     /// The settings were invalid; nothing ran.
     #[error(transparent)]
@@ -106,6 +108,16 @@ pub enum MapError<E> {
     /// A call failed; the calls in flight were cancelled.
     #[error("a mapped call failed")]
     Failed(E),
+}
+
+/// Invalid settings are permanent; a failed call keeps its own class.
+impl<E: ClassifiedError> ClassifiedError for MapError<E> {
+    fn error_class(&self) -> ErrorClass {
+        match self {
+            MapError::Config(e) => e.error_class(),
+            MapError::Failed(e) => e.error_class(),
+        }
+    }
 }
 
 /// Maps `f` over `input` with at most `limit` in flight and collects the results in input

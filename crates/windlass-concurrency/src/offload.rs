@@ -32,9 +32,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use windlass_policy::ConfigError;
 
 use crate::scope::panic_message;
+use windlass_policy::{ClassifiedError, ErrorClass};
 
 /// Why an offloaded job produced no result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum OffloadError {
     /// [`Offload::try_run`]: every thread is busy and the queue is full.
     #[error("offload pool '{0}' is full")]
@@ -45,6 +47,18 @@ pub enum OffloadError {
     /// The runtime is shutting down and did not run the job.
     #[error("the runtime is shutting down")]
     Shutdown,
+}
+
+/// A full pool is transient (try again later); a panic is a bug that will recur
+/// (permanent); a shutdown never ran the job, so it is cancelled, not failed.
+impl ClassifiedError for OffloadError {
+    fn error_class(&self) -> ErrorClass {
+        match self {
+            OffloadError::Full(_) => ErrorClass::Transient,
+            OffloadError::Panicked(_) => ErrorClass::Permanent,
+            OffloadError::Shutdown => ErrorClass::Cancelled,
+        }
+    }
 }
 
 /// Counters of an [`Offload`] pool.

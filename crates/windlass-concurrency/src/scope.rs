@@ -35,6 +35,7 @@ use std::future::Future;
 use std::panic::Location;
 
 use tokio::task::{AbortHandle, JoinSet};
+use windlass_policy::{ClassifiedError, ErrorClass};
 
 /// Why a scope ended without every child succeeding.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,18 @@ pub enum ScopeError<E> {
         /// Where it was spawned.
         site: &'static Location<'static>,
     },
+}
+
+/// A failed child's error keeps its own class; a panic is permanent; a cancelled child is
+/// cancelled.
+impl<E: ClassifiedError> ClassifiedError for ScopeError<E> {
+    fn error_class(&self) -> ErrorClass {
+        match self {
+            ScopeError::Failed { error, .. } => error.error_class(),
+            ScopeError::Panicked { .. } => ErrorClass::Permanent,
+            ScopeError::Cancelled { .. } => ErrorClass::Cancelled,
+        }
+    }
 }
 
 /// A panic's payload, kept so the owner can re-raise it.

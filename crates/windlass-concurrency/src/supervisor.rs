@@ -47,6 +47,7 @@ use tokio::time::Instant;
 use windlass_policy::{Backoff, ConfigError, Jitter, RetrySchedule};
 
 use crate::detached::{record_failure, run_caught};
+use windlass_policy::{ClassifiedError, ErrorClass};
 
 /// A supervised task gave up: it failed more than `max_restarts` times within the window.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,6 +63,14 @@ pub struct Escalated {
     pub restarts: u32,
     /// The last failure's message.
     pub last_failure: String,
+}
+
+/// The supervisor already retried as much as it was allowed to: permanent for the level
+/// above.
+impl ClassifiedError for Escalated {
+    fn error_class(&self) -> ErrorClass {
+        ErrorClass::Permanent
+    }
 }
 
 /// When a supervised task is restarted (Erlang/OTP's restart types).

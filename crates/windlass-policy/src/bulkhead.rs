@@ -44,7 +44,7 @@ use crate::compose::Compose;
 use crate::config::{ConfigError, ensure};
 use crate::context::Context;
 use crate::error::{PolicyError, Rejection};
-use crate::guard::{self, Admitted, Guard, Refusal, check_deadline};
+use crate::guard::{self, Admission, Guard, Refusal, check_deadline};
 use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
 use crate::policy::Policy;
 
@@ -270,6 +270,7 @@ impl Bulkhead {
         }
     }
 
+    #[inline]
     fn granted(&self) -> BulkheadPermit<'_> {
         self.shared.m_in_use.increment(1.0);
         BulkheadPermit {
@@ -278,6 +279,7 @@ impl Bulkhead {
     }
 
     /// A free slot now, if nobody is waiting for one (no rejection is counted).
+    #[inline]
     pub(crate) fn take_now(&self) -> Option<BulkheadPermit<'_>> {
         (self.shared.queued.load(Ordering::SeqCst) == 0 && self.shared.take())
             .then(|| self.granted())
@@ -296,7 +298,7 @@ impl Bulkhead {
     /// Takes a slot, waiting in line if allowed. `deadline` (from the context) also bounds
     /// the wait: whichever of it and the bulkhead's own maximum wait ends first names the
     /// verdict ([`Refusal::DeadlineExceeded`] or [`Rejection::BulkheadTimeout`]), as for
-    /// every [guard](crate::guard).
+    /// every guard ([`crate::guard`]).
     pub async fn acquire(&self, deadline: Option<Instant>) -> Result<BulkheadPermit<'_>, Refusal> {
         let s = &*self.shared;
         if s.queued.load(Ordering::SeqCst) == 0 && s.take() {
@@ -346,23 +348,22 @@ impl Compose for Bulkhead {}
 impl Guard for Bulkhead {
     type Permit<'a> = BulkheadPermit<'a>;
 
-    fn admit(
-        &self,
-        cx: Context,
-    ) -> impl Future<Output = Result<Admitted<Self::Permit<'_>>, Refusal>> + Send {
-        async move {
-            check_deadline(&cx)?;
-            Ok(match self.take_now() {
-                Some(permit) => Admitted { permit, cx },
-                // After a wait the attempt's clock reading is stale.
-                None => Admitted {
-                    permit: self.acquire(cx.deadline()).await?,
-                    cx: cx.without_now(),
-                },
-            })
+    #[inline]
+    fn try_admit(&self, cx: &mut Context) -> Admission<Self::Permit<'_>> {
+        if let Err(refusal) = check_deadline(cx) {
+            return Admission::Refused(refusal);
+        }
+        match self.take_now() {
+            Some(permit) => Admission::Admitted(permit),
+            None => Admission::Wait,
         }
     }
 
+    fn wait(&self, cx: &Context) -> impl Future<Output = Result<Self::Permit<'_>, Refusal>> + Send {
+        self.acquire(cx.deadline())
+    }
+
+    #[inline]
     fn complete<T, E>(&self, permit: BulkheadPermit<'_>, _result: &Result<T, PolicyError<E>>) {
         drop(permit);
     }
@@ -378,7 +379,7 @@ impl<T: Send, E: Send> Policy<T, E> for Bulkhead {
         Op: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
-        guard::run(self, cx, op)
+        guard::run!(self, cx, op)
     }
 }
 

@@ -31,6 +31,7 @@ use std::time::Duration;
 /// What kind of failure an error is. Decides whether it is retried, hedged, counted by a
 /// circuit breaker, or handed to a fallback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorClass {
     /// May succeed if tried again (a 503, a reset connection). Retried, and counted as a
     /// failure by circuit breakers.
@@ -69,6 +70,56 @@ impl ErrorClass {
             ErrorClass::RetryAfter(_) => "retry_after",
             ErrorClass::Cancelled => "cancelled",
         }
+    }
+}
+
+/// An error that knows its own [`ErrorClass`]: one failure vocabulary across layers.
+///
+/// Every Windlass error implements it — [`PolicyError`](crate::PolicyError),
+/// [`Rejection`](crate::Rejection), [`Refusal`](crate::Refusal),
+/// [`ConfigError`](crate::ConfigError), and the concurrency layer's offload, scope,
+/// supervisor, map, gather and actor errors — so a policy verdict, an offloaded job's
+/// failure and a job handler's own error are read the same way by a retry, a breaker and the
+/// durable queue. Implement it for your own error type and classify with
+/// [`SelfClassified`] to let the error speak for itself:
+///
+/// ```
+/// use windlass_policy::{ClassifiedError, ErrorClass, Pipeline, Retry, SelfClassified};
+///
+/// #[derive(Debug)]
+/// enum PaymentError { Declined, Unavailable }
+///
+/// impl ClassifiedError for PaymentError {
+///     fn error_class(&self) -> ErrorClass {
+///         match self {
+///             PaymentError::Declined => ErrorClass::Permanent,
+///             PaymentError::Unavailable => ErrorClass::Transient,
+///         }
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let pipeline = Pipeline::<(), PaymentError>::builder()
+///     .classify(SelfClassified)
+///     .retry(Retry::builder().max_attempts(3).build().unwrap())
+///     .build();
+/// let out = pipeline.call(|| async { Err(PaymentError::Declined) }).await;
+/// // A declined payment is permanent: one attempt, and the error keeps its class.
+/// assert_eq!(out.unwrap_err().error_class(), ErrorClass::Permanent);
+/// # }
+/// ```
+pub trait ClassifiedError {
+    /// What kind of failure this is.
+    fn error_class(&self) -> ErrorClass;
+}
+
+/// The classifier that asks the error itself ([`ClassifiedError`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SelfClassified;
+
+impl<E: ClassifiedError> Classify<E> for SelfClassified {
+    fn classify(&self, error: &E) -> ErrorClass {
+        error.error_class()
     }
 }
 

@@ -19,7 +19,7 @@
 
 use std::future::Future;
 
-use crate::classify::ErrorClass;
+use crate::classify::{Classify, ErrorClass};
 use crate::context::Context;
 use crate::error::PolicyError;
 use crate::policy::Policy;
@@ -31,12 +31,56 @@ pub trait Compose: Sized {
     fn then<P: Compose>(self, inner: P) -> Stack<Self, P> {
         Stack { outer: self, inner }
     }
+
+    /// This policy carrying `classifier` as its own ([`Policy::class_of`]), so that
+    /// [`PolicyExt::call`](crate::PolicyExt::call), a tower layer and any stack it is nested
+    /// in classify the operation's errors with it. It overrides the classifier of a
+    /// pipeline inside.
+    fn classified_by<C>(self, classifier: C) -> Classified<Self, C> {
+        Classified {
+            policy: self,
+            classifier,
+        }
+    }
 }
 
 impl<A: Compose, B: Compose> Compose for Stack<A, B> {}
 impl<P: Compose> Compose for Option<P> {}
 impl<P: Compose> Compose for std::sync::Arc<P> {}
 impl Compose for Identity {}
+impl<P, C> Compose for Classified<P, C> {}
+
+/// A policy with a classifier of its own. Built by [`Compose::classified_by`].
+#[derive(Debug, Clone)]
+pub struct Classified<P, C> {
+    policy: P,
+    classifier: C,
+}
+
+impl<P, C> Classified<P, C> {
+    /// The policy.
+    pub fn policy(&self) -> &P {
+        &self.policy
+    }
+}
+
+impl<T: Send, E: Send, P: Policy<T, E>, C: Classify<E>> Policy<T, E> for Classified<P, C> {
+    fn execute<Op, Fut>(
+        &self,
+        cx: Context,
+        op: &Op,
+    ) -> impl Future<Output = Result<T, PolicyError<E>>> + Send
+    where
+        Op: Fn(Context) -> Fut + Sync,
+        Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
+    {
+        self.policy.execute(cx, op)
+    }
+
+    fn class_of(&self, error: &E) -> Option<ErrorClass> {
+        Some(self.classifier.classify(error))
+    }
+}
 
 /// Two policies, `inner` running inside `outer`. Built by [`Compose::then`].
 #[derive(Debug, Clone)]
@@ -145,6 +189,27 @@ impl<T: Send, E: Send> Policy<T, E> for Identity {
 mod tests {
     use super::*;
     use crate::policy::PolicyExt;
+    use crate::{Backoff, Retry};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_classified_policy_classifies_however_it_is_called() {
+        let retry = Retry::builder()
+            .max_attempts(5)
+            .backoff(Backoff::Constant(std::time::Duration::from_millis(1)))
+            .build()
+            .unwrap();
+        let policy = std::sync::Arc::new(retry.classified_by(|_: &&str| ErrorClass::Permanent));
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let op = || {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Err::<(), _>("404") }
+        };
+        // Directly, behind an Arc, and nested in a stack: one attempt each (permanent).
+        let out = policy.call(op).await;
+        assert_eq!(out.unwrap_err().class(), ErrorClass::Permanent);
+        let _ = Identity.then(policy.clone()).call(op).await;
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
 
     #[tokio::test]
     async fn identity_and_none_call_once() {

@@ -23,6 +23,13 @@ pub struct ConfigError {
     problem: String,
 }
 
+/// Invalid settings fail the same way every time: permanent.
+impl crate::classify::ClassifiedError for ConfigError {
+    fn error_class(&self) -> crate::classify::ErrorClass {
+        crate::classify::ErrorClass::Permanent
+    }
+}
+
 impl ConfigError {
     /// The `field` of `component` is wrong, as `problem` says.
     pub fn new(component: &'static str, field: &'static str, problem: impl Into<String>) -> Self {

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 /// How important a call is. Load shedding drops lower priorities first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[non_exhaustive]
 pub enum Priority {
     /// Shed first: prefetches, analytics, retries of background work.
     Low = 0,

@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::classify::ErrorClass;
+use crate::classify::{ClassifiedError, ErrorClass};
 use crate::context::Priority;
 
 impl fmt::Display for ErrorClass {
@@ -24,6 +24,7 @@ impl fmt::Display for ErrorClass {
 
 /// How a call through one or more policies failed.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum PolicyError<E> {
     /// The operation itself failed. `error` is exactly what it returned.
     Operation {
@@ -86,6 +87,7 @@ impl<E: std::error::Error + 'static> std::error::Error for PolicyError<E> {
 
 /// Why a retry policy stopped trying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum GaveUp {
     /// The configured maximum number of attempts was reached.
     MaxAttempts,
@@ -112,6 +114,7 @@ impl fmt::Display for GaveUp {
 
 /// A policy refused the call before the operation ran.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Rejection {
     /// The circuit breaker is open (or half-open with every probe slot taken).
     #[error("circuit breaker '{name}' is open; may admit again in {retry_after:?}")]
@@ -175,6 +178,27 @@ impl Rejection {
     }
 }
 
+/// An open breaker or an empty rate limiter says when to come back; a full bulkhead or a
+/// shed call is transient. A rejection never reached the other side.
+impl ClassifiedError for Rejection {
+    fn error_class(&self) -> ErrorClass {
+        match self {
+            Rejection::CircuitOpen { retry_after, .. }
+            | Rejection::RateLimited { retry_after, .. } => ErrorClass::RetryAfter(*retry_after),
+            Rejection::BulkheadFull { .. }
+            | Rejection::BulkheadTimeout { .. }
+            | Rejection::Shed { .. } => ErrorClass::Transient,
+        }
+    }
+}
+
+/// The same as [`PolicyError::class`].
+impl<E> ClassifiedError for PolicyError<E> {
+    fn error_class(&self) -> ErrorClass {
+        self.class()
+    }
+}
+
 impl<E> PolicyError<E> {
     /// Wraps an operation's error with its class.
     pub fn operation(error: E, class: ErrorClass) -> Self {
@@ -194,15 +218,7 @@ impl<E> PolicyError<E> {
                 ErrorClass::Permanent
             }
             PolicyError::Timeout(_) => ErrorClass::Transient,
-            PolicyError::Rejected(r) => match r {
-                Rejection::CircuitOpen { retry_after, .. }
-                | Rejection::RateLimited { retry_after, .. } => {
-                    ErrorClass::RetryAfter(*retry_after)
-                }
-                Rejection::BulkheadFull { .. }
-                | Rejection::BulkheadTimeout { .. }
-                | Rejection::Shed { .. } => ErrorClass::Transient,
-            },
+            PolicyError::Rejected(r) => r.error_class(),
         }
     }
 

@@ -36,7 +36,7 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let bulkhead = Bulkhead::builder().max_concurrent(1).max_queued(0).build().unwrap();
 //! // Held by hand: the admission the bulkhead's own `Policy` impl makes for each call.
-//! let held = bulkhead.admit(Context::new()).await.unwrap();
+//! let held = bulkhead.admit(&mut Context::new()).await.unwrap();
 //! let out = bulkhead.call(|| async { Ok::<_, std::io::Error>(1) }).await;
 //! assert_eq!(out.unwrap_err().kind(), "bulkhead_full");
 //! drop(held);
@@ -48,6 +48,7 @@ use std::future::Future;
 
 use tokio::time::Instant;
 
+use crate::classify::{ClassifiedError, ErrorClass};
 use crate::context::Context;
 use crate::error::{PolicyError, Rejection};
 
@@ -64,6 +65,17 @@ pub enum Refusal {
     DeadlineExceeded,
 }
 
+/// A rejection keeps its class; a spent deadline is permanent, as
+/// [`PolicyError::DeadlineExceeded`] is.
+impl ClassifiedError for Refusal {
+    fn error_class(&self) -> ErrorClass {
+        match self {
+            Refusal::Rejected(r) => r.error_class(),
+            Refusal::DeadlineExceeded => ErrorClass::Permanent,
+        }
+    }
+}
+
 impl<E> From<Refusal> for PolicyError<E> {
     fn from(refusal: Refusal) -> Self {
         match refusal {
@@ -73,19 +85,29 @@ impl<E> From<Refusal> for PolicyError<E> {
     }
 }
 
-/// An admitted attempt: what the guard holds for it, and the context it continues with.
+/// What a guard decides at once about an attempt.
 #[derive(Debug)]
 #[must_use = "an admission holds its guard's permit until it is completed or dropped"]
-pub struct Admitted<P> {
-    /// Held while the attempt runs; give it back to [`Guard::complete`].
-    pub permit: P,
-    /// The context the attempt continues with: the same one, with the attempt's clock
-    /// reading known, or forgotten if the guard waited (it is stale then).
-    pub cx: Context,
+pub enum Admission<P> {
+    /// Admitted now, holding this permit.
+    Admitted(P),
+    /// Refused now.
+    Refused(Refusal),
+    /// Neither yet: the attempt must wait in [`Guard::wait`] (only guards that wait, the
+    /// bulkhead and the rate limiter, answer so).
+    Wait,
 }
 
 /// A policy that admits an attempt, holds a permit while it runs, and hears its outcome.
 /// See the [module docs](self) for the verdict rules every guard follows.
+///
+/// Admission is split in two so that the common case costs no future: [`try_admit`]
+/// decides at once, and only when it answers [`Admission::Wait`] does the caller await
+/// [`wait`]. [`admit`] puts the two together.
+///
+/// [`try_admit`]: Self::try_admit
+/// [`wait`]: Self::wait
+/// [`admit`]: Self::admit
 pub trait Guard: Send + Sync {
     /// What an admitted attempt holds. Dropping it without [`complete`](Self::complete)
     /// (the attempt was cancelled) frees it without counting an outcome.
@@ -93,18 +115,72 @@ pub trait Guard: Send + Sync {
     where
         Self: 'a;
 
-    /// Decides whether an attempt starting from `cx` may run, waiting if this guard waits.
-    fn admit(
-        &self,
-        cx: Context,
-    ) -> impl Future<Output = Result<Admitted<Self::Permit<'_>>, Refusal>> + Send;
+    /// Decides at once whether the attempt of `cx` may run. A guard that reads the clock
+    /// records the reading in `cx` ([`Context::with_now`]) for the policies inside.
+    fn try_admit(&self, cx: &mut Context) -> Admission<Self::Permit<'_>>;
+
+    /// Waits for a permit for the attempt of `cx`, after [`try_admit`](Self::try_admit)
+    /// answered [`Admission::Wait`]. The caller then drops `cx`'s clock reading, which the
+    /// wait made stale. A guard that never waits decides at once here too.
+    fn wait(&self, cx: &Context) -> impl Future<Output = Result<Self::Permit<'_>, Refusal>> + Send;
 
     /// Hands back an admitted attempt's permit with its outcome.
     fn complete<T, E>(&self, permit: Self::Permit<'_>, result: &Result<T, PolicyError<E>>);
+
+    /// Decides whether the attempt of `cx` may run, waiting if this guard waits; `cx` is
+    /// left as the attempt should continue with it.
+    fn admit(
+        &self,
+        cx: &mut Context,
+    ) -> impl Future<Output = Result<Self::Permit<'_>, Refusal>> + Send {
+        async move { Ok(admit!(self, cx)) }
+    }
 }
+
+impl<P> Admission<P> {
+    /// The admission a guard that never waits gives: admitted or refused.
+    #[inline]
+    pub(crate) fn decided(decision: Result<P, Refusal>) -> Self {
+        match decision {
+            Ok(permit) => Admission::Admitted(permit),
+            Err(refusal) => Admission::Refused(refusal),
+        }
+    }
+
+    /// This decision, for a guard that never answers `Wait`.
+    #[inline]
+    pub(crate) fn into_decided(self) -> Result<P, Refusal> {
+        match self {
+            Admission::Admitted(permit) => Ok(permit),
+            Admission::Refused(refusal) => Err(refusal),
+            // Unreachable for such a guard; refusing is the safe answer if it ever is not.
+            Admission::Wait => Err(Refusal::DeadlineExceeded),
+        }
+    }
+}
+
+/// Admits the attempt of `$cx` (a `&mut Context`) through `$guard` and evaluates to its
+/// permit, returning the refusal from the enclosing function: the synchronous decision
+/// inline, a future only when the guard must wait.
+macro_rules! admit {
+    ($guard:expr, $cx:expr) => {{
+        let cx: &mut $crate::context::Context = $cx;
+        match $crate::guard::Guard::try_admit($guard, cx) {
+            $crate::guard::Admission::Admitted(permit) => permit,
+            $crate::guard::Admission::Refused(refusal) => return Err(refusal.into()),
+            $crate::guard::Admission::Wait => {
+                let permit = $crate::guard::Guard::wait($guard, cx).await?;
+                *cx = cx.without_now();
+                permit
+            }
+        }
+    }};
+}
+pub(crate) use admit;
 
 /// Rule 1 of the module docs: refuse an attempt whose deadline has passed. Reads the clock
 /// (through [`Context::now`]) only when there is a deadline.
+#[inline]
 pub(crate) fn check_deadline(cx: &Context) -> Result<(), Refusal> {
     match cx.deadline() {
         Some(deadline) if deadline <= cx.now() => Err(Refusal::DeadlineExceeded),
@@ -139,23 +215,22 @@ pub(crate) fn wait_verdict(
     (ready_at > limit).then(|| expired_verdict(Some(own), deadline, rejection))
 }
 
-/// Runs one attempt under `guard`: the code path every guard's [`Policy`](crate::Policy)
-/// impl shares with the pipeline.
-pub(crate) async fn run<G, T, E, Op, Fut>(
-    guard: &G,
-    cx: Context,
-    op: &Op,
-) -> Result<T, PolicyError<E>>
-where
-    G: Guard,
-    Op: Fn(Context) -> Fut + Sync,
-    Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
-{
-    let Admitted { permit, cx } = guard.admit(cx).await?;
-    let result = op(cx).await;
-    guard.complete(permit, &result);
-    result
+/// Runs one attempt under `$guard`, as an inline `async` block: the code path every
+/// guard's [`Policy`](crate::Policy) impl shares with the pipeline. (A macro rather than a
+/// generic `async fn`: the block nests without an extra future layer, which measurably
+/// mattered in deep stacks.)
+macro_rules! run {
+    ($guard:expr, $cx:expr, $op:expr) => {
+        async move {
+            let mut cx = $cx;
+            let permit = $crate::guard::admit!($guard, &mut cx);
+            let result = $op(cx).await;
+            $crate::guard::Guard::complete($guard, permit, &result);
+            result
+        }
+    };
 }
+pub(crate) use run;
 
 /// An optional guard admits everything when absent.
 impl<G: Guard> Guard for Option<G> {
@@ -164,24 +239,28 @@ impl<G: Guard> Guard for Option<G> {
     where
         Self: 'a;
 
-    fn admit(
-        &self,
-        cx: Context,
-    ) -> impl Future<Output = Result<Admitted<Self::Permit<'_>>, Refusal>> + Send {
+    #[inline]
+    fn try_admit(&self, cx: &mut Context) -> Admission<Self::Permit<'_>> {
+        match self {
+            Some(guard) => match guard.try_admit(cx) {
+                Admission::Admitted(permit) => Admission::Admitted(Some(permit)),
+                Admission::Refused(refusal) => Admission::Refused(refusal),
+                Admission::Wait => Admission::Wait,
+            },
+            None => Admission::Admitted(None),
+        }
+    }
+
+    fn wait(&self, cx: &Context) -> impl Future<Output = Result<Self::Permit<'_>, Refusal>> + Send {
         async move {
             match self {
-                Some(guard) => {
-                    let Admitted { permit, cx } = guard.admit(cx).await?;
-                    Ok(Admitted {
-                        permit: Some(permit),
-                        cx,
-                    })
-                }
-                None => Ok(Admitted { permit: None, cx }),
+                Some(guard) => Ok(Some(guard.wait(cx).await?)),
+                None => Ok(None),
             }
         }
     }
 
+    #[inline]
     fn complete<T, E>(&self, permit: Self::Permit<'_>, result: &Result<T, PolicyError<E>>) {
         if let (Some(guard), Some(permit)) = (self, permit) {
             guard.complete(permit, result);
@@ -235,6 +314,23 @@ mod tests {
         assert_eq!(
             wait_verdict(t0 + s(10), t0 + s(9), None, rejection),
             Some(Refusal::Rejected(rejection()))
+        );
+    }
+
+    #[test]
+    fn refusals_classify_as_the_policy_errors_they_become() {
+        for refusal in [Refusal::DeadlineExceeded, Refusal::Rejected(rejection())] {
+            let class = refusal.error_class();
+            let as_policy_error: PolicyError<()> = refusal.into();
+            assert_eq!(class, as_policy_error.class());
+        }
+        assert_eq!(
+            Refusal::DeadlineExceeded.error_class(),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            Refusal::Rejected(rejection()).error_class(),
+            ErrorClass::RetryAfter(Duration::from_secs(1))
         );
     }
 

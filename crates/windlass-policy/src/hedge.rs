@@ -55,6 +55,7 @@ use crate::policy::Policy;
 
 /// When to start the next attempt.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub enum HedgeDelay {
     /// After a fixed delay (zero: all at once).
     Fixed(Duration),

@@ -1,17 +1,35 @@
-//! tower integration: every policy, a stack of them and a [`Pipeline`] are `tower::Layer`s.
+//! tower integration: every policy, a stack of them and a [`Pipeline`] are `tower::Layer`s,
+//! and [`PolicyLayer`] sets each request's [`Context`].
+//!
+//! A server knows things about a request that the policies must respect: a `POST` must not
+//! be retried once it may have reached the other side, a client's deadline header bounds
+//! every attempt, a health check must not be shed. [`PolicyLayer::context`] takes a
+//! function of the request that returns its [`Context`] (idempotence, deadline, priority);
+//! by default every request gets [`Context::new`] (idempotent, no deadline, normal priority).
 //!
 //! ```
+//! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use windlass_policy::{ErrorClass, PolicyLayer, Retry};
+//! use windlass_policy::{Compose, Context, ErrorClass, PolicyLayer, Retry};
+//!
+//! #[derive(Clone)]
+//! struct Request { method: &'static str, path: &'static str }
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let retry = Retry::builder().max_attempts(3).build().unwrap();
+//! let retry = Retry::builder().max_attempts(3).build().unwrap()
+//!     .classified_by(|_: &std::io::Error| ErrorClass::Transient);
 //! let svc = ServiceBuilder::new()
-//!     .layer(PolicyLayer::new(retry).classify(|_: &std::io::Error| ErrorClass::Transient))
-//!     .service_fn(|name: &'static str| async move { Ok::<_, std::io::Error>(format!("hi {name}")) });
-//! assert_eq!(svc.oneshot("ann").await.unwrap(), "hi ann");
+//!     .layer(PolicyLayer::new(retry).context(|req: &Request| {
+//!         Context::new().with_idempotent(req.method != "POST")
+//!     }))
+//!     .service_fn(|req: Request| async move { Ok::<_, std::io::Error>(format!("{} {}", req.method, req.path)) });
+//! assert_eq!(svc.oneshot(Request { method: "GET", path: "/a" }).await.unwrap(), "GET /a");
 //! # }
 //! ```
+//!
+//! Errors are classified by the policy's own classifier ([`Policy::class_of`]): a
+//! pipeline's, or one attached with [`Compose::classified_by`]; a policy without one treats
+//! every error as transient.
 //!
 //! Each call clones the inner service and the request for every attempt (retries and hedges
 //! need a fresh copy), waits for the clone to be ready, then calls it; so the request must be
@@ -19,9 +37,7 @@
 //! call, the price of tower's `'static` futures. Errors come back as
 //! [`PolicyError<S::Error>`](crate::PolicyError), the service's own error untouched inside.
 //!
-//! A policy used directly as a layer (`.layer(retry)`) treats every error as transient;
-//! wrap it in [`PolicyLayer`] to classify, as above. A pipeline layer uses the pipeline's
-//! classifier.
+//! [`Compose::classified_by`]: crate::Compose::classified_by
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,81 +47,108 @@ use std::task::Poll;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::classify::{AllTransient, Classify, ErrorClass};
 use crate::compose::Stack;
 use crate::context::Context;
 use crate::error::PolicyError;
-use crate::pipeline::{Pipeline, SharedClassifier};
+use crate::pipeline::Pipeline;
 use crate::policy::{Policy, PolicyExt};
 
-/// A tower layer applying policy `P`, classifying errors with `C`.
-#[derive(Debug)]
-pub struct PolicyLayer<P, C = AllTransient> {
-    policy: Arc<P>,
-    classifier: Arc<C>,
+/// How a [`PolicyLayer`] derives a request's [`Context`]. Implemented for every
+/// `Fn(&Req) -> Context` closure and by [`FreshContext`], the default.
+pub trait RequestContext<Req>: Send + Sync {
+    /// The context for `req`'s call.
+    fn context(&self, req: &Req) -> Context;
 }
 
-impl<P, C> Clone for PolicyLayer<P, C> {
+impl<Req, F> RequestContext<Req> for F
+where
+    F: Fn(&Req) -> Context + Send + Sync,
+{
+    fn context(&self, req: &Req) -> Context {
+        self(req)
+    }
+}
+
+/// The default: every request gets [`Context::new`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FreshContext;
+
+impl<Req> RequestContext<Req> for FreshContext {
+    fn context(&self, _req: &Req) -> Context {
+        Context::new()
+    }
+}
+
+/// A tower layer applying policy `P`, with each request's context from `X`.
+#[derive(Debug)]
+pub struct PolicyLayer<P, X = FreshContext> {
+    policy: Arc<P>,
+    context: Arc<X>,
+}
+
+impl<P, X> Clone for PolicyLayer<P, X> {
     fn clone(&self) -> Self {
         PolicyLayer {
             policy: self.policy.clone(),
-            classifier: self.classifier.clone(),
+            context: self.context.clone(),
         }
     }
 }
 
-impl<P> PolicyLayer<P, AllTransient> {
-    /// A layer for `policy`; every error transient until [`classify`](Self::classify).
+impl<P> PolicyLayer<P, FreshContext> {
+    /// A layer for `policy`; each request gets a fresh [`Context`] until
+    /// [`context`](Self::context).
     pub fn new(policy: P) -> Self {
         PolicyLayer {
             policy: Arc::new(policy),
-            classifier: Arc::new(AllTransient),
+            context: Arc::new(FreshContext),
         }
     }
 }
 
-impl<P, C> PolicyLayer<P, C> {
-    /// Classifies the inner service's errors with `classifier`.
-    pub fn classify<C2>(self, classifier: C2) -> PolicyLayer<P, C2> {
+impl<P, X> PolicyLayer<P, X> {
+    /// Derives each request's [`Context`] with `context` (e.g. not idempotent for a
+    /// `POST`, a deadline from a header, a priority from the route).
+    pub fn context<X2>(self, context: X2) -> PolicyLayer<P, X2> {
         PolicyLayer {
             policy: self.policy,
-            classifier: Arc::new(classifier),
+            context: Arc::new(context),
         }
     }
 }
 
-impl<S, P, C> Layer<S> for PolicyLayer<P, C> {
-    type Service = PolicyService<S, P, C>;
+impl<S, P, X> Layer<S> for PolicyLayer<P, X> {
+    type Service = PolicyService<S, P, X>;
     fn layer(&self, inner: S) -> Self::Service {
         PolicyService {
             inner: Arc::new(Mutex::new(inner)),
             policy: self.policy.clone(),
-            classifier: self.classifier.clone(),
+            context: self.context.clone(),
         }
     }
 }
 
 /// The service a [`PolicyLayer`] builds.
 #[derive(Debug)]
-pub struct PolicyService<S, P, C> {
+pub struct PolicyService<S, P, X = FreshContext> {
     // Behind a mutex only so that the service need not be `Sync`: it is locked just long
     // enough to clone it for an attempt.
     inner: Arc<Mutex<S>>,
     policy: Arc<P>,
-    classifier: Arc<C>,
+    context: Arc<X>,
 }
 
-impl<S, P, C> Clone for PolicyService<S, P, C> {
+impl<S, P, X> Clone for PolicyService<S, P, X> {
     fn clone(&self) -> Self {
         PolicyService {
             inner: self.inner.clone(),
             policy: self.policy.clone(),
-            classifier: self.classifier.clone(),
+            context: self.context.clone(),
         }
     }
 }
 
-impl<S, P, C, Req> Service<Req> for PolicyService<S, P, C>
+impl<S, P, X, Req> Service<Req> for PolicyService<S, P, X>
 where
     Req: Clone + Send + 'static,
     S: Service<Req> + Clone + Send + 'static,
@@ -113,7 +156,7 @@ where
     S::Error: Send + 'static,
     S::Future: Send + 'static,
     P: Policy<S::Response, S::Error> + Send + 'static,
-    C: Classify<S::Error> + 'static,
+    X: RequestContext<Req> + 'static,
 {
     type Response = S::Response;
     type Error = PolicyError<S::Error>;
@@ -125,11 +168,8 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let (inner, policy, classifier) = (
-            self.inner.clone(),
-            self.policy.clone(),
-            self.classifier.clone(),
-        );
+        let cx = self.context.context(&req);
+        let (inner, policy) = (self.inner.clone(), self.policy.clone());
         let req = Mutex::new(req);
         Box::pin(async move {
             let attempt = move |_: Context| {
@@ -140,9 +180,7 @@ where
                     svc.call(req).await
                 }
             };
-            policy
-                .call_with(Context::new(), &*classifier, attempt)
-                .await
+            policy.call_in(cx, attempt).await
         })
     }
 }
@@ -150,7 +188,7 @@ where
 macro_rules! direct_layer {
     ($($ty:ty),*) => {$(
         impl<S> Layer<S> for $ty {
-            type Service = PolicyService<S, $ty, AllTransient>;
+            type Service = PolicyService<S, $ty>;
             fn layer(&self, inner: S) -> Self::Service {
                 PolicyLayer::new(self.clone()).layer(inner)
             }
@@ -170,41 +208,33 @@ direct_layer!(
 );
 
 impl<S, A: Clone, B: Clone> Layer<S> for Stack<A, B> {
-    type Service = PolicyService<S, Stack<A, B>, AllTransient>;
+    type Service = PolicyService<S, Stack<A, B>>;
     fn layer(&self, inner: S) -> Self::Service {
         PolicyLayer::new(self.clone()).layer(inner)
     }
 }
 
-/// A pipeline's classifier, as a layer's classifier.
-#[derive(Clone)]
-pub struct PipelineClassifier<E>(SharedClassifier<E>);
-
-impl<E> std::fmt::Debug for PipelineClassifier<E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PipelineClassifier")
-    }
-}
-
-impl<E> Classify<E> for PipelineClassifier<E> {
-    fn classify(&self, error: &E) -> ErrorClass {
-        self.0.classify(error)
+impl<S, P: Clone, C: Clone> Layer<S> for crate::compose::Classified<P, C> {
+    type Service = PolicyService<S, crate::compose::Classified<P, C>>;
+    fn layer(&self, inner: S) -> Self::Service {
+        PolicyLayer::new(self.clone()).layer(inner)
     }
 }
 
 impl<S, T: Send + 'static, E: Send + 'static> Layer<S> for Pipeline<T, E> {
-    type Service = PolicyService<S, Pipeline<T, E>, PipelineClassifier<E>>;
+    type Service = PolicyService<S, Pipeline<T, E>>;
     fn layer(&self, inner: S) -> Self::Service {
-        PolicyLayer::new(self.clone())
-            .classify(PipelineClassifier(self.classifier().clone()))
-            .layer(inner)
+        PolicyLayer::new(self.clone()).layer(inner)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Backoff, CircuitBreaker, Compose, Jitter, Rejection, Retry, Timeout};
+    use crate::{
+        Backoff, CircuitBreaker, Compose, ConcurrencyLimiter, ErrorClass, Jitter, LimitAlgorithm,
+        Priority, Rejection, Retry, Timeout,
+    };
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
     use tower::{ServiceBuilder, ServiceExt};
@@ -250,7 +280,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn classified_layer_does_not_retry_permanent_errors() {
         let (calls, svc) = flaky(10);
-        let layer = PolicyLayer::new(retry()).classify(|_: &&str| ErrorClass::Permanent);
+        let layer = PolicyLayer::new(retry().classified_by(|_: &&str| ErrorClass::Permanent));
         let out = ServiceBuilder::new()
             .layer(layer)
             .service(svc)
@@ -295,5 +325,144 @@ mod tests {
         let svc = ServiceBuilder::new().layer(pipeline).service(svc);
         assert_eq!(svc.oneshot(5).await.unwrap(), 10);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A request as a server sees it.
+    #[derive(Debug, Clone)]
+    struct Req {
+        method: &'static str,
+        deadline_ms: Option<u64>,
+        health: bool,
+    }
+
+    fn req(method: &'static str) -> Req {
+        Req {
+            method,
+            deadline_ms: None,
+            health: false,
+        }
+    }
+
+    /// The context a server would derive: POSTs not idempotent, a deadline header, health
+    /// checks critical and everything else low priority.
+    fn context_of(r: &Req) -> Context {
+        let mut cx = Context::new()
+            .with_idempotent(r.method != "POST")
+            .with_priority(if r.health {
+                Priority::Critical
+            } else {
+                Priority::Low
+            });
+        if let Some(ms) = r.deadline_ms {
+            cx = cx.with_deadline(tokio::time::Instant::now() + Duration::from_millis(ms));
+        }
+        cx
+    }
+
+    /// A service that always fails after reaching "upstream", counting calls.
+    fn failing() -> (
+        Arc<AtomicU32>,
+        impl Service<Req, Response = u32, Error = &'static str, Future: Send> + Clone + Send,
+    ) {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let svc = tower::service_fn(move |_: Req| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Err::<u32, _>("503") }
+        });
+        (calls, svc)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_post_is_not_retried_and_a_get_is() {
+        let (calls, svc) = failing();
+        let svc = ServiceBuilder::new()
+            .layer(PolicyLayer::new(retry()).context(context_of))
+            .service(svc);
+        let out = svc.clone().oneshot(req("POST")).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "a POST runs once");
+        assert!(matches!(
+            out,
+            Err(PolicyError::RetriesExhausted {
+                reason: crate::GaveUp::NotIdempotent,
+                ..
+            })
+        ));
+        let _ = svc.oneshot(req("GET")).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 4, "a GET is retried (1 + 3)");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_from_the_request_bounds_the_retries() {
+        let (calls, svc) = failing();
+        let slow_retry = Retry::builder()
+            .max_attempts(10)
+            .backoff(Backoff::Constant(Duration::from_millis(40)))
+            .jitter(Jitter::None)
+            .build()
+            .unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(PolicyLayer::new(slow_retry).context(context_of))
+            .service(svc);
+        let mut r = req("GET");
+        r.deadline_ms = Some(100);
+        let out = svc.oneshot(r).await;
+        // Attempts at 0, 40 and 80 ms; the next backoff would end past 100 ms.
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert!(matches!(
+            out,
+            Err(PolicyError::RetriesExhausted {
+                reason: crate::GaveUp::Deadline,
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn priority_from_the_request_decides_who_is_shed() {
+        let limiter = ConcurrencyLimiter::builder()
+            .algorithm(LimitAlgorithm::Fixed(4))
+            .build()
+            .unwrap();
+        // Three of four slots taken: above a low-priority call's share, within a critical one's.
+        let _held: Vec<_> = (0..3)
+            .map(|_| limiter.try_acquire(Priority::Critical).unwrap())
+            .collect();
+        let (calls, svc) = failing();
+        let svc = ServiceBuilder::new()
+            .layer(PolicyLayer::new(limiter.clone()).context(context_of))
+            .service(svc);
+        let low = svc.clone().oneshot(req("GET")).await;
+        assert!(matches!(
+            low,
+            Err(PolicyError::Rejected(Rejection::Shed { .. }))
+        ));
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        let mut health = req("GET");
+        health.health = true;
+        let critical = svc.oneshot(health).await;
+        assert!(
+            matches!(critical, Err(PolicyError::Operation { .. })),
+            "admitted"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_layer_classifies_with_the_policys_own_classifier() {
+        // A pipeline wrapped in PolicyLayer (not only used as a layer directly) keeps its
+        // classifier: a permanent error is not retried.
+        let pipeline = Pipeline::<u32, &'static str>::builder()
+            .classify(|_: &&str| ErrorClass::Permanent)
+            .retry(retry())
+            .build();
+        let (calls, svc) = failing();
+        let out = ServiceBuilder::new()
+            .layer(PolicyLayer::new(pipeline).context(context_of))
+            .service(svc)
+            .oneshot(req("GET"))
+            .await;
+        assert!(matches!(out, Err(PolicyError::Operation { .. })));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

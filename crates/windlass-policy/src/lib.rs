@@ -79,9 +79,9 @@ pub mod timeout;
 pub use breaker::{BreakerPermit, BreakerState, CircuitBreaker, CircuitBreakerBuilder, WindowKind};
 pub use bulkhead::{Bulkhead, BulkheadBuilder, BulkheadPermit};
 pub use cache::{Cache, CacheBuilder};
-pub use classify::{AllTransient, Classify, ErrorClass};
+pub use classify::{AllTransient, ClassifiedError, Classify, ErrorClass, SelfClassified};
 pub use coalesce::Coalesce;
-pub use compose::{Compose, Identity, Stack};
+pub use compose::{Classified, Compose, Identity, Stack};
 pub use concurrency_limiter::{
     ConcurrencyLimiter, ConcurrencyLimiterBuilder, LimitAlgorithm, LimitPermit,
 };
@@ -89,10 +89,10 @@ pub use config::ConfigError;
 pub use context::{Context, Priority};
 pub use error::{GaveUp, PolicyError, Rejection};
 pub use fallback::Fallback;
-pub use guard::{Admitted, Guard, Refusal};
+pub use guard::{Admission, Guard, Refusal};
 pub use hedge::{Hedge, HedgeBuilder, HedgeDelay};
 pub use keyed::{Keyed, KeyedBuilder};
-pub use layer::{PolicyLayer, PolicyService};
+pub use layer::{FreshContext, PolicyLayer, PolicyService, RequestContext};
 pub use pipeline::{Pipeline, PipelineBuilder};
 pub use policy::{Policy, PolicyExt};
 pub use rate_limit::{RateLimiter, RateLimiterBuilder};

@@ -22,6 +22,7 @@ pub use crate::breaker::BreakerState;
 
 /// What kind of policy a snapshot describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum PolicyKind {
     /// [`Retry`](crate::Retry).
     Retry,
@@ -39,6 +40,7 @@ pub enum PolicyKind {
 
 /// The live state of one policy.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum PolicyState {
     /// A retry policy's counters.
     Retry {

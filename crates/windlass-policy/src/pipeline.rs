@@ -56,7 +56,7 @@ use crate::concurrency_limiter::ConcurrencyLimiter;
 use crate::context::Context;
 use crate::error::PolicyError;
 use crate::fallback::Fallback;
-use crate::guard::{Admitted, Guard};
+use crate::guard::Guard;
 use crate::hedge::Hedge;
 use crate::policy::{Policy, PolicyExt};
 use crate::rate_limit::RateLimiter;
@@ -157,8 +157,9 @@ struct Stages<T, E> {
 
 impl<T: Send, E: Send> Stages<T, E> {
     /// One attempt: admitted by breaker, rate limiter, bulkhead and concurrency limiter (in
-    /// that order, each through [`Guard::admit`], as when each runs alone), bounded by the
-    /// timeout, and handed back to each guard, innermost first.
+    /// that order, each through [`Guard::try_admit`] and, if it must wait, [`Guard::wait`],
+    /// as when each runs alone), bounded by the timeout, and handed back to each guard,
+    /// innermost first.
     async fn attempt<Op, Fut>(&self, cx: Context, op: &Op) -> Result<T, PolicyError<E>>
     where
         Op: Fn(Context) -> Fut + Sync,
@@ -166,14 +167,11 @@ impl<T: Send, E: Send> Stages<T, E> {
     {
         // One clock read for the whole attempt: the breaker's start time, the rate limiter's
         // permit and the timeout's deadline all use it, unless a wait made it stale.
-        let cx = cx.with_now(cx.now());
-        let Admitted {
-            permit: breaker,
-            cx,
-        } = self.breaker.admit(cx).await?;
-        let Admitted { permit: paced, cx } = self.rate_limiter.admit(cx).await?;
-        let Admitted { permit: slot, cx } = self.bulkhead.admit(cx).await?;
-        let Admitted { permit: limit, cx } = self.concurrency.admit(cx).await?;
+        let mut cx = cx.with_now(cx.now());
+        let breaker = crate::guard::admit!(&self.breaker, &mut cx);
+        let paced = crate::guard::admit!(&self.rate_limiter, &mut cx);
+        let slot = crate::guard::admit!(&self.bulkhead, &mut cx);
+        let limit = crate::guard::admit!(&self.concurrency, &mut cx);
         let result = self.timeout.execute(cx, op).await;
         self.concurrency.complete(limit, &result);
         self.bulkhead.complete(slot, &result);

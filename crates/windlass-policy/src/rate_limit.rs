@@ -49,7 +49,7 @@ use crate::compose::Compose;
 use crate::config::{ConfigError, ensure};
 use crate::context::Context;
 use crate::error::{PolicyError, Rejection};
-use crate::guard::{self, Admitted, Guard, Refusal, check_deadline};
+use crate::guard::{self, Admission, Guard, Refusal, check_deadline};
 use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
 use crate::policy::Policy;
 
@@ -312,6 +312,7 @@ impl RateLimiter {
     }
 
     /// One permit at `now`, or how long until one is free.
+    #[inline]
     fn check_at(&self, now: Instant) -> Result<(), Duration> {
         let s = &self.shared;
         let at = nanos(now.saturating_duration_since(s.base));
@@ -334,7 +335,7 @@ impl RateLimiter {
     /// When the next permit comes after either, it refuses at once rather than sleeping
     /// first: with [`Rejection::RateLimited`] if its own maximum wait is the earlier limit,
     /// with [`Refusal::DeadlineExceeded`] if the deadline is, as for every
-    /// [guard](crate::guard).
+    /// guard ([`crate::guard`]).
     pub async fn acquire(&self, deadline: Option<Instant>) -> Result<(), Refusal> {
         self.acquire_at(Instant::now(), deadline).await.map(|_| ())
     }
@@ -375,17 +376,25 @@ impl Compose for RateLimiter {}
 impl Guard for RateLimiter {
     type Permit<'a> = ();
 
-    fn admit(&self, cx: Context) -> impl Future<Output = Result<Admitted<()>, Refusal>> + Send {
-        async move {
-            let cx = cx.with_now(cx.now());
-            check_deadline(&cx)?;
-            let waited = self.acquire_at(cx.now(), cx.deadline()).await?;
-            // After a wait the attempt's clock reading is stale.
-            let cx = if waited { cx.without_now() } else { cx };
-            Ok(Admitted { permit: (), cx })
+    #[inline]
+    fn try_admit(&self, cx: &mut Context) -> Admission<()> {
+        let now = cx.now();
+        *cx = cx.with_now(now);
+        if let Err(refusal) = check_deadline(cx) {
+            return Admission::Refused(refusal);
+        }
+        match self.check_at(now) {
+            Ok(()) => Admission::Admitted(()),
+            Err(_) => Admission::Wait,
         }
     }
 
+    fn wait(&self, cx: &Context) -> impl Future<Output = Result<(), Refusal>> + Send {
+        let (now, deadline) = (cx.now(), cx.deadline());
+        async move { self.acquire_at(now, deadline).await.map(|_| ()) }
+    }
+
+    #[inline]
     fn complete<T, E>(&self, _permit: (), _result: &Result<T, PolicyError<E>>) {}
 }
 
@@ -399,7 +408,7 @@ impl<T: Send, E: Send> Policy<T, E> for RateLimiter {
         Op: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
-        guard::run(self, cx, op)
+        guard::run!(self, cx, op)
     }
 }
 

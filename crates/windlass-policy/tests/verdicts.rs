@@ -108,9 +108,9 @@ async fn a_passed_deadline_gets_deadline_exceeded_from_every_guard_and_takes_not
 }
 
 /// Occupies each waiting guard (bulkhead slot held, rate permit spent).
-async fn occupy(g: &Guards) -> windlass_policy::Admitted<windlass_policy::BulkheadPermit<'_>> {
+async fn occupy(g: &Guards) -> windlass_policy::BulkheadPermit<'_> {
     g.rate.try_acquire().unwrap();
-    g.bulkhead.admit(Context::new()).await.unwrap()
+    g.bulkhead.admit(&mut Context::new()).await.unwrap()
 }
 
 #[tokio::test(start_paused = true)]

@@ -14,6 +14,7 @@ use crate::observe;
 
 /// The kind of sliding window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WindowKind {
     /// The last `n` calls.
     Count(u32),

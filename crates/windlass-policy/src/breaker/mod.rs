@@ -54,7 +54,7 @@ use tokio::time::Instant;
 use crate::classify::ErrorClass;
 use crate::context::Context;
 use crate::error::{PolicyError, Rejection};
-use crate::guard::{self, Admitted, Guard, Refusal, check_deadline};
+use crate::guard::{self, Admission, Guard, Refusal, check_deadline};
 use crate::observe::{Inspect, PolicyKind, PolicySnapshot, PolicyState};
 use crate::policy::Policy;
 pub use builder::{CircuitBreakerBuilder, FailurePredicate, WindowKind};
@@ -225,6 +225,7 @@ impl CircuitBreaker {
 
     /// [`try_acquire`](Self::try_acquire) for a call starting at `now` (a clock reading the
     /// caller already has, e.g. [`Context::now`]).
+    #[inline]
     pub fn try_acquire_at(&self, now: Instant) -> Result<BreakerPermit<'_>, Rejection> {
         let fast = self.shared.fast.load(Ordering::Acquire);
         let state = BreakerState::from_code(fast & STATE_MASK);
@@ -571,18 +572,19 @@ impl crate::compose::Compose for CircuitBreaker {}
 impl Guard for CircuitBreaker {
     type Permit<'a> = BreakerPermit<'a>;
 
-    fn admit(
-        &self,
-        cx: Context,
-    ) -> impl Future<Output = Result<Admitted<Self::Permit<'_>>, Refusal>> + Send {
-        let cx = cx.with_now(cx.now());
-        std::future::ready(
-            check_deadline(&cx)
-                .and_then(|()| Ok(self.try_acquire_at(cx.now())?))
-                .map(|permit| Admitted { permit, cx }),
-        )
+    #[inline]
+    fn try_admit(&self, cx: &mut Context) -> Admission<Self::Permit<'_>> {
+        let now = cx.now();
+        *cx = cx.with_now(now);
+        Admission::decided(check_deadline(cx).and_then(|()| Ok(self.try_acquire_at(now)?)))
     }
 
+    /// A breaker never waits: it decides at once.
+    fn wait(&self, cx: &Context) -> impl Future<Output = Result<Self::Permit<'_>, Refusal>> + Send {
+        std::future::ready(self.try_admit(&mut cx.clone()).into_decided())
+    }
+
+    #[inline]
     fn complete<T, E>(&self, permit: BreakerPermit<'_>, result: &Result<T, PolicyError<E>>) {
         self.report(permit, result);
     }
@@ -598,7 +600,7 @@ impl<T: Send, E: Send> Policy<T, E> for CircuitBreaker {
         Op: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
-        guard::run(self, cx, op)
+        guard::run!(self, cx, op)
     }
 }
 

@@ -2,6 +2,7 @@
 
 /// A circuit breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum BreakerState {
     /// Calls pass; outcomes are counted.
     Closed,

@@ -24,6 +24,7 @@ pub struct Sample {
 
 /// How the limit is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub enum LimitAlgorithm {
     /// A fixed limit: plain load shedding.
     Fixed(usize),

@@ -46,7 +46,7 @@ use crate::compose::Compose;
 use crate::config::{ConfigError, ensure_range};
 use crate::context::{Context, Priority};
 use crate::error::{PolicyError, Rejection};
-use crate::guard::{self, Admitted, Guard, Refusal, check_deadline};
+use crate::guard::{self, Admission, Guard, Refusal, check_deadline};
 use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
 use crate::policy::Policy;
 
@@ -289,17 +289,20 @@ impl Compose for ConcurrencyLimiter {}
 impl Guard for ConcurrencyLimiter {
     type Permit<'a> = LimitPermit<'a>;
 
-    fn admit(
-        &self,
-        cx: Context,
-    ) -> impl Future<Output = Result<Admitted<Self::Permit<'_>>, Refusal>> + Send {
-        std::future::ready(
-            check_deadline(&cx)
-                .and_then(|()| Ok(self.try_acquire_at(cx.priority(), || cx.now())?))
-                .map(|permit| Admitted { permit, cx }),
+    #[inline]
+    fn try_admit(&self, cx: &mut Context) -> Admission<Self::Permit<'_>> {
+        let cx = &*cx;
+        Admission::decided(
+            check_deadline(cx).and_then(|()| Ok(self.try_acquire_at(cx.priority(), || cx.now())?)),
         )
     }
 
+    /// A limiter never waits: it sheds at once.
+    fn wait(&self, cx: &Context) -> impl Future<Output = Result<Self::Permit<'_>, Refusal>> + Send {
+        std::future::ready(self.try_admit(&mut cx.clone()).into_decided())
+    }
+
+    #[inline]
     fn complete<T, E>(&self, permit: LimitPermit<'_>, result: &Result<T, PolicyError<E>>) {
         permit.finish(is_drop(result));
     }
@@ -315,7 +318,7 @@ impl<T: Send, E: Send> Policy<T, E> for ConcurrencyLimiter {
         Op: Fn(Context) -> Fut + Sync,
         Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
     {
-        guard::run(self, cx, op)
+        guard::run!(self, cx, op)
     }
 }
 
