@@ -19,6 +19,7 @@ pub mod actor;
 pub mod detached;
 pub mod gather;
 pub mod map;
+pub mod observe;
 pub mod offload;
 pub mod scope;
 pub mod signals;

@@ -46,7 +46,9 @@ impl BreakerState {
         }
     }
 
-    pub(super) fn gauge_value(self) -> f64 {
+    /// The value of the `windlass_breaker_state` gauge: closed 0, open 1, half-open 2,
+    /// disabled 3, forced open 4, metrics only 5.
+    pub fn gauge_value(self) -> f64 {
         match self {
             BreakerState::Closed => 0.0,
             BreakerState::Open => 1.0,
