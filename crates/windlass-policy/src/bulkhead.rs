@@ -46,7 +46,6 @@ use crate::context::Context;
 use crate::error::{PolicyError, Rejection};
 use crate::guard::{self, Admission, Guard, Refusal, check_deadline};
 use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
-use crate::policy::Policy;
 
 /// Builds a [`Bulkhead`]. Defaults: 25 concurrent, no queue.
 #[derive(Debug, Clone)]
@@ -366,20 +365,6 @@ impl Guard for Bulkhead {
     #[inline]
     fn complete<T, E>(&self, permit: BulkheadPermit<'_>, _result: &Result<T, PolicyError<E>>) {
         drop(permit);
-    }
-}
-
-impl<T: Send, E: Send> Policy<T, E> for Bulkhead {
-    fn execute<Op, Fut>(
-        &self,
-        cx: Context,
-        op: &Op,
-    ) -> impl Future<Output = Result<T, PolicyError<E>>> + Send
-    where
-        Op: Fn(Context) -> Fut + Sync,
-        Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
-    {
-        guard::run!(self, cx, op)
     }
 }
 

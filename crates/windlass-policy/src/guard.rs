@@ -232,6 +232,33 @@ macro_rules! run {
 }
 pub(crate) use run;
 
+/// Implements [`Policy`](crate::Policy) for a guard type through [`run!`]: the one way a
+/// guard runs an attempt.
+macro_rules! guard_policy {
+    ($($ty:ty),*) => {$(
+        impl<T: Send, E: Send> $crate::policy::Policy<T, E> for $ty {
+            fn execute<Op, Fut>(
+                &self,
+                cx: $crate::context::Context,
+                op: &Op,
+            ) -> impl ::std::future::Future<Output = Result<T, $crate::error::PolicyError<E>>> + Send
+            where
+                Op: Fn($crate::context::Context) -> Fut + Sync,
+                Fut: ::std::future::Future<Output = Result<T, $crate::error::PolicyError<E>>> + Send,
+            {
+                $crate::guard::run!(self, cx, op)
+            }
+        }
+    )*};
+}
+
+guard_policy!(
+    crate::CircuitBreaker,
+    crate::Bulkhead,
+    crate::RateLimiter,
+    crate::ConcurrencyLimiter
+);
+
 /// An optional guard admits everything when absent.
 impl<G: Guard> Guard for Option<G> {
     type Permit<'a>

@@ -51,7 +51,6 @@ use crate::context::Context;
 use crate::error::{PolicyError, Rejection};
 use crate::guard::{self, Admission, Guard, Refusal, check_deadline};
 use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
-use crate::policy::Policy;
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -396,20 +395,6 @@ impl Guard for RateLimiter {
 
     #[inline]
     fn complete<T, E>(&self, _permit: (), _result: &Result<T, PolicyError<E>>) {}
-}
-
-impl<T: Send, E: Send> Policy<T, E> for RateLimiter {
-    fn execute<Op, Fut>(
-        &self,
-        cx: Context,
-        op: &Op,
-    ) -> impl Future<Output = Result<T, PolicyError<E>>> + Send
-    where
-        Op: Fn(Context) -> Fut + Sync,
-        Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
-    {
-        guard::run!(self, cx, op)
-    }
 }
 
 #[cfg(test)]

@@ -54,9 +54,8 @@ use tokio::time::Instant;
 use crate::classify::ErrorClass;
 use crate::context::Context;
 use crate::error::{PolicyError, Rejection};
-use crate::guard::{self, Admission, Guard, Refusal, check_deadline};
+use crate::guard::{Admission, Guard, Refusal, check_deadline};
 use crate::observe::{Inspect, PolicyKind, PolicySnapshot, PolicyState};
-use crate::policy::Policy;
 pub use builder::{CircuitBreakerBuilder, FailurePredicate, WindowKind};
 pub use state::BreakerState;
 use window::{Outcome, Totals, Window};
@@ -587,20 +586,6 @@ impl Guard for CircuitBreaker {
     #[inline]
     fn complete<T, E>(&self, permit: BreakerPermit<'_>, result: &Result<T, PolicyError<E>>) {
         self.report(permit, result);
-    }
-}
-
-impl<T: Send, E: Send> Policy<T, E> for CircuitBreaker {
-    fn execute<Op, Fut>(
-        &self,
-        cx: Context,
-        op: &Op,
-    ) -> impl Future<Output = Result<T, PolicyError<E>>> + Send
-    where
-        Op: Fn(Context) -> Fut + Sync,
-        Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
-    {
-        guard::run!(self, cx, op)
     }
 }
 

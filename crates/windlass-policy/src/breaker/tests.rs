@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicUsize;
 use proptest::prelude::*;
 
 use super::*;
+use crate::policy::Policy;
 use crate::policy::PolicyExt;
 
 fn ms(v: u64) -> Duration {

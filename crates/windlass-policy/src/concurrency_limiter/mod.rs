@@ -46,9 +46,8 @@ use crate::compose::Compose;
 use crate::config::{ConfigError, ensure_range};
 use crate::context::{Context, Priority};
 use crate::error::{PolicyError, Rejection};
-use crate::guard::{self, Admission, Guard, Refusal, check_deadline};
+use crate::guard::{Admission, Guard, Refusal, check_deadline};
 use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
-use crate::policy::Policy;
 
 /// Builds a [`ConcurrencyLimiter`]. Default: AIMD with its defaults, shares low 0.5,
 /// normal 0.75, high 0.9, critical 1.0.
@@ -305,20 +304,6 @@ impl Guard for ConcurrencyLimiter {
     #[inline]
     fn complete<T, E>(&self, permit: LimitPermit<'_>, result: &Result<T, PolicyError<E>>) {
         permit.finish(is_drop(result));
-    }
-}
-
-impl<T: Send, E: Send> Policy<T, E> for ConcurrencyLimiter {
-    fn execute<Op, Fut>(
-        &self,
-        cx: Context,
-        op: &Op,
-    ) -> impl Future<Output = Result<T, PolicyError<E>>> + Send
-    where
-        Op: Fn(Context) -> Fut + Sync,
-        Fut: Future<Output = Result<T, PolicyError<E>>> + Send,
-    {
-        guard::run!(self, cx, op)
     }
 }
 
