@@ -302,10 +302,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::time::Instant;
-
-    fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
+    use windlass_test_support::ms;
 
     async fn after(d: u64, r: Result<u64, &'static str>) -> Result<u64, &'static str> {
         tokio::time::sleep(ms(d)).await;

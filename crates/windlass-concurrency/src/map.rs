@@ -160,10 +160,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
-
-    fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
+    use windlass_test_support::ms;
 
     #[tokio::test(start_paused = true)]
     async fn never_more_than_limit_in_flight_and_input_pulled_only_with_room() {

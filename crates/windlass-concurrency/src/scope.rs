@@ -390,6 +390,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
+    use windlass_test_support::ms;
 
     /// Counts live children: +1 when a child starts, -1 when it is dropped (however it ends).
     #[derive(Clone, Default)]
@@ -411,10 +412,6 @@ mod tests {
         fn count(&self) -> usize {
             self.0.load(Ordering::SeqCst)
         }
-    }
-
-    fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
     }
 
     #[tokio::test(start_paused = true)]

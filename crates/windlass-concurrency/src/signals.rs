@@ -402,10 +402,7 @@ impl Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
+    use windlass_test_support::ms;
 
     fn op<'a>(s: &'a Signals, name: &str) -> Option<&'a OpLatency> {
         s.latency.iter().find(|l| l.name == name)

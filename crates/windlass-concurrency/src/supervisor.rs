@@ -248,10 +248,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
-
-    fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
+    use windlass_test_support::ms;
 
     fn sup(max: u32, within: Duration) -> Supervisor {
         Supervisor::builder()

@@ -372,11 +372,7 @@ impl Guard for Bulkhead {
 mod tests {
     use super::*;
     use crate::policy::PolicyExt;
-    use std::sync::atomic::AtomicU32;
-
-    fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
+    use windlass_test_support::ms;
 
     #[tokio::test(start_paused = true)]
     async fn never_more_than_max_concurrent() {
@@ -385,20 +381,17 @@ mod tests {
             .max_queued(100)
             .build()
             .unwrap();
-        let running = AtomicU32::new(0);
-        let peak = AtomicU32::new(0);
+        let peak = windlass_test_support::Peak::new();
         let calls = (0..20).map(|_| {
             b.call(|| async {
-                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(now, Ordering::SeqCst);
+                let _inside = peak.enter();
                 tokio::time::sleep(ms(10)).await;
-                running.fetch_sub(1, Ordering::SeqCst);
                 Ok::<_, &str>(())
             })
         });
         let results = futures_util::future::join_all(calls).await;
         assert!(results.iter().all(Result::is_ok));
-        assert_eq!(peak.load(Ordering::SeqCst), 3);
+        assert_eq!(peak.max(), 3);
     }
 
     #[tokio::test(start_paused = true)]

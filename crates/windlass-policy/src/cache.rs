@@ -260,10 +260,7 @@ where
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicU32;
-
-    fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
+    use windlass_test_support::ms;
 
     #[tokio::test(start_paused = true)]
     async fn hit_until_ttl_then_reload() {

@@ -367,10 +367,7 @@ mod tests {
     use crate::classify::ErrorClass;
     use crate::policy::PolicyExt;
     use std::sync::atomic::AtomicU32;
-
-    fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
+    use windlass_test_support::ms;
 
     type Attempt =
         std::pin::Pin<Box<dyn Future<Output = Result<u32, PolicyError<&'static str>>> + Send>>;

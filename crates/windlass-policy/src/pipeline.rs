@@ -301,10 +301,7 @@ mod tests {
     use crate::retry::{Backoff, Jitter};
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
-
-    fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
+    use windlass_test_support::ms;
 
     #[tokio::test(start_paused = true)]
     async fn empty_pipeline_calls_once() {

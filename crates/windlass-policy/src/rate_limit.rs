@@ -401,10 +401,7 @@ impl Guard for RateLimiter {
 mod tests {
     use super::*;
     use crate::policy::PolicyExt;
-
-    fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
+    use windlass_test_support::ms;
 
     #[tokio::test(start_paused = true)]
     async fn burst_then_steady_rate() {

@@ -184,10 +184,7 @@ mod tests {
     use crate::retry::{Backoff, Jitter, Retry};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-
-    fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
+    use windlass_test_support::ms;
 
     #[tokio::test(start_paused = true)]
     async fn timeout_cancels_the_attempt() {

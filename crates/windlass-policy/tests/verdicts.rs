@@ -11,12 +11,9 @@ use windlass_policy::{
     Bulkhead, CircuitBreaker, ConcurrencyLimiter, Context, Guard, LimitAlgorithm, Pipeline,
     PolicyError, PolicyExt, RateLimiter,
 };
+use windlass_test_support::ms;
 
 type Out = Result<(), PolicyError<&'static str>>;
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
 
 /// A fresh guard of each kind, each with one free admission.
 struct Guards {

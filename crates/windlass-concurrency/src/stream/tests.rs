@@ -6,10 +6,7 @@ use futures_util::StreamExt;
 
 use super::*;
 use crate::testing::{marbles, record, record_with_end};
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
+use windlass_test_support::ms;
 
 #[tokio::test(start_paused = true)]
 async fn debounce_emits_after_quiet_and_flushes_at_end() {

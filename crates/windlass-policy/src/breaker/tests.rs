@@ -7,10 +7,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::policy::Policy;
 use crate::policy::PolicyExt;
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
+use windlass_test_support::ms;
 
 fn breaker(window: u32, min: u32, open: Duration, probes: u32) -> CircuitBreaker {
     CircuitBreaker::builder()

@@ -4,10 +4,7 @@ use super::*;
 use crate::policy::PolicyExt;
 use crate::timeout::Timeout;
 use crate::{AllTransient, Compose};
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
+use windlass_test_support::ms;
 
 fn fixed(n: usize) -> ConcurrencyLimiter {
     ConcurrencyLimiter::builder()

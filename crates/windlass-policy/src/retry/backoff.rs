@@ -154,12 +154,9 @@ fn clamp_secs(secs: f64, cap: Duration) -> Duration {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use windlass_test_support::ms;
 
     const CAP: Duration = Duration::from_secs(30);
-
-    fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
 
     #[test]
     fn schedules_without_jitter() {

@@ -271,10 +271,7 @@ impl RetryAt {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
+    use windlass_test_support::ms;
 
     fn schedule(jitter: Jitter) -> RetrySchedule {
         RetrySchedule {

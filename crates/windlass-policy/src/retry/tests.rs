@@ -8,10 +8,7 @@ use tokio::time::Instant;
 use super::*;
 use crate::error::Rejection;
 use crate::policy::PolicyExt;
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
+use windlass_test_support::ms;
 
 fn constant(attempts: u32, delay: Duration) -> Retry {
     Retry::builder()
