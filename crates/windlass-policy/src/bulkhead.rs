@@ -33,7 +33,9 @@
 use crate::time::saturating_add;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
+
+use crate::sync::AtomicUsize;
 use std::time::Duration;
 
 use metrics::{Counter, Gauge};
@@ -238,6 +240,12 @@ impl Drop for QueueSlot<'_> {
 }
 
 impl Bulkhead {
+    /// This policy's live state: the same entry [`observe::snapshot`](crate::observe::snapshot)
+    /// lists for it, without going through the process-wide list.
+    pub fn snapshot(&self) -> crate::observe::PolicySnapshot {
+        crate::observe::Inspect::inspect(&*self.shared)
+    }
+
     /// Starts building a bulkhead.
     pub fn builder() -> BulkheadBuilder {
         BulkheadBuilder {

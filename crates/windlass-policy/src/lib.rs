@@ -73,6 +73,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod rate_limit;
 pub mod retry;
+mod sync;
 pub mod time;
 pub mod timeout;
 

@@ -1,7 +1,8 @@
 //! Building a breaker: settings, their defaults and their validation.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use crate::sync::{AtomicU64, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;

@@ -44,8 +44,10 @@ mod window;
 
 use crate::time::saturating_add;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+
+use crate::sync::{AtomicU64, Mutex, MutexGuard};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge};
@@ -198,6 +200,12 @@ impl Drop for BreakerPermit<'_> {
 }
 
 impl CircuitBreaker {
+    /// This policy's live state: the same entry [`observe::snapshot`](crate::observe::snapshot)
+    /// lists for it, without going through the process-wide list.
+    pub fn snapshot(&self) -> crate::observe::PolicySnapshot {
+        crate::observe::Inspect::inspect(&*self.shared)
+    }
+
     /// The breaker's name.
     pub fn name(&self) -> &str {
         &self.shared.name
