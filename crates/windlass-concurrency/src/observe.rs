@@ -2,7 +2,7 @@
 //! [`Snapshot`], and as Prometheus text for one `/metrics`.
 //!
 //! The policy layer lists its live policies ([`windlass_policy::observe::snapshot`]) and
-//! this layer measures the golden signals ([`signals::snapshot`](crate::signals::snapshot));
+//! this layer measures the golden signals ([`crate::signals::snapshot`]);
 //! a dashboard wants both at once, under one naming scheme. [`snapshot`] reads both;
 //! [`Snapshot::to_prometheus`] renders them in the Prometheus text format with the same
 //! metric names and labels the `metrics` facade uses (`windlass_` prefix, base units,

@@ -222,7 +222,7 @@ impl std::fmt::Debug for Hedge {
 }
 
 impl Hedge {
-    /// This policy's live state: the same entry [`observe::snapshot`](crate::observe::snapshot)
+    /// This policy's live state: the same entry [`crate::observe::snapshot`]
     /// lists for it, without going through the process-wide list.
     pub fn snapshot(&self) -> crate::observe::PolicySnapshot {
         crate::observe::Inspect::inspect(&*self.shared)

@@ -284,7 +284,7 @@ impl std::fmt::Debug for RateLimiter {
 }
 
 impl RateLimiter {
-    /// This policy's live state: the same entry [`observe::snapshot`](crate::observe::snapshot)
+    /// This policy's live state: the same entry [`crate::observe::snapshot`]
     /// lists for it, without going through the process-wide list.
     pub fn snapshot(&self) -> crate::observe::PolicySnapshot {
         crate::observe::Inspect::inspect(&*self.shared)

@@ -200,7 +200,7 @@ impl Drop for BreakerPermit<'_> {
 }
 
 impl CircuitBreaker {
-    /// This policy's live state: the same entry [`observe::snapshot`](crate::observe::snapshot)
+    /// This policy's live state: the same entry [`crate::observe::snapshot`]
     /// lists for it, without going through the process-wide list.
     pub fn snapshot(&self) -> crate::observe::PolicySnapshot {
         crate::observe::Inspect::inspect(&*self.shared)

@@ -201,7 +201,7 @@ impl Drop for LimitPermit<'_> {
 }
 
 impl ConcurrencyLimiter {
-    /// This policy's live state: the same entry [`observe::snapshot`](crate::observe::snapshot)
+    /// This policy's live state: the same entry [`crate::observe::snapshot`]
     /// lists for it, without going through the process-wide list.
     pub fn snapshot(&self) -> crate::observe::PolicySnapshot {
         crate::observe::Inspect::inspect(&*self.shared)

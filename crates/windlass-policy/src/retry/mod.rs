@@ -253,7 +253,7 @@ impl Inspect for RetryShared {
 }
 
 impl Retry {
-    /// This policy's live state: the same entry [`observe::snapshot`](crate::observe::snapshot)
+    /// This policy's live state: the same entry [`crate::observe::snapshot`]
     /// lists for it, without going through the process-wide list.
     pub fn snapshot(&self) -> crate::observe::PolicySnapshot {
         crate::observe::Inspect::inspect(&*self.shared)
