@@ -99,7 +99,8 @@ pub struct SupervisorBuilder {
 }
 
 impl SupervisorBuilder {
-    /// Restarts allowed within the window before escalating.
+    /// Restarts allowed within the window before escalating. Zero is meaningful: the first
+    /// failure escalates (as a temporary task would, but with a restart type kept).
     pub fn max_restarts(mut self, n: u32) -> Self {
         self.max_restarts = n;
         self

@@ -59,6 +59,8 @@ pub struct CacheBuilder<V> {
     name: Option<Arc<str>>,
     max_capacity: u64,
     ttl_for: Arc<TtlFn<V>>,
+    /// The single TTL given to [`ttl`](CacheBuilder::ttl), checked at build time.
+    ttl: Option<Duration>,
 }
 
 impl<V> std::fmt::Debug for CacheBuilder<V> {
@@ -81,14 +83,17 @@ impl<V: 'static> CacheBuilder<V> {
         self.max_capacity = n;
         self
     }
-    /// The same time-to-live for every value.
+    /// The same time-to-live for every value (positive: a zero TTL would cache nothing;
+    /// to skip caching some values, return `None` from [`ttl_for`](Self::ttl_for)).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl_for = Arc::new(move |_| Some(ttl));
+        self.ttl = Some(ttl);
         self
     }
     /// A time-to-live chosen per value; `None` means "do not cache this one".
     pub fn ttl_for(mut self, f: impl Fn(&V) -> Option<Duration> + Send + Sync + 'static) -> Self {
         self.ttl_for = Arc::new(f);
+        self.ttl = None;
         self
     }
 
@@ -103,6 +108,12 @@ impl<V: 'static> CacheBuilder<V> {
             "cache",
             "max_capacity",
             "must be at least 1",
+        )?;
+        ensure(
+            self.ttl != Some(Duration::ZERO),
+            "cache",
+            "ttl",
+            "must be positive (a zero TTL caches nothing)",
         )?;
         let label = self
             .name
@@ -157,6 +168,7 @@ impl<V: 'static> Cache<(), V> {
             name: None,
             max_capacity: 10_000,
             ttl_for: Arc::new(|_| Some(Duration::from_secs(60))),
+            ttl: None,
         }
     }
 }

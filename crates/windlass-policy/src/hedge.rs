@@ -47,7 +47,7 @@ use metrics::Counter;
 use tokio::time::Instant;
 
 use crate::compose::Compose;
-use crate::config::{ConfigError, ensure, ensure_range};
+use crate::config::{ConfigError, ensure};
 use crate::context::Context;
 use crate::error::PolicyError;
 use crate::observe::{self, Inspect, PolicyKind, PolicySnapshot, PolicyState};
@@ -120,7 +120,12 @@ impl HedgeBuilder {
             ..
         } = self.delay
         {
-            ensure_range(quantile, 0.0, 1.0, P, "quantile")?;
+            ensure(
+                quantile > 0.0 && quantile <= 1.0,
+                P,
+                "percentile.quantile",
+                "must be within (0, 1]",
+            )?;
             ensure(min_samples >= 1, P, "min_samples", "must be at least 1")?;
         }
         let name = self.name.unwrap_or_else(|| observe::default_name("hedge"));
@@ -535,7 +540,7 @@ mod tests {
                 .build()
                 .unwrap_err()
                 .field(),
-            "quantile"
+            "percentile.quantile"
         );
     }
 }

@@ -48,12 +48,14 @@ pub type DistinctByValue<S> =
 pub trait StreamOps: Stream + Sized {
     /// Trailing debounce: emits a value once no newer one has arrived for `quiet`. The value
     /// pending when the input ends is emitted; nothing else is lost but superseded values.
+    /// A zero `quiet` is meaningful: of the values that arrive together (ready in one
+    /// poll), only the last is emitted.
     fn debounce(self, quiet: Duration) -> Debounce<Self> {
         Debounce::new(self, quiet, |_| false)
     }
 
     /// Throttle: at most one value per `window`; see [`ThrottleMode`]. A trailing value
-    /// waiting when the input ends is emitted.
+    /// waiting when the input ends is emitted. A zero `window` throttles nothing.
     fn throttle(self, window: Duration, mode: ThrottleMode) -> Throttle<Self> {
         Throttle::new(self, window, mode)
     }
@@ -76,7 +78,8 @@ pub trait StreamOps: Stream + Sized {
     }
 
     /// Groups values into batches of `size`, or fewer when `max_wait` has passed since the
-    /// batch's first value; the remainder is emitted when the input ends.
+    /// batch's first value; the remainder is emitted when the input ends. A zero
+    /// `max_wait` is meaningful: a batch holds what is ready at once, never waiting for more.
     fn batch(self, size: usize, max_wait: Duration) -> Result<Batch<Self>, ConfigError> {
         if size == 0 {
             return Err(ConfigError::new("batch", "size", "must be at least 1"));

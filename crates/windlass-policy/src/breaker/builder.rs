@@ -187,7 +187,7 @@ impl CircuitBreakerBuilder {
             1.0,
             1000.0,
             P,
-            "open_duration multiplier",
+            "open_duration_growth.multiplier",
         )?;
         ensure(
             self.max_open_duration

@@ -102,27 +102,37 @@ impl LimitAlgorithm {
         match *self {
             LimitAlgorithm::Fixed(n) => ensure(n >= 1, P, "limit", "must be at least 1"),
             LimitAlgorithm::Aimd(a) => {
-                ensure(a.min >= 1, P, "min", "must be at least 1")?;
+                ensure(a.min >= 1, P, "aimd.min", "must be at least 1")?;
                 ensure(
                     a.min <= a.initial && a.initial <= a.max,
                     P,
-                    "initial",
+                    "aimd.initial",
                     "must be within [min, max]",
                 )?;
-                ensure_range(a.backoff_ratio, 0.01, 0.99, P, "backoff_ratio")?;
-                ensure(a.timeout > Duration::ZERO, P, "timeout", "must be positive")
+                ensure_range(a.backoff_ratio, 0.01, 0.99, P, "aimd.backoff_ratio")?;
+                ensure(
+                    a.timeout > Duration::ZERO,
+                    P,
+                    "aimd.timeout",
+                    "must be positive",
+                )
             }
             LimitAlgorithm::Gradient2(g) => {
-                ensure(g.min >= 1, P, "min", "must be at least 1")?;
+                ensure(g.min >= 1, P, "gradient2.min", "must be at least 1")?;
                 ensure(
                     g.min <= g.initial && g.initial <= g.max,
                     P,
-                    "initial",
+                    "gradient2.initial",
                     "must be within [min, max]",
                 )?;
-                ensure_range(g.rtt_tolerance, 1.0, 100.0, P, "rtt_tolerance")?;
-                ensure_range(g.smoothing, 0.01, 1.0, P, "smoothing")?;
-                ensure(g.long_window >= 1, P, "long_window", "must be at least 1")
+                ensure_range(g.rtt_tolerance, 1.0, 100.0, P, "gradient2.rtt_tolerance")?;
+                ensure_range(g.smoothing, 0.01, 1.0, P, "gradient2.smoothing")?;
+                ensure(
+                    g.long_window >= 1,
+                    P,
+                    "gradient2.long_window",
+                    "must be at least 1",
+                )
             }
         }
     }

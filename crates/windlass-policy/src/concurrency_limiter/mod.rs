@@ -85,7 +85,7 @@ impl ConcurrencyLimiterBuilder {
                 0.01,
                 1.0,
                 "concurrency limiter",
-                "priority share",
+                "priority_share",
             )?;
         }
         let mut shares = self.shares;

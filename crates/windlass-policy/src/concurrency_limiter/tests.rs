@@ -144,7 +144,7 @@ fn invalid_configs_rejected() {
         }))
         .build()
         .unwrap_err();
-    assert_eq!(e.field(), "backoff_ratio");
+    assert_eq!(e.field(), "aimd.backoff_ratio");
     let e = ConcurrencyLimiter::builder()
         .algorithm(LimitAlgorithm::Gradient2(Gradient2 {
             initial: 500,
@@ -152,10 +152,10 @@ fn invalid_configs_rejected() {
         }))
         .build()
         .unwrap_err();
-    assert_eq!(e.field(), "initial");
+    assert_eq!(e.field(), "gradient2.initial");
     let e = ConcurrencyLimiter::builder()
         .priority_share(Priority::Low, 0.0)
         .build()
         .unwrap_err();
-    assert_eq!(e.field(), "priority share");
+    assert_eq!(e.field(), "priority_share");
 }
