@@ -594,3 +594,73 @@ async fn snapshot_reports_the_calls_behind_each_decision() {
     assert_eq!(b.state(), BreakerState::Open);
     assert_eq!(reported(&b), (Some(1.0), 2), "the probes that re-opened it");
 }
+
+/// A success that takes `d`.
+async fn succeed_after(b: &CircuitBreaker, d: Duration) {
+    let r: Result<(), PolicyError<&str>> = b
+        .call(|| async move {
+            tokio::time::sleep(d).await;
+            Ok(())
+        })
+        .await;
+    assert!(r.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_successes_count_once_the_window_is_warm() {
+    // Successes are batched once the window holds the minimum; a slow one must still be
+    // judged slow (mutation found: batching it as a fast success).
+    let b = CircuitBreaker::builder()
+        .count_window(4)
+        .minimum_calls(2)
+        .slow_call_duration(ms(500))
+        .slow_call_rate_threshold(0.5)
+        .build()
+        .unwrap();
+    succeed_after(&b, ms(1)).await;
+    succeed_after(&b, ms(1)).await;
+    assert_eq!(b.state(), BreakerState::Closed);
+    succeed_after(&b, ms(600)).await;
+    succeed_after(&b, ms(600)).await;
+    assert_eq!(b.state(), BreakerState::Open, "2 slow of 4 = 50%");
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_probes_reopen_a_half_open_breaker() {
+    let b = CircuitBreaker::builder()
+        .count_window(2)
+        .minimum_calls(2)
+        .open_duration(ms(100))
+        .permitted_in_half_open(2)
+        .slow_call_duration(ms(500))
+        .slow_call_rate_threshold(0.5)
+        .build()
+        .unwrap();
+    let _ = fail(&b).await;
+    let _ = fail(&b).await;
+    tokio::time::advance(ms(100)).await;
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+    succeed_after(&b, ms(1)).await;
+    succeed_after(&b, ms(600)).await;
+    assert_eq!(b.state(), BreakerState::Open, "1 slow probe of 2 = 50%");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permit_from_an_earlier_state_never_counts() {
+    let b = breaker(2, 2, ms(100), 1);
+    // Taken while closed, reported after the breaker opened and went half-open.
+    let stale = b.try_acquire().unwrap();
+    let _ = fail(&b).await;
+    let _ = fail(&b).await;
+    tokio::time::advance(ms(100)).await;
+    assert_eq!(b.state(), BreakerState::HalfOpen);
+    stale.success();
+    assert_eq!(
+        b.state(),
+        BreakerState::HalfOpen,
+        "the stale success did not decide the probe"
+    );
+    // The probe slot is still there for a real probe.
+    assert!(succeed(&b).await.is_ok());
+    assert_eq!(b.state(), BreakerState::Closed);
+}
