@@ -582,7 +582,18 @@ async fn snapshot_reports_the_calls_behind_each_decision() {
         (Some(0.5), 4),
         "the closed window that opened it"
     );
-    tokio::time::advance(Duration::from_secs(10)).await;
+    tokio::time::advance(Duration::from_secs(4)).await;
+    match b.snapshot().state {
+        crate::observe::PolicyState::CircuitBreaker { retry_after, .. } => {
+            assert_eq!(
+                retry_after,
+                Some(Duration::from_secs(6)),
+                "open: when it admits a probe"
+            );
+        }
+        ref other => panic!("{other:?}"),
+    }
+    tokio::time::advance(Duration::from_secs(6)).await;
     let _ = fail(&b).await; // the first probe: half-open, one of two probes done
     assert_eq!(b.state(), BreakerState::HalfOpen);
     assert_eq!(
