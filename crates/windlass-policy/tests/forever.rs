@@ -102,6 +102,7 @@ async fn breaker_open_forever_stays_open_and_says_so() {
         .open_duration(FOREVER)
         .max_wait_in_half_open(FOREVER)
         .slow_call_duration(FOREVER)
+        .slow_call_rate_threshold(0.5)
         .build()
         .unwrap();
     for _ in 0..2 {

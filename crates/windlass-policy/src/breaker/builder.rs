@@ -30,14 +30,16 @@ pub(super) fn default_counts(class: ErrorClass) -> bool {
     matches!(class, ErrorClass::Transient | ErrorClass::RetryAfter(_))
 }
 
-/// Builds a [`CircuitBreaker`]. Defaults are Resilience4j's: failure rate 50%, slow-call
-/// rate 100% with slow = 60 s, count window of 100 calls, minimum 100 calls, open 60 s,
-/// 10 calls in half-open, no maximum wait in half-open.
+/// Builds a [`CircuitBreaker`]. Defaults are Resilience4j's (failure rate 50%, count window
+/// of 100 calls, minimum 100 calls, open 60 s, 10 calls in half-open, no maximum wait in
+/// half-open) except one: slow-call detection is off until
+/// [`slow_call_rate_threshold`](Self::slow_call_rate_threshold) is set (Resilience4j's
+/// default, 100% slower than 60 s, almost never fires and times every call).
 #[derive(Debug, Clone)]
 pub struct CircuitBreakerBuilder {
     name: Option<Arc<str>>,
     failure_rate_threshold: f64,
-    slow_call_rate_threshold: f64,
+    slow_call_rate_threshold: Option<f64>,
     slow_call_duration: Duration,
     window: WindowKind,
     minimum_calls: u32,
@@ -61,12 +63,16 @@ impl CircuitBreakerBuilder {
         self.failure_rate_threshold = rate;
         self
     }
-    /// Opens when the share of slow calls is at least this (0 < rate <= 1).
+    /// Turns on slow-call detection: opens when the share of calls slower than
+    /// [`slow_call_duration`](Self::slow_call_duration) is at least this (0 < rate <= 1).
+    /// Off by default: timing every call costs two clock reads, which dominate a closed
+    /// breaker's cost, and a breaker judged on failures alone needs none.
     pub fn slow_call_rate_threshold(mut self, rate: f64) -> Self {
-        self.slow_call_rate_threshold = rate;
+        self.slow_call_rate_threshold = Some(rate);
         self
     }
-    /// A call taking at least this long is slow.
+    /// A call taking at least this long is slow (default 60 s; used once
+    /// [`slow_call_rate_threshold`](Self::slow_call_rate_threshold) is set).
     pub fn slow_call_duration(mut self, d: Duration) -> Self {
         self.slow_call_duration = d;
         self
@@ -129,13 +135,9 @@ impl CircuitBreakerBuilder {
             P,
             "failure_rate_threshold",
         )?;
-        ensure_range(
-            self.slow_call_rate_threshold,
-            f64::MIN_POSITIVE,
-            1.0,
-            P,
-            "slow_call_rate_threshold",
-        )?;
+        if let Some(rate) = self.slow_call_rate_threshold {
+            ensure_range(rate, f64::MIN_POSITIVE, 1.0, P, "slow_call_rate_threshold")?;
+        }
         ensure(
             self.slow_call_duration > Duration::ZERO,
             P,
@@ -276,7 +278,7 @@ impl CircuitBreaker {
         CircuitBreakerBuilder {
             name: None,
             failure_rate_threshold: 0.5,
-            slow_call_rate_threshold: 1.0,
+            slow_call_rate_threshold: None,
             slow_call_duration: Duration::from_secs(60),
             window: WindowKind::Count(100),
             minimum_calls: 100,

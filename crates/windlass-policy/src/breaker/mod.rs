@@ -85,7 +85,9 @@ fn stripe_index() -> usize {
 #[derive(Debug)]
 struct Config {
     failure_rate_threshold: f64,
-    slow_call_rate_threshold: f64,
+    /// `None`: slow-call detection is off, and the breaker reads no clock on the success
+    /// path of a closed count window.
+    slow_call_rate_threshold: Option<f64>,
     slow_call_duration: Duration,
     minimum_calls: u64,
     open_duration: Duration,
@@ -159,7 +161,8 @@ impl std::fmt::Debug for CircuitBreaker {
 pub struct BreakerPermit<'a> {
     breaker: &'a CircuitBreaker,
     generation: u64,
-    started: Instant,
+    /// When the call started, if slow-call detection needs it.
+    started: Option<Instant>,
     state: BreakerState,
     done: bool,
 }
@@ -234,6 +237,16 @@ impl CircuitBreaker {
     /// caller already has, e.g. [`Context::now`]).
     #[inline]
     pub fn try_acquire_at(&self, now: Instant) -> Result<BreakerPermit<'_>, Rejection> {
+        self.try_acquire_with(|| now)
+    }
+
+    /// [`try_acquire_at`](Self::try_acquire_at) reading the clock through `now` only if it
+    /// must: a closed breaker without slow-call detection needs no time at all.
+    #[inline]
+    pub(crate) fn try_acquire_with(
+        &self,
+        now: impl FnOnce() -> Instant,
+    ) -> Result<BreakerPermit<'_>, Rejection> {
         let fast = self.shared.fast.load(Ordering::Acquire);
         let state = BreakerState::from_code(fast & STATE_MASK);
         if matches!(
@@ -243,11 +256,12 @@ impl CircuitBreaker {
             return Ok(BreakerPermit {
                 breaker: self,
                 generation: fast >> 8,
-                started: now,
+                started: self.tracks_slow().then(now),
                 state,
                 done: false,
             });
         }
+        let now = now();
         let mut core = self.lock();
         self.refresh(&mut core, now);
         let admitted = match core.state {
@@ -262,7 +276,7 @@ impl CircuitBreaker {
             return Ok(BreakerPermit {
                 breaker: self,
                 generation: core.generation,
-                started: now,
+                started: self.tracks_slow().then_some(now),
                 state: core.state,
                 done: false,
             });
@@ -348,7 +362,19 @@ impl CircuitBreaker {
         tracing::info!(breaker = %s.name, from = from.as_str(), to = to.as_str(), "circuit breaker transition");
     }
 
-    fn on_result(&self, generation: u64, state: BreakerState, report: Report, started: Instant) {
+    /// Whether calls are timed to find slow ones.
+    #[inline]
+    fn tracks_slow(&self) -> bool {
+        self.shared.cfg.slow_call_rate_threshold.is_some()
+    }
+
+    fn on_result(
+        &self,
+        generation: u64,
+        state: BreakerState,
+        report: Report,
+        started: Option<Instant>,
+    ) {
         let s = &self.shared;
         let idx = match report {
             Report::Success => 0,
@@ -359,12 +385,15 @@ impl CircuitBreaker {
         if state == BreakerState::Disabled {
             return;
         }
-        let now = Instant::now();
-        let elapsed = now.saturating_duration_since(started);
-        let slow = elapsed >= s.cfg.slow_call_duration;
+        // The end of the call is read only to time it, or, below, when the lock is taken.
+        let ended = started.map(|started| (started, Instant::now()));
+        let slow = ended.is_some_and(|(started, now)| {
+            now.saturating_duration_since(started) >= s.cfg.slow_call_duration
+        });
         if matches!(report, Report::Success) && !slow && self.batch_success(generation) {
             return;
         }
+        let now = ended.map_or_else(Instant::now, |(_, now)| now);
         let mut core = self.lock();
         if core.generation != generation {
             // The breaker changed state while this call ran; its outcome belongs to a state
@@ -466,7 +495,11 @@ impl CircuitBreaker {
 
     fn rate_exceeded(&self, t: &Totals) -> bool {
         t.failure_rate() >= self.shared.cfg.failure_rate_threshold
-            || t.slow_rate() >= self.shared.cfg.slow_call_rate_threshold
+            || self
+                .shared
+                .cfg
+                .slow_call_rate_threshold
+                .is_some_and(|threshold| t.slow_rate() >= threshold)
     }
 
     /// Rejects every call until another manual transition.
@@ -565,7 +598,8 @@ impl Inspect for Shared {
             state: PolicyState::CircuitBreaker {
                 state: core.state,
                 failure_rate: known.then(|| t.failure_rate()),
-                slow_call_rate: known.then(|| t.slow_rate()),
+                slow_call_rate: (known && self.cfg.slow_call_rate_threshold.is_some())
+                    .then(|| t.slow_rate()),
                 calls_in_window: t.calls,
                 openings: self.openings.load(Ordering::Relaxed),
                 retry_after,
@@ -581,9 +615,19 @@ impl Guard for CircuitBreaker {
 
     #[inline]
     fn try_admit(&self, cx: &mut Context) -> Admission<Self::Permit<'_>> {
-        let now = cx.now();
-        *cx = cx.with_now(now);
-        Admission::decided(check_deadline(cx).and_then(|()| Ok(self.try_acquire_at(now)?)))
+        if let Err(refusal) = check_deadline(cx) {
+            return Admission::Refused(refusal);
+        }
+        // The clock is read only if the breaker needs the time; the reading is then shared
+        // with the policies inside.
+        Admission::decided(
+            self.try_acquire_with(|| {
+                let now = cx.now();
+                *cx = cx.with_now(now);
+                now
+            })
+            .map_err(Refusal::from),
+        )
     }
 
     /// A breaker never waits: it decides at once.

@@ -675,3 +675,26 @@ async fn a_permit_from_an_earlier_state_never_counts() {
     assert!(succeed(&b).await.is_ok());
     assert_eq!(b.state(), BreakerState::Closed);
 }
+
+#[tokio::test(start_paused = true)]
+async fn slow_call_detection_is_off_until_a_threshold_is_set() {
+    // No threshold: calls are not timed, slow ones never open it, and no slow-call rate is
+    // reported (it was never measured).
+    let b = CircuitBreaker::builder()
+        .count_window(2)
+        .minimum_calls(2)
+        .slow_call_duration(ms(10))
+        .build()
+        .unwrap();
+    succeed_after(&b, ms(600)).await;
+    succeed_after(&b, ms(600)).await;
+    assert_eq!(b.state(), BreakerState::Closed);
+    match b.snapshot().state {
+        crate::observe::PolicyState::CircuitBreaker {
+            slow_call_rate,
+            failure_rate,
+            ..
+        } => assert_eq!((slow_call_rate, failure_rate), (None, Some(0.0))),
+        ref other => panic!("{other:?}"),
+    }
+}
