@@ -139,6 +139,13 @@ impl Snapshot {
                 &name,
                 count(op.cancelled),
             );
+            f.add(
+                "windlass_op_slow_polls_total",
+                "counter",
+                "Polls that held their thread longer than the monitor's slow_poll.",
+                &name,
+                count(op.slow_polls),
+            );
             for (q, d) in [("0.5", op.p50), ("0.95", op.p95), ("0.99", op.p99)] {
                 f.add(
                     "windlass_op_duration_seconds",

@@ -14,7 +14,12 @@
 //! - **tail latency** per operation: p50, p95, p99 over the last 1,024 completions
 //!   (`windlass_op_duration_seconds{name}`);
 //! - **stuck operations**: every instrumented operation older than a threshold, with its
-//!   name, age and the line that created it (`windlass_op_stuck`).
+//!   name, age, the line that created it and, if it marked its steps with [`stage`], the
+//!   await it is parked on (`windlass_op_stuck`);
+//! - **slow polls**: while a [`Monitor`] runs, an instrumented operation whose single poll
+//!   held the thread longer than [`MonitorConfig::slow_poll`] is named, with its stage —
+//!   the task that blocked the runtime, not only the lag it caused
+//!   (`windlass_op_slow_polls_total{name}`).
 //!
 //! ```
 //! use std::time::Duration;
@@ -33,6 +38,7 @@
 //! # }
 //! ```
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::Location;
@@ -49,17 +55,74 @@ use windlass_policy::ConfigError;
 use crate::detached::{DetachedFailure, detached_failures, recent_failures};
 
 const SAMPLES: usize = 1024;
+const SLOW_POLLS: usize = 64;
 
 struct LiveOp {
     name: &'static str,
     site: &'static Location<'static>,
     started: Instant,
+    stage: Option<Stage>,
+}
+
+/// A step an instrumented operation said it entered ([`stage`]): what it is waiting for,
+/// and the line that said so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stage {
+    /// The label given to [`stage`].
+    pub label: &'static str,
+    /// Where [`stage`] was called.
+    pub site: &'static Location<'static>,
+}
+
+/// One poll of an instrumented operation that held its thread too long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlowPoll {
+    /// The operation's name.
+    pub name: &'static str,
+    /// Where it was created.
+    pub site: &'static Location<'static>,
+    /// The step it was in when the poll ended (set by [`stage`] before or during that poll),
+    /// if it marks them.
+    pub stage: Option<Stage>,
+    /// How long the poll held the thread.
+    pub took: Duration,
+}
+
+thread_local! {
+    /// The instrumented operation being polled on this thread, innermost first.
+    static POLLING: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Marks the step the current instrumented operation is entering (`"awaiting inventory"`),
+/// so that if it gets stuck, or blocks the runtime, the report names the await and its line
+/// rather than only the operation. Call it right before the `.await` it names. Outside an
+/// instrumented operation it does nothing. Costs one uncontended lock.
+#[track_caller]
+pub fn stage(label: &'static str) {
+    if let Some(id) = POLLING.with(Cell::get) {
+        if let Some(op) = lock(&registry().live).get_mut(&id) {
+            op.stage = Some(Stage {
+                label,
+                site: Location::caller(),
+            });
+        }
+    }
+}
+
+/// Restores the outer operation as "being polled" when a poll ends, even by a panic.
+struct Polling(Option<u64>);
+
+impl Drop for Polling {
+    fn drop(&mut self) {
+        POLLING.with(|c| c.set(self.0));
+    }
 }
 
 struct OpStats {
     in_flight: u64,
     completed: u64,
     cancelled: u64,
+    slow_polls: u64,
     samples: VecDeque<Duration>,
     // Registered once per name: building a labelled key on every call would allocate.
     m_in_flight: metrics::Gauge,
@@ -72,6 +135,7 @@ impl OpStats {
             in_flight: 0,
             completed: 0,
             cancelled: 0,
+            slow_polls: 0,
             samples: VecDeque::new(),
             m_in_flight: metrics::gauge!("windlass_op_in_flight", "name" => name),
             m_duration: metrics::histogram!("windlass_op_duration_seconds", "name" => name),
@@ -85,6 +149,9 @@ struct Registry {
     ops: Mutex<HashMap<&'static str, OpStats>>,
     lag: Mutex<LagStats>,
     stuck_after: AtomicU64,
+    /// Polls longer than this many nanoseconds are slow; 0 while no monitor runs.
+    slow_poll: AtomicU64,
+    slow_polls: Mutex<VecDeque<SlowPoll>>,
 }
 
 fn registry() -> &'static Registry {
@@ -149,6 +216,32 @@ pub fn instrument<F: Future>(name: &'static str, future: F) -> Instrumented<F> {
     }
 }
 
+fn slow_poll(
+    id: Option<u64>,
+    name: &'static str,
+    site: &'static Location<'static>,
+    took: Duration,
+) {
+    let r = registry();
+    let stage = id.and_then(|id| lock(&r.live).get(&id).and_then(|op| op.stage));
+    tracing::warn!(op = name, site = %site, stage = ?stage.map(|s| s.label), ?took, "a poll blocked its thread");
+    metrics::counter!("windlass_op_slow_polls_total", "name" => name).increment(1);
+    lock(&r.ops)
+        .entry(name)
+        .or_insert_with(|| OpStats::new(name))
+        .slow_polls += 1;
+    let mut ring = lock(&r.slow_polls);
+    if ring.len() == SLOW_POLLS {
+        ring.pop_front();
+    }
+    ring.push_back(SlowPoll {
+        name,
+        site,
+        stage,
+        took,
+    });
+}
+
 fn finish(id: u64, name: &'static str, took: Option<Duration>) {
     let r = registry();
     lock(&r.live).remove(&id);
@@ -188,6 +281,7 @@ impl<F: Future> Future for Instrumented<F> {
                     name: this.name,
                     site: this.site,
                     started: now,
+                    stage: None,
                 },
             );
             let name = *this.name;
@@ -196,7 +290,21 @@ impl<F: Future> Future for Instrumented<F> {
             stats.in_flight += 1;
             stats.m_in_flight.increment(1.0);
         }
-        let out = std::task::ready!(this.inner.poll(cx));
+        let r = registry();
+        let slow_after = r.slow_poll.load(Ordering::Relaxed);
+        // Blocking is a real-time matter: measured on the wall clock, not tokio's.
+        let began = (slow_after > 0).then(std::time::Instant::now);
+        let polled = {
+            let _outer = Polling(POLLING.with(|c| c.replace(*this.id)));
+            this.inner.poll(cx)
+        };
+        if let Some(began) = began {
+            let took = began.elapsed();
+            if took >= Duration::from_nanos(slow_after) {
+                slow_poll(*this.id, this.name, this.site, took);
+            }
+        }
+        let out = std::task::ready!(polled);
         if let (Some(id), Some(started)) = (this.id.take(), *this.started) {
             finish(id, this.name, Some(started.elapsed()));
         }
@@ -226,6 +334,8 @@ pub struct OpLatency {
     pub count: u64,
     /// Dropped before completing.
     pub cancelled: u64,
+    /// Polls that held the thread longer than the monitor's `slow_poll`.
+    pub slow_polls: u64,
     /// Median of the last 1,024 completions.
     pub p50: Duration,
     /// 95th percentile.
@@ -243,6 +353,8 @@ pub struct StuckOp {
     pub age: Duration,
     /// Where it was created.
     pub site: &'static Location<'static>,
+    /// The step it last said it entered ([`stage`]): the await it is parked on.
+    pub stage: Option<Stage>,
 }
 
 /// Every golden signal at one instant.
@@ -260,6 +372,8 @@ pub struct Signals {
     pub latency: Vec<OpLatency>,
     /// Operations older than the stuck threshold, oldest first.
     pub stuck: Vec<StuckOp>,
+    /// The most recent slow polls (up to 64), oldest first: who blocked the runtime.
+    pub slow_polls: Vec<SlowPoll>,
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -281,6 +395,7 @@ pub fn stuck_operations(older_than: Duration) -> Vec<StuckOp> {
                 name: op.name,
                 age,
                 site: op.site,
+                stage: op.stage,
             })
         })
         .collect();
@@ -303,6 +418,7 @@ pub fn snapshot() -> Signals {
                 in_flight: s.in_flight,
                 count: s.completed,
                 cancelled: s.cancelled,
+                slow_polls: s.slow_polls,
                 p50: percentile(&sorted, 0.50),
                 p95: percentile(&sorted, 0.95),
                 p99: percentile(&sorted, 0.99),
@@ -322,6 +438,7 @@ pub fn snapshot() -> Signals {
         recent_silent_errors: recent_failures(),
         latency,
         stuck,
+        slow_polls: lock(&r.slow_polls).iter().cloned().collect(),
     }
 }
 
@@ -332,6 +449,9 @@ pub struct MonitorConfig {
     pub probe_interval: Duration,
     /// An operation running this long is stuck (default 30 s).
     pub stuck_after: Duration,
+    /// A single poll of an instrumented operation that holds its thread this long is
+    /// reported as a slow poll (default 10 ms). Polls are timed only while a monitor runs.
+    pub slow_poll: Duration,
 }
 
 impl Default for MonitorConfig {
@@ -339,6 +459,7 @@ impl Default for MonitorConfig {
         MonitorConfig {
             probe_interval: Duration::from_millis(100),
             stuck_after: Duration::from_secs(30),
+            slow_poll: Duration::from_millis(10),
         }
     }
 }
@@ -348,11 +469,20 @@ impl Default for MonitorConfig {
 #[derive(Debug)]
 pub struct Monitor {
     probe: JoinHandle<()>,
+    /// The slow-poll threshold this monitor set, in nanoseconds.
+    slow_poll: u64,
 }
 
 impl Drop for Monitor {
     fn drop(&mut self) {
         self.probe.abort();
+        // Stop timing polls, unless another monitor has set its own threshold since.
+        let _ = registry().slow_poll.compare_exchange(
+            self.slow_poll,
+            0,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -369,9 +499,14 @@ impl Monitor {
         if cfg.stuck_after.is_zero() {
             return Err(bad("stuck_after", "must be positive"));
         }
+        if cfg.slow_poll.is_zero() {
+            return Err(bad("slow_poll", "must be positive"));
+        }
         let r = registry();
         r.stuck_after
             .store(cfg.stuck_after.as_nanos() as u64, Ordering::Relaxed);
+        let slow_poll = u64::try_from(cfg.slow_poll.as_nanos()).unwrap_or(u64::MAX);
+        r.slow_poll.store(slow_poll, Ordering::Relaxed);
         let probe = tokio::spawn(async move {
             let lag_hist = metrics::histogram!("windlass_runtime_lag_seconds");
             let stuck_gauge = metrics::gauge!("windlass_op_stuck");
@@ -395,7 +530,7 @@ impl Monitor {
                 due = windlass_policy::time::saturating_add(Instant::now(), cfg.probe_interval);
             }
         });
-        Ok(Monitor { probe })
+        Ok(Monitor { probe, slow_poll })
     }
 }
 
@@ -456,6 +591,28 @@ mod tests {
                 .all(|o| o.name != "t.stuck")
         );
         hung.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_operation_names_the_await_it_is_parked_on() {
+        let hung = tokio::spawn(instrument("t.staged", async {
+            stage("loading the cart");
+            tokio::task::yield_now().await;
+            stage("awaiting inventory");
+            std::future::pending::<()>().await;
+        }));
+        tokio::time::sleep(ms(50)).await;
+        let stuck = stuck_operations(ms(10));
+        let op = stuck.iter().find(|o| o.name == "t.staged").unwrap();
+        let parked = op.stage.unwrap();
+        assert_eq!(
+            parked.label, "awaiting inventory",
+            "the last step, not the first"
+        );
+        assert_eq!(parked.site.file(), file!());
+        hung.abort();
+        // Outside an instrumented operation, `stage` changes nothing (and does not panic).
+        stage("nowhere");
     }
 
     #[tokio::test(start_paused = true)]

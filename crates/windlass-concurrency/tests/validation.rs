@@ -59,6 +59,11 @@ async fn monitor() {
         ..MonitorConfig::default()
     };
     rejects(Monitor::start(cfg), "monitor", "stuck_after");
+    let cfg = MonitorConfig {
+        slow_poll: Duration::ZERO,
+        ..MonitorConfig::default()
+    };
+    rejects(Monitor::start(cfg), "monitor", "slow_poll");
 }
 
 #[tokio::test]
