@@ -1,8 +1,8 @@
 //! Circuit breaker: stop calling a service that is failing, and find out when it recovers.
 //!
 //! Retrying a dead service wastes the caller's time and keeps the service down. A breaker
-//! watches the outcomes of calls in a sliding window; when the failure rate (or the share of
-//! slow calls) reaches its threshold, it *opens* and rejects calls at once, with
+//! watches the outcomes of calls in a sliding window; when the failure rate (or, if you turn
+//! slow-call detection on, the share of slow calls) reaches its threshold, it *opens* and rejects calls at once, with
 //! [`Rejection::CircuitOpen`] saying how long until it may admit again. After the open
 //! duration it goes *half-open* and admits exactly `permitted_in_half_open` probe calls —
 //! exactly, however many tasks race for them — and closes again if they succeed, or reopens,
@@ -11,7 +11,9 @@
 //! Semantics follow Resilience4j: states [`BreakerState::Closed`], `Open`, `HalfOpen` plus
 //! `Disabled`, `ForcedOpen` and `MetricsOnly`; count- or time-based windows with O(1)
 //! updates; thresholds are reached when a rate is `>=` its threshold after the minimum number
-//! of calls. Which errors count is decided by their [`ErrorClass`]: by default transient
+//! of calls. One difference: slow-call detection is off until `slow_call_rate_threshold` is
+//! set, so that a breaker judged on failures alone never reads the clock while closed.
+//! Which errors count is decided by their [`ErrorClass`]: by default transient
 //! failures and timeouts count, permanent and cancelled ones are ignored (a `404` says
 //! nothing about the service's health), and rejections by other policies are ignored.
 //!
