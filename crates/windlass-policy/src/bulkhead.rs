@@ -403,6 +403,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_newcomer_does_not_take_a_slot_freed_for_a_waiter() {
+        let b = Bulkhead::builder()
+            .name("fair")
+            .max_concurrent(1)
+            .max_queued(4)
+            .build()
+            .unwrap();
+        assert_eq!(b.name(), "fair");
+        let held = b.try_acquire().unwrap();
+        let waiter = b.acquire(None);
+        tokio::pin!(waiter);
+        assert!(
+            futures_util::FutureExt::now_or_never(waiter.as_mut()).is_none(),
+            "in line"
+        );
+        drop(held); // the slot is free, and the waiter's
+        let mut cx = Context::new();
+        assert!(
+            matches!(b.try_admit(&mut cx), Admission::Wait),
+            "a newcomer waits behind the line instead of taking the freed slot"
+        );
+        assert!(waiter.await.is_ok(), "the waiter gets it");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn rejects_when_slots_and_queue_are_full() {
         let b = Bulkhead::builder()
             .max_concurrent(1)
