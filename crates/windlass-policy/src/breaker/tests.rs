@@ -698,3 +698,22 @@ async fn slow_call_detection_is_off_until_a_threshold_is_set() {
         ref other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn batched_successes_count_in_the_next_decision() {
+    // After the minimum, successes are batched per thread and folded in before a failure
+    // is judged (mutation found: a fold that drops them makes 2 failures of 10 look like
+    // 2 of 4).
+    let b = breaker(10, 2, ms(1000), 1);
+    for _ in 0..8 {
+        let _ = succeed(&b).await;
+    }
+    let _ = fail(&b).await;
+    let _ = fail(&b).await;
+    assert_eq!(
+        b.state(),
+        BreakerState::Closed,
+        "2 failures of 10 = 20% < 50%"
+    );
+    assert_eq!(reported(&b), (Some(0.2), 10));
+}
