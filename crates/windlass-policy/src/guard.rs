@@ -336,6 +336,15 @@ mod tests {
             ),
             Some(Refusal::DeadlineExceeded)
         );
+        // A tie goes to the guard's own limit.
+        assert_eq!(
+            wait_verdict(t0 + s(5), t0 + s(3), Some(t0 + s(3)), rejection),
+            Some(Refusal::Rejected(rejection()))
+        );
+        assert_eq!(
+            expired_verdict(Some(t0 + s(3)), Some(t0 + s(3)), rejection),
+            Refusal::Rejected(rejection())
+        );
         // No deadline: only the own limit.
         assert_eq!(wait_verdict(t0 + s(5), t0 + s(9), None, rejection), None);
         assert_eq!(

@@ -159,3 +159,25 @@ fn invalid_configs_rejected() {
         .unwrap_err();
     assert_eq!(e.field(), "priority_share");
 }
+
+#[test]
+fn a_sample_counts_the_call_itself_in_flight() {
+    // AIMD grows only when the limit is being used (at least half in flight); the sample
+    // must count the call it belongs to (mutation found: it was not checked).
+    let limiter = ConcurrencyLimiter::builder()
+        .algorithm(LimitAlgorithm::Aimd(Aimd {
+            initial: 4,
+            min: 1,
+            max: 10,
+            ..Aimd::default()
+        }))
+        .build()
+        .unwrap();
+    let first = limiter.try_acquire(Priority::Critical).unwrap();
+    let second = limiter.try_acquire(Priority::Critical).unwrap();
+    assert_eq!(limiter.in_flight(), 2);
+    second.finish(false); // 2 of 4 in flight: the limit is in use, so it grows
+    assert_eq!(limiter.limit(), 5);
+    first.finish(false);
+    assert_eq!(limiter.in_flight(), 0);
+}
