@@ -336,6 +336,11 @@ mod tests {
             ),
             Some(Refusal::DeadlineExceeded)
         );
+        // Ready exactly at the limit is in time.
+        assert_eq!(
+            wait_verdict(t0 + s(3), t0 + s(3), Some(t0 + s(9)), rejection),
+            None
+        );
         // A tie goes to the guard's own limit.
         assert_eq!(
             wait_verdict(t0 + s(5), t0 + s(3), Some(t0 + s(3)), rejection),
