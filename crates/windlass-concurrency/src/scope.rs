@@ -471,6 +471,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_scope_reports_its_children_and_the_failing_childs_own_error() {
+        let mut s: Scope<u32, &str> = Scope::new();
+        assert_eq!((s.spawned(), s.running(), s.is_cancelled()), (0, 0, false));
+        s.spawn(async { Err("bad input") });
+        s.spawn(std::future::pending());
+        assert_eq!((s.spawned(), s.running()), (2, 2));
+        let err = s.join().await.unwrap_err();
+        assert_eq!(err.into_error(), Some("bad input"));
+        let mut s: Scope<u32, &str> = Scope::new();
+        s.spawn(std::future::pending());
+        s.cancel().await;
+        assert!(s.is_cancelled());
+        assert_eq!(s.running(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn collect_all_keeps_every_outcome_in_order() {
         let mut s = Scope::new();
         s.spawn(async { Err::<u32, _>("first") });
