@@ -341,6 +341,38 @@ mod tests {
         assert_eq!(pool.stats().completed, 2, "the blocker and the probe");
     }
 
+    #[test]
+    fn job_whose_caller_leaves_before_its_thread_starts_it_never_runs() {
+        // The caller got a pool thread, but tokio's blocking pool (one thread here) is busy,
+        // so the job is queued there when the caller goes away: it must be skipped.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+            let hog = tokio::task::spawn_blocking(move || release_rx.recv());
+            let pool = Offload::new("t-late", 2, 0).unwrap();
+            let ran = Arc::new(AtomicBool::new(false));
+            let r = ran.clone();
+            let mut caller = Box::pin(pool.run(move || r.store(true, Ordering::SeqCst)));
+            assert!(
+                futures_util::FutureExt::now_or_never(caller.as_mut()).is_none(),
+                "the job is handed to the busy blocking pool"
+            );
+            drop(caller);
+            release_tx.send(()).unwrap();
+            hog.await.unwrap().unwrap();
+            // One blocking thread runs jobs in order: once this one is done, the abandoned
+            // job has had its turn.
+            tokio::task::spawn_blocking(|| ()).await.unwrap();
+            assert!(!ran.load(Ordering::SeqCst), "the abandoned job never ran");
+            assert_eq!(pool.stats().abandoned, 1);
+            assert_eq!(pool.stats().completed, 0);
+        });
+    }
+
     /// Regression: both permits lived in the caller's future, so a caller that timed out
     /// freed the slot of a job that was still computing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
