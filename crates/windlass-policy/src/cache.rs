@@ -379,6 +379,26 @@ mod tests {
         assert_eq!(cache.get(&"k"), Some("fresh"));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn invalidate_all_drops_values_and_loads_in_flight() {
+        let cache: Arc<Cache<&str, &str>> = Arc::new(Cache::builder().build().unwrap());
+        cache.insert("other", "value");
+        let load = slow_load(&cache, "stale");
+        tokio::time::sleep(ms(10)).await;
+        cache.invalidate_all();
+        assert_eq!(cache.get(&"other"), None, "stored values are gone");
+        assert_eq!(
+            load.await.unwrap(),
+            "stale",
+            "the waiter still gets its answer"
+        );
+        assert_eq!(
+            cache.get(&"k"),
+            None,
+            "but the load in flight stored nothing"
+        );
+    }
+
     /// Regression: `insert` during a load used to be overwritten by the load's older value.
     #[tokio::test(start_paused = true)]
     async fn a_write_during_a_load_is_not_overwritten_by_it() {

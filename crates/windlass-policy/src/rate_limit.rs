@@ -490,6 +490,16 @@ mod tests {
         assert_eq!(start.elapsed(), ms(400));
     }
 
+    #[test]
+    fn a_limiter_keeps_its_name() {
+        let l = RateLimiter::builder()
+            .name("partner-api")
+            .per_second(5)
+            .build()
+            .unwrap();
+        assert_eq!(l.name(), "partner-api");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn wait_bounded_by_max_wait_and_deadline() {
         let l = RateLimiter::builder()
