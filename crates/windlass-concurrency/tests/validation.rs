@@ -79,4 +79,6 @@ async fn stream_operators() {
     assert!(adaptive(|c| c.min = 0).is_err());
     assert!(adaptive(|c| c.max = c.min.saturating_sub(1)).is_err());
     assert!(adaptive(|c| c.target = Duration::ZERO).is_err());
+    assert!(adaptive(|c| c.shrink = 0.0).is_err());
+    assert!(adaptive(|c| c.shrink = 1.0).is_err());
 }

@@ -173,3 +173,25 @@ async fn switch_latest_cancels_superseded_work() {
         "the work for 'a' was dropped, not finished"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_consumer_exactly_on_target_keeps_growing_full_batches() {
+    // Only a consumer slower than the target shrinks the batch; one exactly on it, with full
+    // batches, lets it grow.
+    let cfg = AdaptiveBatch {
+        initial: 8,
+        target: ms(50),
+        ..AdaptiveBatch::default()
+    };
+    let mut s = Box::pin(
+        futures_util::stream::iter(0..10_000u32)
+            .adaptive_batch(cfg)
+            .unwrap(),
+    );
+    assert_eq!(s.next().await.map(|b| b.len()), Some(8));
+    assert_eq!(s.current_size(), 8);
+    tokio::time::sleep(ms(50)).await;
+    let grown = 8 + cfg.growth;
+    assert_eq!(s.next().await.map(|b| b.len()), Some(grown));
+    assert_eq!(s.current_size(), grown);
+}
