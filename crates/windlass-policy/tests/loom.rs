@@ -50,8 +50,12 @@ fn bulkhead_never_admits_more_than_its_limit() {
 
 /// The breaker's batched successes: once the window holds the minimum number of calls,
 /// successes go to per-thread stripes and are folded in under the lock before anything is
-/// judged. However the batching, the folding and a failure interleave, no success is lost
-/// or counted twice: the window ends up with exactly the calls a sequential breaker saw.
+/// judged. The window must end up with exactly the calls a sequential breaker saw.
+///
+/// Known limit: this model catches a fold that drops batched successes, but not a lost
+/// update injected into the fold (`load` + `store(0)` for `swap`): loom explores fewer
+/// interleavings of the stripes than expected, for a reason not yet found. Do not cite it
+/// as proof of the fold.
 #[test]
 fn batched_successes_are_never_lost_or_counted_twice() {
     loom::model(|| {
