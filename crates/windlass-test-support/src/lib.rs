@@ -1,16 +1,17 @@
-//! Test helpers that Windlass's own crates share: short durations, call counters and a
-//! concurrency gauge, written once instead of once per test module.
+//! Test helpers that Windlass's own crates share: short durations and a concurrency gauge,
+//! written once instead of once per test module.
 //!
 //! For Windlass's tests only (`publish = false`, a dev-dependency). The toolkit for
 //! *users'* tests (marble streams, fault injection) is `windlass_concurrency::testing`.
 //!
 //! ```
-//! use windlass_test_support::{Calls, ms};
+//! use windlass_test_support::{Peak, ms};
 //!
-//! let calls = Calls::new();
-//! assert_eq!(calls.tick(), 1);
-//! assert_eq!(calls.tick(), 2);
-//! assert_eq!(calls.count(), 2);
+//! let peak = Peak::new();
+//! let inside = peak.enter();
+//! assert_eq!((peak.now(), peak.max()), (1, 1));
+//! drop(inside);
+//! assert_eq!(peak.now(), 0);
 //! assert_eq!(ms(1500), std::time::Duration::from_secs_f64(1.5));
 //! ```
 
@@ -21,27 +22,6 @@ use std::time::Duration;
 /// `v` milliseconds.
 pub fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
-}
-
-/// Counts calls; clones share the count.
-#[derive(Debug, Clone, Default)]
-pub struct Calls(Arc<AtomicU32>);
-
-impl Calls {
-    /// A counter at zero.
-    pub fn new() -> Self {
-        Calls::default()
-    }
-
-    /// Counts one call and returns its number, starting at 1.
-    pub fn tick(&self) -> u32 {
-        self.0.fetch_add(1, Ordering::SeqCst) + 1
-    }
-
-    /// Calls counted so far.
-    pub fn count(&self) -> u32 {
-        self.0.load(Ordering::SeqCst)
-    }
 }
 
 /// How many things run at once, and the most that ever did: hold an [`Inside`] while

@@ -112,15 +112,8 @@ async fn slow_calls_open_the_breaker() {
         .slow_call_rate_threshold(0.75)
         .build()
         .unwrap();
-    for i in 0..4 {
-        let d = if i == 0 { ms(10) } else { ms(600) };
-        let r: Result<(), PolicyError<&str>> = b
-            .call(|| async move {
-                tokio::time::sleep(d).await;
-                Ok(())
-            })
-            .await;
-        assert!(r.is_ok());
+    for d in [ms(10), ms(600), ms(600), ms(600)] {
+        succeed_after(&b, d).await;
     }
     assert_eq!(b.state(), BreakerState::Open, "3 of 4 slow = 75%");
 }
