@@ -52,12 +52,12 @@ fn bulkhead_never_admits_more_than_its_limit() {
 /// successes go to per-thread stripes and are folded in under the lock before anything is
 /// judged. The window must end up with exactly the calls a sequential breaker saw.
 ///
-/// Known limit: this model catches a fold that drops batched successes, but not a lost
-/// update injected into the fold (`load` + `store(0)` for `swap`). Reduced to a bare atomic,
-/// a writer that does `load` then `compare_exchange` — how the stripes are incremented —
-/// against a reader that only loads or swaps makes loom 0.7.3 explore a single
-/// interleaving, where `fetch_add` is explored fully. Do not cite this model as proof of
-/// the fold until that is resolved (issue 6's note).
+/// The second thread holds its first permit before the failure is reported, so its batched
+/// successes race the failure's fold under the lock. Loom does not preempt a thread that
+/// has not run yet at the other thread's locked section, so without that hand-shake the model
+/// never reaches the race (it passed with a lost update injected into the fold). With it,
+/// replacing the fold's `swap(0)` by `load` + `store(0)` fails on the first interleaving,
+/// and the correct fold passes every one of ~2,200.
 #[test]
 fn batched_successes_are_never_lost_or_counted_twice() {
     loom::model(|| {
@@ -73,10 +73,17 @@ fn batched_successes_are_never_lost_or_counted_twice() {
         b.try_acquire().unwrap().success();
         b.try_acquire().unwrap().success();
         let b2 = b.clone();
+        let started = Arc::new(AtomicUsize::new(0));
+        let started2 = started.clone();
         let t = thread::spawn(move || {
-            b2.try_acquire().unwrap().success();
+            let first = b2.try_acquire().unwrap();
+            started2.store(1, Ordering::Release);
+            first.success();
             b2.try_acquire().unwrap().success();
         });
+        while started.load(Ordering::Acquire) == 0 {
+            thread::yield_now();
+        }
         b.try_acquire().unwrap().failure();
         b.try_acquire().unwrap().success();
         t.join().unwrap();
