@@ -1,0 +1,415 @@
+//! Worker cases: a real [`Worker`] on the store; the tests wait for events, never for
+//! wall-clock time (the hard-timeout case gives the handler a short timeout and waits for the
+//! job's end, whatever the machine's speed).
+#![allow(clippy::unwrap_used, missing_docs)] // test code: a failed step is a failed case
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, Semaphore, mpsc};
+
+use crate::{
+    Job, JobContext, JobError, JobOptions, JobState, ManualClock, NewJob, Queue, Store, Worker,
+    WorkerConfig,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(20);
+
+#[derive(Serialize, Deserialize)]
+struct Work {
+    n: u32,
+}
+
+/// Fails `fail_first` times per job, then succeeds; counts runs and the peak of concurrent runs.
+struct Flaky {
+    runs: Arc<AtomicUsize>,
+    fail_first: u32,
+    inside: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+    /// If set, each run reports that it is inside, then waits for a permit.
+    hold: Option<(Arc<Semaphore>, mpsc::UnboundedSender<()>)>,
+}
+
+impl Flaky {
+    fn new(fail_first: u32) -> Self {
+        Flaky {
+            runs: Arc::default(),
+            fail_first,
+            inside: Arc::default(),
+            peak: Arc::default(),
+            hold: None,
+        }
+    }
+}
+
+impl Job for Flaky {
+    const KIND: &'static str = "k";
+    type Payload = Work;
+    async fn run(&self, ctx: JobContext, _work: Work) -> Result<(), JobError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        let now = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        if let Some((permits, entered)) = &self.hold {
+            let _ = entered.send(());
+            permits.acquire().await.unwrap().forget();
+        }
+        self.inside.fetch_sub(1, Ordering::SeqCst);
+        if ctx.attempt() <= self.fail_first {
+            return Err(JobError::failed(format!(
+                "attempt {} failed",
+                ctx.attempt()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Never returns by itself; obeys cancellation if `obey`.
+struct Stuck {
+    obey: bool,
+    started: Arc<Notify>,
+}
+
+impl Job for Stuck {
+    const KIND: &'static str = "k";
+    type Payload = Work;
+    async fn run(&self, ctx: JobContext, _work: Work) -> Result<(), JobError> {
+        self.started.notify_one();
+        if self.obey {
+            ctx.cancelled().await;
+            return Err(JobError::cancel("told to stop"));
+        }
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+fn fast() -> WorkerConfig {
+    WorkerConfig {
+        heartbeat: Duration::from_millis(20),
+        poll: Duration::from_millis(50),
+        cancel_grace: Duration::from_millis(50),
+        ..WorkerConfig::default()
+    }
+}
+
+fn retry_at_once(attempts: u32) -> JobOptions {
+    JobOptions {
+        retry: windlass_policy::RetrySchedule {
+            max_attempts: attempts,
+            backoff: windlass_policy::Backoff::Constant(Duration::ZERO),
+            jitter: windlass_policy::Jitter::None,
+            max_delay: Duration::from_secs(1),
+        },
+        ..JobOptions::default()
+    }
+}
+
+pub async fn worker_runs_jobs_to_completion<S: Store>(store: S, _clock: ManualClock) {
+    let queue = Queue::new(store);
+    let flaky = Flaky::new(0);
+    let runs = flaky.runs.clone();
+    let worker = Worker::builder(&queue)
+        .register(flaky)
+        .config(fast())
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(
+            queue
+                .enqueue::<Flaky>(&Work { n }, JobOptions::default())
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    for id in &ids {
+        let done = queue.wait(*id, WAIT, POLL).await.unwrap();
+        assert_eq!(done.state, JobState::Completed);
+        assert_eq!(done.attempts.len(), 1);
+        assert_eq!(done.attempts[0].worker, worker.worker_id());
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 20, "each job ran exactly once");
+    assert_eq!(worker.shutdown(Duration::from_secs(5)).await.released, 0);
+}
+
+pub async fn worker_retries_transient_failures<S: Store>(store: S, _clock: ManualClock) {
+    let queue = Queue::new(store);
+    let worker = Worker::builder(&queue)
+        .register(Flaky::new(2))
+        .config(fast())
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let ok = queue
+        .enqueue::<Flaky>(&Work { n: 1 }, retry_at_once(3))
+        .await
+        .unwrap()
+        .id;
+    let gives_up = queue
+        .enqueue::<Flaky>(&Work { n: 2 }, retry_at_once(2))
+        .await
+        .unwrap()
+        .id;
+    let done = queue.wait(ok, WAIT, POLL).await.unwrap();
+    assert_eq!((done.state, done.attempt), (JobState::Completed, 3));
+    let outcomes: Vec<&str> = done.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, vec!["failed", "failed", "completed"]);
+    assert_eq!(done.attempts[1].error.as_deref(), Some("attempt 2 failed"));
+    assert_eq!(done.attempts[1].class.as_deref(), Some("transient"));
+    let dead = queue.wait(gives_up, WAIT, POLL).await.unwrap();
+    assert_eq!((dead.state, dead.attempt), (JobState::Discarded, 2));
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+pub async fn worker_discards_malformed_payloads_and_goes_on<S: Store>(
+    store: S,
+    _clock: ManualClock,
+) {
+    let queue = Queue::new(store);
+    let worker = Worker::builder(&queue)
+        .register(Flaky::new(0))
+        .config(fast())
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let bad = NewJob::new(
+        "k",
+        serde_json::json!({"n": "not a number"}),
+        JobOptions::default(),
+    )
+    .unwrap();
+    let bad = queue.enqueue_raw(vec![bad]).await.unwrap()[0].id;
+    let good = queue
+        .enqueue::<Flaky>(&Work { n: 1 }, JobOptions::default())
+        .await
+        .unwrap()
+        .id;
+    let dead = queue.wait(bad, WAIT, POLL).await.unwrap();
+    assert_eq!(
+        (dead.state, dead.attempt),
+        (JobState::Discarded, 1),
+        "no retry of a payload that cannot decode"
+    );
+    let msg = dead.attempts[0].error.clone().unwrap();
+    assert!(msg.contains("malformed payload for kind `k`"), "{msg}");
+    assert_eq!(dead.attempts[0].class.as_deref(), Some("permanent"));
+    assert_eq!(
+        queue.wait(good, WAIT, POLL).await.unwrap().state,
+        JobState::Completed
+    );
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+pub async fn worker_hard_timeout_stops_the_handler<S: Store>(store: S, _clock: ManualClock) {
+    let queue = Queue::new(store);
+    let started = Arc::new(Notify::new());
+    let stuck = Stuck {
+        obey: false,
+        started: started.clone(),
+    };
+    let worker = Worker::builder(&queue)
+        .register(stuck)
+        .config(fast())
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let opts = JobOptions {
+        timeout: Duration::from_millis(50),
+        ..retry_at_once(2)
+    };
+    let id = queue
+        .enqueue::<Stuck>(&Work { n: 1 }, opts)
+        .await
+        .unwrap()
+        .id;
+    let dead = queue.wait(id, WAIT, POLL).await.unwrap();
+    assert_eq!((dead.state, dead.attempt), (JobState::Discarded, 2));
+    let outcomes: Vec<&str> = dead.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, vec!["timed_out", "timed_out"]);
+    assert_eq!(
+        worker.shutdown(Duration::ZERO).await.released,
+        0,
+        "the stuck handler was stopped, not left running"
+    );
+}
+
+pub async fn worker_cancellation_reaches_the_handler<S: Store>(store: S, _clock: ManualClock) {
+    let queue = Queue::new(store);
+    for obey in [true, false] {
+        let started = Arc::new(Notify::new());
+        let stuck = Stuck {
+            obey,
+            started: started.clone(),
+        };
+        let worker = Worker::builder(&queue)
+            .register(stuck)
+            .config(fast())
+            .build()
+            .unwrap()
+            .start()
+            .await
+            .unwrap();
+        let id = queue
+            .enqueue::<Stuck>(&Work { n: 1 }, JobOptions::default())
+            .await
+            .unwrap()
+            .id;
+        started.notified().await;
+        assert_eq!(queue.cancel(id).await.unwrap(), Some(JobState::Running));
+        let done = queue.wait(id, WAIT, POLL).await.unwrap();
+        assert_eq!(done.state, JobState::Cancelled, "obey = {obey}");
+        let expected = if obey {
+            "told to stop"
+        } else {
+            "cancelled while running"
+        };
+        assert_eq!(done.attempts[0].error.as_deref(), Some(expected));
+        worker.shutdown(Duration::ZERO).await;
+    }
+}
+
+pub async fn worker_shutdown_releases_unfinished_jobs<S: Store>(store: S, _clock: ManualClock) {
+    let queue = Queue::new(store);
+    let started = Arc::new(Notify::new());
+    let stuck = Stuck {
+        obey: false,
+        started: started.clone(),
+    };
+    let worker = Worker::builder(&queue)
+        .register(stuck)
+        .config(fast())
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let id = queue
+        .enqueue::<Stuck>(&Work { n: 1 }, JobOptions::default())
+        .await
+        .unwrap()
+        .id;
+    started.notified().await;
+    let report = worker.shutdown(Duration::from_millis(10)).await;
+    assert_eq!(report.released, 1);
+    let rec = queue.get(id).await.unwrap().unwrap();
+    assert_eq!(rec.state, JobState::Scheduled, "released back to its queue");
+    assert_eq!(rec.attempt, 0, "a released attempt does not count");
+    assert_eq!(rec.attempts[0].outcome, "released");
+    // Another worker picks it up.
+    let flaky = Flaky::new(0);
+    let worker = Worker::builder(&queue)
+        .register(flaky)
+        .config(fast())
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(
+        queue.wait(id, WAIT, POLL).await.unwrap().state,
+        JobState::Completed
+    );
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+pub async fn worker_respects_its_concurrency<S: Store>(store: S, _clock: ManualClock) {
+    let queue = Queue::new(store);
+    let permits = Arc::new(Semaphore::new(0));
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let flaky = Flaky {
+        hold: Some((permits.clone(), entered_tx)),
+        ..Flaky::new(0)
+    };
+    let (runs, peak) = (flaky.runs.clone(), flaky.peak.clone());
+    let config = WorkerConfig {
+        concurrency: 3,
+        fetch_batch: 2,
+        ..fast()
+    };
+    let worker = Worker::builder(&queue)
+        .register(flaky)
+        .config(config)
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        ids.push(
+            queue
+                .enqueue::<Flaky>(&Work { n }, JobOptions::default())
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    // Three runs are inside and held: the worker is full.
+    for _ in 0..3 {
+        entered.recv().await.unwrap();
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 3);
+    permits.add_permits(10);
+    for id in ids {
+        assert_eq!(
+            queue.wait(id, WAIT, POLL).await.unwrap().state,
+            JobState::Completed
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 10);
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        3,
+        "never more than the concurrency at once"
+    );
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+pub async fn worker_reports_unknown_kinds<S: Store>(store: S, _clock: ManualClock) {
+    let queue = Queue::new(store);
+    let stray = NewJob::new(
+        "nobody_handles_me",
+        serde_json::json!({}),
+        JobOptions::default(),
+    )
+    .unwrap();
+    let stray = queue.enqueue_raw(vec![stray]).await.unwrap()[0].id;
+    let worker = Worker::builder(&queue)
+        .register(Flaky::new(0))
+        .config(fast())
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(worker.unknown_kinds(), ["nobody_handles_me".to_string()]);
+    let id = queue
+        .enqueue::<Flaky>(&Work { n: 1 }, JobOptions::default())
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(
+        queue.wait(id, WAIT, POLL).await.unwrap().state,
+        JobState::Completed
+    );
+    assert_eq!(
+        queue.get(stray).await.unwrap().unwrap().state,
+        JobState::Available,
+        "left for a worker that has the handler"
+    );
+    worker.shutdown(Duration::from_secs(5)).await;
+}

@@ -1,0 +1,552 @@
+//! The worker's tasks: fetcher, job tasks, completer, heartbeat, rescuer, progress.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::Worker;
+use super::attempt::{Ended, next_state, secs_since};
+use crate::client::{JobEvent, JobEventKind};
+use crate::handler::{ErasedJob, JobContext};
+use crate::job::{AttemptRecord, JobId};
+use crate::store::{ClaimRequest, ClaimedJob, Fenced, Finish, Lease, NextState, Store};
+
+const STOP_NONE: u8 = 0;
+const STOP_CANCELLED: u8 = 1;
+const STOP_RELEASED: u8 = 2;
+const STOP_LEASE_LOST: u8 = 3;
+
+/// A job this worker runs: its lease and how to stop it.
+struct Running {
+    lease: Lease,
+    /// Cooperative: the handler's [`JobContext::cancelled`].
+    cancel: CancellationToken,
+    /// Hard: drops the handler's future.
+    abort: CancellationToken,
+    /// Why it was stopped (`STOP_*`), first reason wins.
+    stop: Arc<AtomicU8>,
+}
+
+impl Running {
+    fn stop(&self, why: u8, hard: bool) {
+        let _ = self
+            .stop
+            .compare_exchange(STOP_NONE, why, Ordering::AcqRel, Ordering::Acquire);
+        self.cancel.cancel();
+        if hard {
+            self.abort.cancel();
+        }
+    }
+}
+
+struct Shared<S> {
+    store: Arc<S>,
+    events: broadcast::Sender<JobEvent>,
+    config: super::WorkerConfig,
+    handlers: HashMap<&'static str, Arc<dyn ErasedJob>>,
+    worker_id: String,
+    running: Mutex<HashMap<JobId, Running>>,
+    /// Signalled whenever a job leaves `running`.
+    drained: Notify,
+    finishes: mpsc::UnboundedSender<(Finish, JobEventKind)>,
+    progress: mpsc::UnboundedSender<(JobId, serde_json::Value)>,
+}
+
+impl<S> Shared<S> {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Running>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+    fn forget(&self, id: JobId) {
+        self.running().remove(&id);
+        self.drained.notify_waiters();
+    }
+    fn emit(&self, id: JobId, kind: JobEventKind) {
+        let _ = self.events.send(JobEvent { id, kind });
+    }
+}
+
+/// A running worker. Dropping it does not stop the worker: call
+/// [`shutdown`](WorkerHandle::shutdown).
+pub struct WorkerHandle {
+    worker_id: String,
+    unknown_kinds: Vec<String>,
+    stop_fetching: CancellationToken,
+    stop_background: CancellationToken,
+    fetcher: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+    drain: Box<dyn Fn(Duration) -> futures_util::future::BoxFuture<'static, ShutdownReport> + Send>,
+}
+
+/// What a graceful shutdown did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Jobs still running at the deadline, stopped and released back to their queue
+    /// (their attempt not counted).
+    pub released: usize,
+}
+
+impl WorkerHandle {
+    /// This worker's per-boot id (recorded on every attempt it runs).
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Kinds of due jobs in this worker's queues that it has no handler for, found at start.
+    /// They are left in place for a worker that has one (and logged).
+    pub fn unknown_kinds(&self) -> &[String] {
+        &self.unknown_kinds
+    }
+
+    /// Stops fetching, lets running jobs finish for up to `grace`, then stops the rest and
+    /// releases them to their queue; returns once every attempt's end is stored.
+    pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
+        self.stop_fetching.cancel();
+        let _ = self.fetcher.await;
+        let report = (self.drain)(grace).await;
+        self.stop_background.cancel();
+        for t in self.background {
+            let _ = t.await;
+        }
+        report
+    }
+}
+
+impl<S: Store> Worker<S> {
+    /// Starts the worker's tasks on the current tokio runtime. Reports (and logs) kinds of
+    /// due jobs in its queues that it has no handler for.
+    pub async fn start(self) -> Result<WorkerHandle, crate::StoreError> {
+        let kinds = self.kinds();
+        let unknown_kinds = self
+            .queue
+            .store
+            .unknown_kinds(self.config.queues.clone(), kinds)
+            .await?;
+        for kind in &unknown_kinds {
+            tracing::warn!(kind, queues = ?self.config.queues, "due jobs of a kind this worker has no handler for");
+        }
+        let (finish_tx, finish_rx) = mpsc::unbounded_channel();
+        let (progress_tx, progress_rx) = mpsc::unbounded_channel();
+        let worker_id = format!("{}-{:012x}", std::process::id(), fastrand::u64(..) >> 16);
+        let shared = Arc::new(Shared {
+            store: self.queue.store.clone(),
+            events: self.queue.events.clone(),
+            config: self.config,
+            handlers: self.handlers,
+            worker_id: worker_id.clone(),
+            running: Mutex::new(HashMap::new()),
+            drained: Notify::new(),
+            finishes: finish_tx,
+            progress: progress_tx,
+        });
+        let stop_fetching = CancellationToken::new();
+        let stop_background = CancellationToken::new();
+        let slots = Arc::new(Semaphore::new(shared.config.concurrency));
+        let fetcher = tokio::spawn(fetch_loop(shared.clone(), slots, stop_fetching.clone()));
+        let background = vec![
+            tokio::spawn(complete_loop(
+                shared.clone(),
+                finish_rx,
+                stop_background.clone(),
+            )),
+            tokio::spawn(heartbeat_loop(shared.clone(), stop_background.clone())),
+            tokio::spawn(rescue_loop(shared.clone(), stop_background.clone())),
+            tokio::spawn(progress_loop(
+                shared.clone(),
+                progress_rx,
+                stop_background.clone(),
+            )),
+        ];
+        let drain_shared = shared.clone();
+        let drain = Box::new(move |grace: Duration| {
+            let shared = drain_shared.clone();
+            Box::pin(drain(shared, grace))
+                as futures_util::future::BoxFuture<'static, ShutdownReport>
+        });
+        Ok(WorkerHandle {
+            worker_id,
+            unknown_kinds,
+            stop_fetching,
+            stop_background,
+            fetcher,
+            background,
+            drain,
+        })
+    }
+}
+
+/// Waits for running jobs up to `grace`, then releases the rest and waits for their ends to
+/// be stored.
+async fn drain<S: Store>(shared: Arc<Shared<S>>, grace: Duration) -> ShutdownReport {
+    let deadline = tokio::time::Instant::now() + grace.min(crate::job::MAX_DURATION);
+    let mut released = 0;
+    loop {
+        let notified = shared.drained.notified();
+        let left = shared.running().len();
+        if left == 0 {
+            return ShutdownReport { released };
+        }
+        if tokio::time::Instant::now() >= deadline && released == 0 {
+            let running = shared.running();
+            released = running.len();
+            for r in running.values() {
+                r.stop(STOP_RELEASED, true);
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(deadline), if released == 0 => {}
+        }
+    }
+}
+
+/// Doubles a back-off delay, from 50 ms up to 5 s.
+fn backoff(d: Duration) -> Duration {
+    (d * 2).clamp(Duration::from_millis(50), Duration::from_secs(5))
+}
+
+async fn fetch_loop<S: Store>(
+    shared: Arc<Shared<S>>,
+    slots: Arc<Semaphore>,
+    stop: CancellationToken,
+) {
+    let cfg = &shared.config;
+    let kinds: Vec<String> = shared.handlers.keys().map(|k| k.to_string()).collect();
+    let mut retry_in = Duration::ZERO;
+    let mut signal = shared.store.work_signal();
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let mut permits = vec![first];
+        while permits.len() < cfg.fetch_batch {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let request = ClaimRequest {
+            queues: cfg.queues.clone(),
+            kinds: kinds.clone(),
+            limit: permits.len(),
+            worker: shared.worker_id.clone(),
+            lease_for: cfg.lease,
+        };
+        signal.borrow_and_update();
+        let claimed = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            c = shared.store.claim(request) => c,
+        };
+        match claimed {
+            Ok(jobs) => {
+                retry_in = Duration::ZERO;
+                let got = jobs.len();
+                for job in jobs {
+                    let Some(permit) = permits.pop() else { break };
+                    start_job(&shared, job, permit);
+                }
+                drop(permits);
+                if got == 0 {
+                    tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => return,
+                        woke = tokio::time::timeout(cfg.poll, signal.changed()) => {
+                            if let Ok(Err(_)) = woke {
+                                // The store dropped its signal: poll.
+                                tokio::time::sleep(cfg.poll).await;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                drop(permits);
+                retry_in = backoff(retry_in);
+                tracing::warn!(error = %e, retry_in = ?retry_in, "claim failed; backing off");
+                metrics::counter!("windlass_queue_store_errors_total", "op" => "claim")
+                    .increment(1);
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(retry_in) => {}
+                }
+            }
+        }
+    }
+}
+
+fn start_job<S: Store>(
+    shared: &Arc<Shared<S>>,
+    job: ClaimedJob,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let cancel = CancellationToken::new();
+    let abort = CancellationToken::new();
+    let stop = Arc::new(AtomicU8::new(STOP_NONE));
+    shared.running().insert(
+        job.lease.job,
+        Running {
+            lease: job.lease.clone(),
+            cancel: cancel.clone(),
+            abort: abort.clone(),
+            stop: stop.clone(),
+        },
+    );
+    let now = shared.store.now_ms();
+    metrics::histogram!("windlass_job_wait_seconds", "queue" => job.queue.clone())
+        .record(secs_since(job.run_at_ms, now));
+    shared.emit(
+        job.lease.job,
+        JobEventKind::Started {
+            attempt: job.attempt,
+        },
+    );
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let ended = run_attempt(&shared, &job, cancel, &abort, &stop).await;
+        drop(permit);
+        let started = now;
+        let now = shared.store.now_ms();
+        metrics::histogram!("windlass_job_run_seconds", "queue" => job.queue.clone())
+            .record(secs_since(started, now));
+        let Some((next, outcome, error, class)) = next_state(&job, &ended, now) else {
+            metrics::counter!("windlass_job_leases_lost_total", "queue" => job.queue.clone())
+                .increment(1);
+            shared.forget(job.lease.job);
+            return;
+        };
+        let event = match &next {
+            NextState::Completed => JobEventKind::Completed,
+            NextState::Retryable { run_at_ms } => JobEventKind::Retrying {
+                error: error.clone().unwrap_or_default(),
+                run_at_ms: *run_at_ms,
+            },
+            NextState::Snoozed { run_at_ms } => JobEventKind::Snoozed {
+                run_at_ms: *run_at_ms,
+            },
+            NextState::Discarded => JobEventKind::Discarded {
+                error: error.clone().unwrap_or_default(),
+            },
+            NextState::Cancelled => JobEventKind::Cancelled,
+        };
+        metrics::counter!(
+            "windlass_job_attempts_total",
+            "queue" => job.queue.clone(),
+            "outcome" => outcome,
+            "class" => class.map_or("none", |c| c.as_str()),
+        )
+        .increment(1);
+        let finish = Finish {
+            record: AttemptRecord {
+                attempt: job.attempt,
+                worker: shared.worker_id.clone(),
+                at_ms: now,
+                outcome: outcome.to_string(),
+                error,
+                class: class.map(|c| c.as_str().to_string()),
+            },
+            lease: job.lease,
+            next,
+        };
+        if shared.finishes.send((finish, event)).is_err() {
+            // The completer is gone (the runtime is shutting down): the lease will expire
+            // and the job will be retried elsewhere. Nothing is lost, only delayed.
+            tracing::warn!(
+                "completer stopped; the attempt's end will be recovered by lease expiry"
+            );
+        }
+    });
+}
+
+async fn run_attempt<S: Store>(
+    shared: &Arc<Shared<S>>,
+    job: &ClaimedJob,
+    cancel: CancellationToken,
+    abort: &CancellationToken,
+    stop: &AtomicU8,
+) -> Ended {
+    let Some(handler) = shared.handlers.get(job.kind.as_str()) else {
+        // Claims name only this worker's kinds; if one slips through, put it back.
+        tracing::error!(kind = %job.kind, "claimed a job of a kind without a handler");
+        return Ended::Released;
+    };
+    let ctx = JobContext {
+        id: job.lease.job,
+        attempt: job.attempt,
+        queue: job.queue.as_str().into(),
+        cancel,
+        progress: shared.progress.clone(),
+    };
+    let span =
+        tracing::info_span!("job", id = job.lease.job.0, kind = %job.kind, attempt = job.attempt);
+    let run = handler.run(ctx, job.payload.clone()).instrument(span);
+    tokio::select! {
+        biased;
+        _ = abort.cancelled() => match stop.load(Ordering::Acquire) {
+            STOP_CANCELLED => Ended::CancelledByUser,
+            STOP_RELEASED => Ended::Released,
+            _ => Ended::LeaseLost,
+        },
+        r = tokio::time::timeout(job.timeout.min(crate::job::MAX_DURATION), run) => match r {
+            Ok(result) => Ended::Returned(result),
+            Err(_) => Ended::TimedOut(job.timeout),
+        },
+    }
+}
+
+/// Stores ended attempts in batches. A failed write is retried until it succeeds: an
+/// attempt's end is never dropped while the process lives.
+async fn complete_loop<S: Store>(
+    shared: Arc<Shared<S>>,
+    mut rx: mpsc::UnboundedReceiver<(Finish, JobEventKind)>,
+    stop: CancellationToken,
+) {
+    // `stop` fires only after shutdown saw every running job forgotten, i.e. every end stored.
+    while let Some(first) = tokio::select! {
+        biased;
+        f = rx.recv() => f,
+        _ = stop.cancelled() => None,
+    } {
+        let mut batch = vec![first];
+        while batch.len() < 1000 {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        let finishes: Vec<Finish> = batch.iter().map(|(f, _)| f.clone()).collect();
+        let mut retry_in = Duration::ZERO;
+        let results = loop {
+            match shared.store.finish(finishes.clone()).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    retry_in = backoff(retry_in);
+                    tracing::warn!(error = %e, retry_in = ?retry_in, "storing finished attempts failed; retrying");
+                    metrics::counter!("windlass_queue_store_errors_total", "op" => "finish")
+                        .increment(1);
+                    tokio::time::sleep(retry_in).await;
+                }
+            }
+        };
+        for ((finish, event), fenced) in batch.into_iter().zip(results) {
+            let id = finish.lease.job;
+            match fenced {
+                Fenced::Applied => shared.emit(id, event),
+                Fenced::Rejected => {
+                    metrics::counter!("windlass_job_fenced_total").increment(1);
+                    tracing::warn!(job = id.0, "attempt's end refused: its lease was lost");
+                }
+            }
+            shared.forget(id);
+        }
+    }
+}
+
+async fn heartbeat_loop<S: Store>(shared: Arc<Shared<S>>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(shared.config.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let leases: Vec<Lease> = shared.running().values().map(|r| r.lease.clone()).collect();
+        if leases.is_empty() {
+            continue;
+        }
+        match shared
+            .store
+            .heartbeat(leases.clone(), shared.config.lease)
+            .await
+        {
+            Ok(beats) => {
+                let running = shared.running();
+                for (lease, beat) in leases.iter().zip(beats) {
+                    let Some(r) = running.get(&lease.job) else {
+                        continue;
+                    };
+                    if !beat.held {
+                        r.stop(STOP_LEASE_LOST, true);
+                    } else if beat.cancel_requested && !r.cancel.is_cancelled() {
+                        r.stop(STOP_CANCELLED, false);
+                        let abort = r.abort.clone();
+                        let grace = shared.config.cancel_grace;
+                        tokio::spawn(async move {
+                            tokio::time::sleep(grace).await;
+                            abort.cancel();
+                        });
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed");
+                metrics::counter!("windlass_queue_store_errors_total", "op" => "heartbeat")
+                    .increment(1);
+            }
+        }
+    }
+}
+
+async fn rescue_loop<S: Store>(shared: Arc<Shared<S>>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(shared.config.rescue_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match shared
+            .store
+            .rescue_expired(shared.config.quarantine_after)
+            .await
+        {
+            Ok(r) => {
+                let expired = r.retried.len() + r.discarded.len() + r.quarantined.len();
+                metrics::counter!("windlass_job_lease_expiries_total").increment(expired as u64);
+                metrics::counter!("windlass_jobs_quarantined_total")
+                    .increment(r.quarantined.len() as u64);
+                for id in r.quarantined {
+                    tracing::warn!(
+                        job = id.0,
+                        "job quarantined: its attempts keep ending in lease expiry"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "rescuing expired leases failed"),
+        }
+    }
+}
+
+async fn progress_loop<S: Store>(
+    shared: Arc<Shared<S>>,
+    mut rx: mpsc::UnboundedReceiver<(JobId, serde_json::Value)>,
+    stop: CancellationToken,
+) {
+    while let Some(first) = tokio::select! {
+        f = rx.recv() => f,
+        _ = stop.cancelled() => None,
+    } {
+        let mut latest: HashMap<JobId, serde_json::Value> = HashMap::from([first]);
+        while let Ok((id, v)) = rx.try_recv() {
+            latest.insert(id, v);
+        }
+        for (id, value) in latest {
+            let lease = shared.running().get(&id).map(|r| r.lease.clone());
+            let Some(lease) = lease else { continue };
+            if let Ok(Fenced::Applied) = shared.store.progress(lease, value.clone()).await {
+                shared.emit(id, JobEventKind::Progress(value));
+            }
+        }
+    }
+}
