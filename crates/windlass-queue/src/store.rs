@@ -175,6 +175,9 @@ pub enum StoreError {
     /// A stored row could not be read back (a bug or a schema from a newer version).
     #[error("job store holds a row it cannot read: {0}")]
     Corrupt(String),
+    /// The database refused the operation (a constraint, a missing table, a bad query).
+    #[error("job store refused the operation: {0}")]
+    Database(String),
     /// The schema is missing or newer than this code understands.
     #[error("job store schema: {0}")]
     Schema(String),

@@ -223,7 +223,7 @@ pub(crate) fn sql_error(e: rusqlite::Error) -> StoreError {
         Some(rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure) => {
             StoreError::Unavailable(e.to_string())
         }
-        _ => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Database(e.to_string()),
     }
 }
 

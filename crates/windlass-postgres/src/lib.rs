@@ -1,0 +1,363 @@
+//! The PostgreSQL backend of the Windlass job queue: many worker processes on many machines.
+//!
+//! **What it is for.** Jobs shared by workers that do not share a disk. Every claim is one
+//! statement (`FOR UPDATE SKIP LOCKED` over the index of due jobs, then `UPDATE … RETURNING`),
+//! so any number of workers claim without blocking each other; completions and heartbeats
+//! are one statement per batch over arrays; an enqueue is one statement that also
+//! `NOTIFY`s, and each store keeps one `LISTEN` connection, so an idle worker hears of new work
+//! within a round trip instead of a poll interval.
+//!
+//! **Transactional enqueue.** [`PostgresStore::enqueue_in`] inserts jobs inside the caller's
+//! own transaction: the job exists if and only if the business data it belongs to was
+//! committed (the outbox pattern without an outbox).
+//!
+//! **Durability.** Whatever the server's settings give: with PostgreSQL's defaults (`fsync`
+//! and `synchronous_commit` on) an acknowledged enqueue or completion survives a crash of the
+//! worker, of the server and a power loss.
+//!
+//! **Isolation.** Each store lives in a PostgreSQL schema of its own (default `windlass`),
+//! created and migrated at [`open`](PostgresStoreBuilder::open); tests give each case its own.
+//!
+//! **When not to use it:** for a single process that needs no server (use `windlass-sqlite`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), windlass_queue::StoreError> {
+//! use windlass_postgres::PostgresStore;
+//! let store = PostgresStore::builder("postgres://postgres@127.0.0.1:5432/test")
+//!     .schema("jobs")
+//!     .pool_size(16)
+//!     .open()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+mod listen;
+mod ops;
+mod schema;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_postgres::NoTls;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use windlass_queue::{
+    ClaimRequest, ClaimedJob, Clock, Enqueued, Fenced, Finish, Heartbeat, JobFilter, JobId,
+    JobRecord, JobState, Lease, NewJob, QueueStats, Rescued, Store, StoreError, SystemClock,
+    duration_ms,
+};
+
+/// Opens a [`PostgresStore`].
+#[derive(Debug)]
+pub struct PostgresStoreBuilder {
+    url: String,
+    schema: String,
+    pool_size: usize,
+    clock: Arc<dyn Clock>,
+}
+
+impl PostgresStoreBuilder {
+    /// The PostgreSQL schema (namespace) the store's tables live in (default `windlass`):
+    /// lowercase letters, digits and `_`, starting with a letter or `_`, at most 63 bytes.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+    /// Connections in the pool (default 10; the `LISTEN` connection is extra).
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n;
+        self
+    }
+    /// The clock (default the system's). Every process must use a clock that agrees with the
+    /// others' to well within the lease duration.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Connects, creates and migrates the schema, and starts listening for new work.
+    pub async fn open(self) -> Result<PostgresStore, StoreError> {
+        let valid = !self.schema.is_empty()
+            && self.schema.len() <= 63
+            && self
+                .schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && !self.schema.starts_with(|c: char| c.is_ascii_digit());
+        if !valid {
+            return Err(StoreError::Invalid(format!(
+                "schema `{}` must be 1-63 bytes of [a-z0-9_], not starting with a digit",
+                self.schema
+            )));
+        }
+        if self.pool_size == 0 || self.pool_size > 1000 {
+            return Err(StoreError::Invalid("pool_size must be 1 to 1000".into()));
+        }
+        let mut config: tokio_postgres::Config = self
+            .url
+            .parse()
+            .map_err(|e| StoreError::Invalid(format!("database URL: {e}")))?;
+        let (mut client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot connect: {e}")))?;
+        let setup = tokio::spawn(connection);
+        schema::migrate(&mut client, &self.schema).await?;
+        drop(client);
+        let _ = setup.await;
+        config.options(format!("-c search_path={}", self.schema));
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(self.pool_size)
+            .build()
+            .map_err(|e| StoreError::Invalid(format!("connection pool: {e}")))?;
+        let channel = format!("windlass_jobs_{}", self.schema);
+        let (signal, _) = watch::channel(0u64);
+        let signal = Arc::new(signal);
+        let stop = CancellationToken::new();
+        tokio::spawn(listen::listen(
+            config,
+            channel.clone(),
+            signal.clone(),
+            stop.clone(),
+        ));
+        Ok(PostgresStore {
+            pool,
+            clock: self.clock,
+            channel: channel.into(),
+            schema: self.schema.into(),
+            signal,
+            _listener: Arc::new(stop.drop_guard()),
+        })
+    }
+}
+
+/// A job store in a PostgreSQL schema. See the [crate docs](crate).
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    clock: Arc<dyn Clock>,
+    channel: Arc<str>,
+    schema: Arc<str>,
+    signal: Arc<watch::Sender<u64>>,
+    /// Stops the `LISTEN` task when the last clone is dropped.
+    _listener: Arc<DropGuard>,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+impl PostgresStore {
+    /// A builder for a store at `url` (`postgres://user@host:port/db`).
+    pub fn builder(url: impl Into<String>) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            url: url.into(),
+            schema: "windlass".into(),
+            pool_size: 10,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Opens the store at `url` with the defaults.
+    pub async fn connect(url: impl Into<String>) -> Result<PostgresStore, StoreError> {
+        PostgresStore::builder(url).open().await
+    }
+
+    /// The schema the store's tables live in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Enqueues jobs inside the caller's transaction (on any connection to the same
+    /// database): they exist if and only if the transaction commits, and workers are woken
+    /// when it does. Unique keys work as in [`Store::enqueue`].
+    pub async fn enqueue_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        // Point this transaction at the store's schema for the enqueue, then put the
+        // caller's search path back (both are local to the transaction).
+        let old: String = tx
+            .query_one("SELECT current_setting('search_path')", &[])
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        tx.execute(
+            "SELECT set_config('search_path', $1, true)",
+            &[&self.schema.to_string()],
+        )
+        .await
+        .map_err(pg_error)?;
+        let insert = tx.prepare(ops::INSERT).await.map_err(pg_error)?;
+        let out = ops::enqueue(tx, &insert, &jobs, self.clock.now_ms(), &self.channel).await;
+        tx.execute("SELECT set_config('search_path', $1, true)", &[&old])
+            .await
+            .map_err(pg_error)?;
+        out
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("no database connection: {e}")))
+    }
+
+    fn wake(&self) {
+        self.signal.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// A PostgreSQL error as a store error: connection loss, shutdown, overload, serialisation
+/// failures and deadlocks are `Unavailable` (try again); anything else is the database
+/// refusing the operation.
+pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    if e.is_closed() {
+        return StoreError::Unavailable(e.to_string());
+    }
+    match e.code() {
+        Some(code) => {
+            let c = code.code();
+            if c.starts_with("08")
+                || c.starts_with("57P")
+                || c.starts_with("53")
+                || c == "40001"
+                || c == "40P01"
+            {
+                StoreError::Unavailable(e.to_string())
+            } else {
+                StoreError::Database(e.to_string())
+            }
+        }
+        // No SQLSTATE: an I/O or protocol error on the connection.
+        None => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+impl Store for PostgresStore {
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut client = self.client().await?;
+        let insert = client.prepare_cached(ops::INSERT).await.map_err(pg_error)?;
+        let out = if jobs.iter().any(|j| j.options().unique.is_some()) {
+            let tx = client.transaction().await.map_err(pg_error)?;
+            let out = ops::enqueue(&*tx, &insert, &jobs, now, &self.channel).await?;
+            tx.commit().await.map_err(pg_error)?;
+            out
+        } else {
+            ops::enqueue(&**client, &insert, &jobs, now, &self.channel).await?
+        };
+        self.wake();
+        Ok(out)
+    }
+
+    async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
+        let now = self.clock.now_ms();
+        let client = self.client().await?;
+        ops::claim(&client, &request, now).await
+    }
+
+    async fn heartbeat(
+        &self,
+        leases: Vec<Lease>,
+        lease_for: Duration,
+    ) -> Result<Vec<Heartbeat>, StoreError> {
+        let until = self.clock.now_ms().saturating_add(duration_ms(lease_for));
+        let client = self.client().await?;
+        ops::heartbeat(&client, &leases, until).await
+    }
+
+    async fn finish(&self, finished: Vec<Finish>) -> Result<Vec<Fenced>, StoreError> {
+        let now = self.clock.now_ms();
+        let client = self.client().await?;
+        let out = ops::finish(&client, &finished, now).await?;
+        self.wake();
+        Ok(out)
+    }
+
+    async fn progress(&self, lease: Lease, progress: Value) -> Result<Fenced, StoreError> {
+        let client = self.client().await?;
+        ops::progress(&client, &lease, &progress).await
+    }
+
+    async fn rescue_expired(&self, quarantine_after: u32) -> Result<Rescued, StoreError> {
+        let now = self.clock.now_ms();
+        let client = self.client().await?;
+        let out = ops::rescue(&client, quarantine_after, now).await?;
+        if !out.retried.is_empty() {
+            self.wake();
+        }
+        Ok(out)
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<Option<JobState>, StoreError> {
+        let now = self.clock.now_ms();
+        let client = self.client().await?;
+        ops::cancel(&**client, id, now).await
+    }
+
+    async fn replay(&self, ids: Vec<JobId>) -> Result<Vec<JobId>, StoreError> {
+        let now = self.clock.now_ms();
+        let client = self.client().await?;
+        let out = ops::replay(&client, &ids, now).await?;
+        self.wake();
+        Ok(out)
+    }
+
+    async fn prune(
+        &self,
+        states: Vec<JobState>,
+        finished_before_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        ops::prune(&client, &states, finished_before_ms).await
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        let client = self.client().await?;
+        ops::get(&client, id).await
+    }
+
+    async fn list(&self, filter: JobFilter) -> Result<Vec<JobRecord>, StoreError> {
+        let client = self.client().await?;
+        ops::list(&client, &filter).await
+    }
+
+    async fn stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        let now = self.clock.now_ms();
+        let client = self.client().await?;
+        ops::stats(&client, now).await
+    }
+
+    async fn unknown_kinds(
+        &self,
+        queues: Vec<String>,
+        kinds: Vec<String>,
+    ) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        ops::unknown_kinds(&client, &queues, &kinds).await
+    }
+
+    fn work_signal(&self) -> watch::Receiver<u64> {
+        self.signal.subscribe()
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}

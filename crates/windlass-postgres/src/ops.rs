@@ -1,0 +1,619 @@
+//! The store's operations as SQL. Hot paths (enqueue, claim, finish, heartbeat) are one
+//! statement each over arrays, whatever the batch size, with the statement prepared once per
+//! connection.
+
+use deadpool_postgres::ClientWrapper;
+use serde_json::Value;
+use tokio_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Statement};
+use windlass_policy::RetrySchedule;
+use windlass_queue::{
+    AttemptRecord, ClaimRequest, ClaimedJob, Enqueued, Fenced, Finish, Heartbeat, JobFilter, JobId,
+    JobRecord, JobState, Lease, NewJob, NextState, QueueStats, Rescued, StoreError, duration_ms,
+};
+
+use crate::pg_error;
+
+const DUE: &str = "('scheduled','available','retryable')";
+
+/// Inserts the rows of `jobs` (none unique) in one statement and notifies `channel`.
+pub(crate) const INSERT: &str = "WITH ins AS (
+    INSERT INTO windlass_jobs (kind, queue, payload, state, priority, max_attempts, retry,
+        timeout_ms, tags, unique_key, created_at, run_at)
+    SELECT kind, queue, payload, state, priority, max_attempts, retry, timeout_ms, tags,
+        unique_key, $11, run_at
+    FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int2[], $6::int4[],
+        $7::jsonb[], $8::int8[], $9::jsonb[], $10::text[], $12::int8[])
+        WITH ORDINALITY AS t(kind, queue, payload, state, priority, max_attempts, retry,
+            timeout_ms, tags, unique_key, run_at, ord)
+    ORDER BY ord
+    RETURNING id)
+SELECT ins.id FROM ins, (SELECT pg_notify($13, '')) AS n";
+
+struct Rows {
+    kind: Vec<String>,
+    queue: Vec<String>,
+    payload: Vec<Value>,
+    state: Vec<String>,
+    priority: Vec<i16>,
+    max_attempts: Vec<i32>,
+    retry: Vec<Value>,
+    timeout_ms: Vec<i64>,
+    tags: Vec<Value>,
+    unique_key: Vec<Option<String>>,
+    run_at: Vec<i64>,
+}
+
+fn rows(jobs: &[&NewJob], now: i64) -> Result<Rows, StoreError> {
+    let mut r = Rows {
+        kind: vec![],
+        queue: vec![],
+        payload: vec![],
+        state: vec![],
+        priority: vec![],
+        max_attempts: vec![],
+        retry: vec![],
+        timeout_ms: vec![],
+        tags: vec![],
+        unique_key: vec![],
+        run_at: vec![],
+    };
+    for job in jobs {
+        let o = job.options();
+        let delay = duration_ms(o.delay);
+        r.kind.push(job.kind().to_string());
+        r.queue.push(o.queue.clone());
+        r.payload.push(job.payload().clone());
+        r.state.push(
+            if delay > 0 {
+                JobState::Scheduled
+            } else {
+                JobState::Available
+            }
+            .as_str()
+            .to_string(),
+        );
+        r.priority.push(o.priority);
+        r.max_attempts
+            .push(i32::try_from(o.retry.max_attempts).unwrap_or(i32::MAX));
+        r.retry.push(to_json(&o.retry)?);
+        r.timeout_ms.push(duration_ms(o.timeout));
+        r.tags.push(to_json(&o.tags)?);
+        r.unique_key.push(o.unique.as_ref().map(|u| u.key.clone()));
+        r.run_at.push(now.saturating_add(delay));
+    }
+    Ok(r)
+}
+
+fn to_json(v: &impl serde::Serialize) -> Result<Value, StoreError> {
+    serde_json::to_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Inserts `jobs` (none unique) with one statement; ids in input order.
+async fn insert_plain<C: GenericClient>(
+    c: &C,
+    insert: &Statement,
+    jobs: &[&NewJob],
+    now: i64,
+    channel: &str,
+) -> Result<Vec<JobId>, StoreError> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let r = rows(jobs, now)?;
+    let params: [&(dyn ToSql + Sync); 13] = [
+        &r.kind,
+        &r.queue,
+        &r.payload,
+        &r.state,
+        &r.priority,
+        &r.max_attempts,
+        &r.retry,
+        &r.timeout_ms,
+        &r.tags,
+        &r.unique_key,
+        &now,
+        &r.run_at,
+        &channel,
+    ];
+    let rows = c.query(insert, &params).await.map_err(pg_error)?;
+    // Ids come from one sequence in insertion order (ORDER BY ord): sorted, they are the
+    // input order.
+    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    ids.sort_unstable();
+    Ok(ids.into_iter().map(JobId).collect())
+}
+
+/// Enqueues `jobs` through `c`, with `insert` the prepared [`INSERT`]. Unique jobs need a
+/// transaction: each takes an advisory lock on its key for the rest of the transaction, so
+/// concurrent inserts of one key are serialised and the second sees the first's row.
+pub(crate) async fn enqueue<C: GenericClient>(
+    c: &C,
+    insert: &Statement,
+    jobs: &[NewJob],
+    now: i64,
+    channel: &str,
+) -> Result<Vec<Enqueued>, StoreError> {
+    let mut out: Vec<Option<Enqueued>> = vec![None; jobs.len()];
+    let plain: Vec<usize> = (0..jobs.len())
+        .filter(|i| jobs[*i].options().unique.is_none())
+        .collect();
+    let plain_jobs: Vec<&NewJob> = plain.iter().map(|i| &jobs[*i]).collect();
+    for (i, id) in plain
+        .iter()
+        .zip(insert_plain(c, insert, &plain_jobs, now, channel).await?)
+    {
+        out[*i] = Some(Enqueued {
+            id,
+            duplicate: false,
+        });
+    }
+    for (i, job) in jobs.iter().enumerate() {
+        let Some(u) = &job.options().unique else {
+            continue;
+        };
+        let o = job.options();
+        let lock_key = format!("{}\u{1f}{}\u{1f}{}", o.queue, job.kind(), u.key);
+        c.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 7176))",
+            &[&lock_key],
+        )
+        .await
+        .map_err(pg_error)?;
+        let states: Vec<String> = u.states.iter().map(|s| s.as_str().to_string()).collect();
+        let since = u.window.map_or(i64::MIN, |w| now - duration_ms(w));
+        let existing = c
+            .query_opt(
+                "SELECT id FROM windlass_jobs WHERE queue = $1 AND kind = $2 AND unique_key = $3
+                   AND created_at >= $4 AND state = ANY($5) ORDER BY id LIMIT 1",
+                &[&o.queue, &job.kind(), &u.key, &since, &states],
+            )
+            .await
+            .map_err(pg_error)?;
+        out[i] = Some(match existing {
+            Some(row) => Enqueued {
+                id: JobId(row.get(0)),
+                duplicate: true,
+            },
+            None => Enqueued {
+                id: insert_plain(c, insert, &[job], now, channel)
+                    .await?
+                    .pop()
+                    .ok_or_else(|| StoreError::Corrupt("insert returned no id".into()))?,
+                duplicate: false,
+            },
+        });
+    }
+    out.into_iter()
+        .map(|e| {
+            e.ok_or_else(|| StoreError::Corrupt("a job was neither inserted nor found".into()))
+        })
+        .collect()
+}
+
+pub(crate) async fn claim(
+    c: &ClientWrapper,
+    req: &ClaimRequest,
+    now: i64,
+) -> Result<Vec<ClaimedJob>, StoreError> {
+    if req.queues.is_empty() || req.kinds.is_empty() || req.limit == 0 {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "WITH picked AS (
+            SELECT id FROM windlass_jobs
+            WHERE state IN {DUE} AND queue = ANY($1) AND run_at <= $2 AND kind = ANY($3)
+            ORDER BY priority, run_at, id LIMIT $4
+            FOR UPDATE SKIP LOCKED)
+         UPDATE windlass_jobs j SET state = 'running', attempt = j.attempt + 1,
+            lease_token = j.lease_token + 1, locked_by = $5, lease_until = $6
+         FROM picked WHERE j.id = picked.id
+         RETURNING j.id, j.kind, j.queue, j.payload, j.attempt, j.retry, j.timeout_ms, j.run_at,
+            j.created_at, j.lease_token, j.priority"
+    );
+    let stmt = c.prepare_cached(&sql).await.map_err(pg_error)?;
+    let limit = i64::try_from(req.limit).unwrap_or(i64::MAX);
+    let until = now.saturating_add(duration_ms(req.lease_for));
+    let rows = c
+        .query(
+            &stmt,
+            &[&req.queues, &now, &req.kinds, &limit, &req.worker, &until],
+        )
+        .await
+        .map_err(pg_error)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let attempt: i32 = r.get(4);
+        let timeout_ms: i64 = r.get(6);
+        let priority: i16 = r.get(10);
+        out.push((
+            priority,
+            ClaimedJob {
+                lease: Lease {
+                    job: JobId(r.get(0)),
+                    token: r.get(9),
+                    worker: req.worker.clone(),
+                },
+                kind: r.get(1),
+                queue: r.get(2),
+                payload: r.get(3),
+                attempt: u32::try_from(attempt).unwrap_or(0),
+                retry: parse_retry(r.get(5))?,
+                timeout: std::time::Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0)),
+                run_at_ms: r.get(7),
+                created_at_ms: r.get(8),
+            },
+        ));
+    }
+    out.sort_by_key(|(p, j)| (*p, j.run_at_ms, j.lease.job));
+    Ok(out.into_iter().map(|(_, j)| j).collect())
+}
+
+fn lease_arrays(leases: &[&Lease]) -> (Vec<i64>, Vec<i64>, Vec<String>) {
+    (
+        leases.iter().map(|l| l.job.0).collect(),
+        leases.iter().map(|l| l.token).collect(),
+        leases.iter().map(|l| l.worker.clone()).collect(),
+    )
+}
+
+pub(crate) async fn heartbeat(
+    c: &ClientWrapper,
+    leases: &[Lease],
+    until: i64,
+) -> Result<Vec<Heartbeat>, StoreError> {
+    let refs: Vec<&Lease> = leases.iter().collect();
+    let (ids, tokens, workers) = lease_arrays(&refs);
+    let stmt = c
+        .prepare_cached(
+            "UPDATE windlass_jobs j SET lease_until = $4
+             FROM unnest($1::int8[], $2::int8[], $3::text[]) AS l(id, token, worker)
+             WHERE j.id = l.id AND j.state = 'running' AND j.lease_token = l.token
+               AND j.locked_by = l.worker
+             RETURNING j.id, j.cancel_requested",
+        )
+        .await
+        .map_err(pg_error)?;
+    let rows = c
+        .query(&stmt, &[&ids, &tokens, &workers, &until])
+        .await
+        .map_err(pg_error)?;
+    let held: std::collections::HashMap<i64, bool> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    Ok(leases
+        .iter()
+        .map(|l| Heartbeat {
+            held: held.contains_key(&l.job.0),
+            cancel_requested: held.get(&l.job.0).copied().unwrap_or(false),
+        })
+        .collect())
+}
+
+pub(crate) async fn finish(
+    c: &ClientWrapper,
+    finished: &[Finish],
+    now: i64,
+) -> Result<Vec<Fenced>, StoreError> {
+    let refs: Vec<&Lease> = finished.iter().map(|f| &f.lease).collect();
+    let (ids, tokens, workers) = lease_arrays(&refs);
+    let mut states = Vec::new();
+    let mut run_ats: Vec<Option<i64>> = Vec::new();
+    let mut finished_ats: Vec<Option<i64>> = Vec::new();
+    let mut uncount: Vec<i32> = Vec::new();
+    let mut records = Vec::new();
+    for f in finished {
+        let (state, run_at, u) = match f.next {
+            NextState::Completed => (JobState::Completed, None, 0),
+            NextState::Retryable { run_at_ms } => (JobState::Retryable, Some(run_at_ms), 0),
+            NextState::Snoozed { run_at_ms } => (JobState::Scheduled, Some(run_at_ms), 1),
+            NextState::Discarded => (JobState::Discarded, None, 0),
+            NextState::Cancelled => (JobState::Cancelled, None, 0),
+        };
+        states.push(state.as_str().to_string());
+        run_ats.push(run_at);
+        finished_ats.push(state.is_terminal().then_some(now));
+        uncount.push(u);
+        records.push(to_json(&f.record)?);
+    }
+    let stmt = c
+        .prepare_cached(
+            "UPDATE windlass_jobs j SET state = f.state, run_at = COALESCE(f.run_at, j.run_at),
+                finished_at = f.finished_at, attempt = j.attempt - f.uncount, locked_by = NULL,
+                lease_until = NULL, cancel_requested = false,
+                attempts = j.attempts || jsonb_build_array(f.record)
+             FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::int8[],
+                $7::int4[], $8::jsonb[])
+                AS f(id, token, worker, state, run_at, finished_at, uncount, record)
+             WHERE j.id = f.id AND j.state = 'running' AND j.lease_token = f.token
+               AND j.locked_by = f.worker
+             RETURNING j.id, j.lease_token",
+        )
+        .await
+        .map_err(pg_error)?;
+    let rows = c
+        .query(
+            &stmt,
+            &[
+                &ids,
+                &tokens,
+                &workers,
+                &states,
+                &run_ats,
+                &finished_ats,
+                &uncount,
+                &records,
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    let applied: std::collections::HashSet<(i64, i64)> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    Ok(finished
+        .iter()
+        .map(|f| {
+            if applied.contains(&(f.lease.job.0, f.lease.token)) {
+                Fenced::Applied
+            } else {
+                Fenced::Rejected
+            }
+        })
+        .collect())
+}
+
+pub(crate) async fn progress(
+    c: &ClientWrapper,
+    lease: &Lease,
+    value: &Value,
+) -> Result<Fenced, StoreError> {
+    let n = c
+        .execute(
+            "UPDATE windlass_jobs SET progress = $1
+             WHERE id = $2 AND state = 'running' AND lease_token = $3 AND locked_by = $4",
+            &[value, &lease.job.0, &lease.token, &lease.worker],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(if n == 1 {
+        Fenced::Applied
+    } else {
+        Fenced::Rejected
+    })
+}
+
+pub(crate) async fn rescue(
+    c: &ClientWrapper,
+    quarantine_after: u32,
+    now: i64,
+) -> Result<Rescued, StoreError> {
+    let q = i32::try_from(quarantine_after).unwrap_or(i32::MAX);
+    // SET expressions read the row as it was before the update.
+    let rows = c
+        .query(
+            "UPDATE windlass_jobs SET
+                lease_expiries = lease_expiries + 1,
+                state = CASE
+                    WHEN cancel_requested THEN 'cancelled'
+                    WHEN lease_expiries + 1 >= $1 OR attempt >= max_attempts THEN 'discarded'
+                    ELSE 'available' END,
+                finished_at = CASE
+                    WHEN cancel_requested OR lease_expiries + 1 >= $1
+                        OR attempt >= max_attempts THEN $2 ELSE NULL END,
+                run_at = $2, locked_by = NULL, lease_until = NULL,
+                attempts = attempts || jsonb_build_array(jsonb_build_object(
+                    'attempt', attempt, 'worker', locked_by, 'at_ms', $2::int8,
+                    'outcome', 'lease_expired',
+                    'error', 'lease expired: the worker crashed, hung or lost the database',
+                    'class', 'transient'))
+             WHERE state = 'running' AND lease_until < $2
+             RETURNING id, state, lease_expiries",
+            &[&q, &now],
+        )
+        .await
+        .map_err(pg_error)?;
+    let mut out = Rescued::default();
+    for r in rows {
+        let id = JobId(r.get(0));
+        let state: String = r.get(1);
+        let expiries: i32 = r.get(2);
+        match state.as_str() {
+            "discarded" if expiries >= q => out.quarantined.push(id),
+            "discarded" | "cancelled" => out.discarded.push(id),
+            _ => out.retried.push(id),
+        }
+    }
+    out.retried.sort();
+    out.discarded.sort();
+    out.quarantined.sort();
+    Ok(out)
+}
+
+pub(crate) async fn cancel<C: GenericClient>(
+    c: &C,
+    id: JobId,
+    now: i64,
+) -> Result<Option<JobState>, StoreError> {
+    // One statement: a running job is flagged, a live one cancelled, a finished one left.
+    let row = c
+        .query_opt(
+            "WITH old AS (SELECT id, state FROM windlass_jobs WHERE id = $1 FOR UPDATE),
+             upd AS (
+                UPDATE windlass_jobs j SET
+                    state = CASE WHEN old.state IN ('scheduled','available','retryable')
+                                 THEN 'cancelled' ELSE j.state END,
+                    finished_at = CASE WHEN old.state IN ('scheduled','available','retryable')
+                                 THEN $2 ELSE j.finished_at END,
+                    cancel_requested = (old.state = 'running')
+                FROM old WHERE j.id = old.id
+                RETURNING j.state)
+             SELECT state FROM upd",
+            &[&id.0, &now],
+        )
+        .await
+        .map_err(pg_error)?;
+    row.map(|r| parse_state(r.get(0))).transpose()
+}
+
+pub(crate) async fn replay(
+    c: &ClientWrapper,
+    ids: &[JobId],
+    now: i64,
+) -> Result<Vec<JobId>, StoreError> {
+    let ids: Vec<i64> = ids.iter().map(|i| i.0).collect();
+    let rows = c
+        .query(
+            "UPDATE windlass_jobs SET state = 'available', attempt = 0, lease_expiries = 0,
+                run_at = $2, finished_at = NULL, cancel_requested = false
+             WHERE id = ANY($1) AND state IN ('discarded', 'cancelled', 'completed')
+             RETURNING id",
+            &[&ids, &now],
+        )
+        .await
+        .map_err(pg_error)?;
+    let mut out: Vec<JobId> = rows.iter().map(|r| JobId(r.get(0))).collect();
+    out.sort();
+    Ok(out)
+}
+
+pub(crate) async fn prune(
+    c: &ClientWrapper,
+    states: &[JobState],
+    before: i64,
+) -> Result<u64, StoreError> {
+    let states: Vec<String> = states
+        .iter()
+        .filter(|s| s.is_terminal())
+        .map(|s| s.as_str().to_string())
+        .collect();
+    if states.is_empty() {
+        return Ok(0);
+    }
+    c.execute(
+        "DELETE FROM windlass_jobs WHERE finished_at < $1 AND state = ANY($2)",
+        &[&before, &states],
+    )
+    .await
+    .map_err(pg_error)
+}
+
+const RECORD_COLUMNS: &str = "id, kind, queue, payload, state, priority, attempt, retry,
+    timeout_ms, tags, unique_key, created_at, run_at, finished_at, locked_by, lease_expiries,
+    cancel_requested, progress, attempts";
+
+fn record(r: &Row) -> Result<JobRecord, StoreError> {
+    let attempt: i32 = r.get(6);
+    let timeout_ms: i64 = r.get(8);
+    let expiries: i32 = r.get(15);
+    Ok(JobRecord {
+        id: JobId(r.get(0)),
+        kind: r.get(1),
+        queue: r.get(2),
+        payload: r.get(3),
+        state: parse_state(r.get(4))?,
+        priority: r.get(5),
+        attempt: u32::try_from(attempt).unwrap_or(0),
+        retry: parse_retry(r.get(7))?,
+        timeout: std::time::Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0)),
+        tags: serde_json::from_value(r.get(9)).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        unique_key: r.get(10),
+        created_at_ms: r.get(11),
+        run_at_ms: r.get(12),
+        finished_at_ms: r.get(13),
+        locked_by: r.get(14),
+        lease_expiries: u32::try_from(expiries).unwrap_or(0),
+        cancel_requested: r.get(16),
+        progress: r.get(17),
+        attempts: serde_json::from_value::<Vec<AttemptRecord>>(r.get(18))
+            .map_err(|e| StoreError::Corrupt(format!("attempts: {e}")))?,
+    })
+}
+
+pub(crate) async fn get(c: &ClientWrapper, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+    let sql = format!("SELECT {RECORD_COLUMNS} FROM windlass_jobs WHERE id = $1");
+    let row = c.query_opt(&sql, &[&id.0]).await.map_err(pg_error)?;
+    row.as_ref().map(record).transpose()
+}
+
+pub(crate) async fn list(c: &ClientWrapper, f: &JobFilter) -> Result<Vec<JobRecord>, StoreError> {
+    let states: Vec<String> = f.states.iter().map(|s| s.as_str().to_string()).collect();
+    let limit = i64::try_from(if f.limit == 0 {
+        100
+    } else {
+        f.limit.min(10_000)
+    })
+    .unwrap_or(100);
+    let sql = format!(
+        "SELECT {RECORD_COLUMNS} FROM windlass_jobs
+         WHERE id > $1 AND ($2::text IS NULL OR queue = $2) AND ($3::text IS NULL OR kind = $3)
+           AND (cardinality($4::text[]) = 0 OR state = ANY($4))
+         ORDER BY id LIMIT $5"
+    );
+    let rows = c
+        .query(
+            &sql,
+            &[
+                &f.after.map_or(0, |a| a.0),
+                &f.queue,
+                &f.kind,
+                &states,
+                &limit,
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    rows.iter().map(record).collect()
+}
+
+pub(crate) async fn stats(c: &ClientWrapper, now: i64) -> Result<Vec<QueueStats>, StoreError> {
+    let mut by_queue: std::collections::BTreeMap<String, QueueStats> = Default::default();
+    let rows = c
+        .query(
+            "SELECT queue, state, COUNT(*) FROM windlass_jobs GROUP BY queue, state",
+            &[],
+        )
+        .await
+        .map_err(pg_error)?;
+    for r in rows {
+        let queue: String = r.get(0);
+        let state = parse_state(r.get(1))?;
+        let n: i64 = r.get(2);
+        let entry = by_queue.entry(queue.clone()).or_insert_with(|| QueueStats {
+            queue,
+            ..QueueStats::default()
+        });
+        if let Some(i) = JobState::ALL.iter().position(|s| *s == state) {
+            entry.counts[i] = u64::try_from(n).unwrap_or(0);
+        }
+    }
+    let sql = format!(
+        "SELECT queue, MIN(run_at) FROM windlass_jobs WHERE state IN {DUE} AND run_at <= $1 GROUP BY queue"
+    );
+    for r in c.query(&sql, &[&now]).await.map_err(pg_error)? {
+        let queue: String = r.get(0);
+        if let Some(s) = by_queue.get_mut(&queue) {
+            s.oldest_due_ms = r.get(1);
+        }
+    }
+    Ok(by_queue.into_values().collect())
+}
+
+pub(crate) async fn unknown_kinds(
+    c: &ClientWrapper,
+    queues: &[String],
+    kinds: &[String],
+) -> Result<Vec<String>, StoreError> {
+    let sql = format!(
+        "SELECT DISTINCT kind FROM windlass_jobs
+         WHERE state IN {DUE} AND queue = ANY($1) AND NOT (kind = ANY($2)) ORDER BY kind"
+    );
+    let rows = c.query(&sql, &[&queues, &kinds]).await.map_err(pg_error)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+fn parse_retry(v: Value) -> Result<RetrySchedule, StoreError> {
+    serde_json::from_value(v).map_err(|e| StoreError::Corrupt(format!("retry schedule: {e}")))
+}
+
+fn parse_state(s: &str) -> Result<JobState, StoreError> {
+    JobState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown job state `{s}`")))
+}

@@ -1,0 +1,103 @@
+//! The embedded, versioned schema, in the store's own PostgreSQL schema (namespace).
+//!
+//! Migrations only add (tables, columns with defaults, indexes), so workers of an older
+//! version keep running against a newer schema during a rolling deploy. They run in one
+//! transaction under an advisory lock on the schema's name, so processes that start together
+//! apply each migration exactly once; the others wait, then see it recorded.
+
+use tokio_postgres::Client;
+use windlass_queue::StoreError;
+
+use crate::pg_error;
+
+/// `(version, sql)`, in order. Never edit a released entry: add one.
+pub(crate) const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE windlass_jobs (
+        id BIGSERIAL PRIMARY KEY,
+        kind TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        payload JSONB NOT NULL,
+        state TEXT NOT NULL,
+        priority SMALLINT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        retry JSONB NOT NULL,
+        timeout_ms BIGINT NOT NULL,
+        tags JSONB NOT NULL DEFAULT '[]',
+        unique_key TEXT,
+        created_at BIGINT NOT NULL,
+        run_at BIGINT NOT NULL,
+        finished_at BIGINT,
+        locked_by TEXT,
+        lease_token BIGINT NOT NULL DEFAULT 0,
+        lease_until BIGINT,
+        lease_expiries INTEGER NOT NULL DEFAULT 0,
+        cancel_requested BOOLEAN NOT NULL DEFAULT false,
+        progress JSONB,
+        attempts JSONB NOT NULL DEFAULT '[]'
+    );
+    -- The claim reads only due jobs, in claim order: never a walk past claimed rows.
+    CREATE INDEX windlass_jobs_due ON windlass_jobs (queue, priority, run_at, id)
+        WHERE state IN ('scheduled', 'available', 'retryable');
+    CREATE INDEX windlass_jobs_leases ON windlass_jobs (lease_until) WHERE state = 'running';
+    CREATE INDEX windlass_jobs_unique ON windlass_jobs (queue, kind, unique_key)
+        WHERE unique_key IS NOT NULL;
+    CREATE INDEX windlass_jobs_finished ON windlass_jobs (state, finished_at)
+        WHERE finished_at IS NOT NULL;",
+)];
+
+/// Creates the schema if needed and applies every migration newer than its version.
+pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<i32, StoreError> {
+    let tx = client.transaction().await.map_err(pg_error)?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 7175))",
+        &[&format!("windlass-migrate:{schema}")],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {schema}.windlass_migrations (
+            version INTEGER PRIMARY KEY,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+         );"
+    ))
+    .await
+    .map_err(pg_error)?;
+    let current: i32 = tx
+        .query_one(
+            &format!("SELECT COALESCE(MAX(version), 0) FROM {schema}.windlass_migrations"),
+            &[],
+        )
+        .await
+        .map_err(pg_error)?
+        .get(0);
+    tx.batch_execute(&format!("SET LOCAL search_path TO {schema}"))
+        .await
+        .map_err(pg_error)?;
+    for (version, sql) in MIGRATIONS {
+        if *version <= current {
+            continue;
+        }
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| StoreError::Schema(format!("migration {version} failed: {e}")))?;
+        tx.execute(
+            "INSERT INTO windlass_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await
+        .map_err(pg_error)?;
+    }
+    tx.commit().await.map_err(pg_error)?;
+    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > latest {
+        tracing::warn!(
+            database = current,
+            code = latest,
+            "the job store's schema is newer than this code; running against it (migrations only add)"
+        );
+    }
+    Ok(current.max(latest))
+}

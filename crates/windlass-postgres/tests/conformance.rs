@@ -1,0 +1,184 @@
+//! The queue's conformance suite on PostgreSQL, plus what only PostgreSQL offers
+//! (transactional enqueue, wake-ups across processes).
+//!
+//! Needs `DATABASE_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`); without it every
+//! case prints that it was skipped and why, and passes. `.ci/run` always sets it. Each case
+//! gets a schema of its own, so cases run in parallel.
+#![allow(clippy::unwrap_used)] // test code
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use windlass_postgres::PostgresStore;
+use windlass_queue::{JobOptions, JobState, ManualClock, NewJob, Store};
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+fn database_url() -> Option<String> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            // Written past the test harness's capture, once per run, so it is seen.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "windlass-postgres: PostgreSQL tests skipped: DATABASE_URL is not set \
+                     (e.g. DATABASE_URL=postgres://postgres@127.0.0.1:5432/test; .ci/run sets it)"
+                );
+            });
+            None
+        }
+    }
+}
+
+fn schema_name() -> String {
+    format!(
+        "wl_test_{}_{}_{:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst),
+        fastrand::u32(..)
+    )
+}
+
+/// A fresh store in a schema of its own, on the test's clock.
+async fn fresh(clock: ManualClock) -> Option<PostgresStore> {
+    let url = database_url()?;
+    Some(
+        PostgresStore::builder(url)
+            .schema(schema_name())
+            .pool_size(4)
+            .clock(clock)
+            .open()
+            .await
+            .unwrap(),
+    )
+}
+
+windlass_queue::conformance_tests!(fresh);
+
+fn job(n: i64) -> NewJob {
+    NewJob::new("k", serde_json::json!({ "n": n }), JobOptions::default()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_in_the_callers_transaction_exists_iff_it_commits() {
+    let Some(url) = database_url() else { return };
+    let store = PostgresStore::builder(&url)
+        .schema(schema_name())
+        .pool_size(2)
+        .open()
+        .await
+        .unwrap();
+    let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute("CREATE TEMP TABLE orders (id int)")
+        .await
+        .unwrap();
+
+    let tx = client.transaction().await.unwrap();
+    tx.execute("INSERT INTO orders VALUES (1)", &[])
+        .await
+        .unwrap();
+    let rolled_back = store.enqueue_in(&tx, vec![job(1)]).await.unwrap()[0].id;
+    // The caller's search path is theirs again inside the transaction.
+    tx.execute("INSERT INTO orders VALUES (2)", &[])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert!(
+        store.get(rolled_back).await.unwrap().is_none(),
+        "a job outlived its rolled-back transaction"
+    );
+
+    let mut signal = store.work_signal();
+    signal.borrow_and_update();
+    let tx = client.transaction().await.unwrap();
+    tx.execute("INSERT INTO orders VALUES (3)", &[])
+        .await
+        .unwrap();
+    let committed = store.enqueue_in(&tx, vec![job(2)]).await.unwrap()[0].id;
+    tx.commit().await.unwrap();
+    let rec = store.get(committed).await.unwrap().unwrap();
+    assert_eq!(rec.state, JobState::Available);
+    let orders: i64 = client
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orders, 1);
+    // The commit's NOTIFY reaches the store's LISTEN connection.
+    tokio::time::timeout(Duration::from_secs(10), signal.changed())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_in_one_process_wakes_the_listener_of_another() {
+    let Some(url) = database_url() else { return };
+    let schema = schema_name();
+    let a = PostgresStore::builder(&url)
+        .schema(&schema)
+        .pool_size(2)
+        .open()
+        .await
+        .unwrap();
+    let b = PostgresStore::builder(&url)
+        .schema(&schema)
+        .pool_size(2)
+        .open()
+        .await
+        .unwrap();
+    let mut signal = b.work_signal();
+    // Wait for b's LISTEN to be in place (it bumps the signal once listening).
+    tokio::time::timeout(Duration::from_secs(10), signal.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    signal.borrow_and_update();
+    let id = a.enqueue(vec![job(1)]).await.unwrap()[0].id;
+    tokio::time::timeout(Duration::from_secs(10), signal.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.get(id).await.unwrap().unwrap().state, JobState::Available);
+}
+
+#[tokio::test]
+async fn bad_settings_are_refused_before_connecting() {
+    for schema in ["", "Upper", "1st", "semi;colon", &"x".repeat(64)] {
+        let e = PostgresStore::builder("postgres://nobody@127.0.0.1:1/none")
+            .schema(schema)
+            .open()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, windlass_queue::StoreError::Invalid(_)),
+            "{schema}: {e}"
+        );
+    }
+    let e = PostgresStore::builder("postgres://nobody@127.0.0.1:1/none")
+        .pool_size(0)
+        .open()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("pool_size"), "{e}");
+    let e = PostgresStore::builder("not a url")
+        .open()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("database URL"), "{e}");
+    let e = PostgresStore::builder("postgres://nobody@127.0.0.1:1/none")
+        .open()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, windlass_queue::StoreError::Unavailable(_)),
+        "{e}"
+    );
+}
