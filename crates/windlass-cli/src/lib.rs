@@ -1,4 +1,5 @@
-//! The library behind the `windlass` binary: the demos, so that examples and tests can run
-//! them too. The binary (`src/main.rs`) only parses arguments and prints.
+//! The library behind the `windlass` binary: the demos and the job queue's commands, so that
+//! examples and tests can run them too. The binary (`src/main.rs`) only parses arguments and prints.
 
 pub mod demo;
+pub mod queue;

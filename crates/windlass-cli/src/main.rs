@@ -1,4 +1,5 @@
-//! The `windlass` binary: `windlass demo` runs the unstable-network showdown.
+//! The `windlass` binary: `windlass demo` runs the unstable-network showdown; `queues`, `jobs`
+//! and `dlq` operate a job store; `bench queue` runs the queue's standard workloads.
 
 use std::io::IsTerminal;
 
@@ -6,6 +7,27 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use windlass_cli::demo;
+use windlass_cli::queue::admin::Action;
+use windlass_cli::queue::bench::{self, BenchOptions};
+use windlass_cli::queue::{AnyStore, Database};
+use windlass_queue::{JobFilter, JobId, JobState};
+
+/// Runs an admin action against the store `db` names and prints its output.
+fn admin(runtime: &tokio::runtime::Runtime, db: &DbArgs, action: Action) -> anyhow::Result<()> {
+    let database = Database::parse(&db.database_url)?;
+    let out = runtime.block_on(async {
+        let store = AnyStore::open(&database, &db.schema).await?;
+        windlass_cli::with_queue!(store, |q| windlass_cli::queue::admin::run(
+            &q, action, db.json
+        )
+        .await)
+    })?;
+    print!("{out}");
+    if db.json {
+        println!();
+    }
+    Ok(())
+}
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +68,162 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Depth per state, throughput and lag of each job queue.
+    Queues {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List, show, cancel or retry jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// The dead-letter queue: list, replay, purge.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+/// Where the jobs are: `sqlite:PATH` or `postgres://user@host:port/db`.
+#[derive(clap::Args, Clone)]
+struct DbArgs {
+    /// The job store's URL (`sqlite:PATH` or `postgres://…`).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite:windlass.db")]
+    database_url: String,
+    /// The PostgreSQL schema the jobs live in.
+    #[arg(long, default_value = "windlass")]
+    schema: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Jobs, filtered.
+    List {
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Only these states (comma-separated: scheduled, available, running, retryable,
+        /// completed, cancelled, discarded).
+        #[arg(long, value_delimiter = ',')]
+        state: Vec<String>,
+        /// Only this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only ids greater than this.
+        #[arg(long)]
+        after: Option<i64>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One job with every attempt.
+    Show {
+        /// The job's id.
+        id: i64,
+    },
+    /// Cancel jobs (a running one is told through its cancellation token).
+    Cancel {
+        /// Job ids.
+        #[arg(required = true)]
+        ids: Vec<i64>,
+    },
+    /// Run finished jobs again with fresh attempts.
+    Retry {
+        /// Job ids.
+        #[arg(required = true)]
+        ids: Vec<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Dead letters (discarded jobs), with their last error.
+    List {
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Replay dead letters: the ids given, or all (of `--queue`).
+    Replay {
+        /// Job ids (none: all).
+        ids: Vec<i64>,
+        /// Only this queue (when no ids are given).
+        #[arg(long)]
+        queue: Option<String>,
+    },
+    /// Delete dead letters older than an age (`30s`, `15m`, `12h`, `7d`).
+    Purge {
+        /// The age.
+        #[arg(long, value_parser = parse_age)]
+        older_than: std::time::Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The job queue's standard workloads (W1-W4 of ../shared/peer-bench).
+    Queue {
+        /// `sqlite` or `postgres`.
+        #[arg(long, default_value = "sqlite")]
+        backend: String,
+        /// PostgreSQL URL (for `--backend postgres`).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+        /// Directory for the SQLite files.
+        #[arg(long, default_value = "target/windlass-bench")]
+        dir: std::path::PathBuf,
+        /// Jobs per workload (W1-W3).
+        #[arg(long, default_value_t = 20_000)]
+        n: usize,
+        /// Worker concurrency (W3, W4).
+        #[arg(long, default_value_t = 16)]
+        c: usize,
+        /// Jobs per bulk call (W2).
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Samples in W4.
+        #[arg(long, default_value_t = 500)]
+        lat_n: usize,
+        /// Workloads to run (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w4")]
+        workloads: Vec<String>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a number and a unit, e.g. 7d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{s}`: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(secs)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("`{s}` is too long"))
 }
 
 #[derive(Subcommand)]
@@ -119,6 +297,100 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", demo::table(&report));
+            }
+        }
+        Command::Queues { db } => admin(&runtime, &db, Action::Queues)?,
+        Command::Jobs { command, db } => {
+            let action = match command {
+                JobsCommand::List {
+                    queue,
+                    state,
+                    kind,
+                    after,
+                    limit,
+                } => {
+                    let states = state
+                        .iter()
+                        .map(|s| {
+                            JobState::parse(s).ok_or_else(|| anyhow::anyhow!("unknown state `{s}`"))
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    Action::List(JobFilter {
+                        queue,
+                        states,
+                        kind,
+                        after: after.map(JobId),
+                        limit,
+                    })
+                }
+                JobsCommand::Show { id } => Action::Show(JobId(id)),
+                JobsCommand::Cancel { ids } => Action::Cancel(ids.into_iter().map(JobId).collect()),
+                JobsCommand::Retry { ids } => Action::Retry(ids.into_iter().map(JobId).collect()),
+            };
+            admin(&runtime, &db, action)?
+        }
+        Command::Dlq { command, db } => {
+            let action = match command {
+                DlqCommand::List { queue, limit } => Action::DlqList { queue, limit },
+                DlqCommand::Replay { ids, queue } => Action::DlqReplay {
+                    ids: ids.into_iter().map(JobId).collect(),
+                    queue,
+                },
+                DlqCommand::Purge { older_than } => Action::DlqPurge { older_than },
+            };
+            admin(&runtime, &db, action)?
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Queue {
+                    backend,
+                    database_url,
+                    dir,
+                    n,
+                    c,
+                    batch,
+                    lat_n,
+                    workloads,
+                    json,
+                },
+        } => {
+            let opts = BenchOptions {
+                n,
+                concurrency: c,
+                batch,
+                lat_n,
+                workloads,
+            };
+            let report = runtime.block_on(async {
+                match backend.as_str() {
+                    "sqlite" => {
+                        bench::run(
+                            "sqlite",
+                            "SQLite WAL, synchronous=NORMAL: a process crash loses nothing acknowledged; a power loss may lose the last commits",
+                            || bench::fresh_sqlite(&dir),
+                            &opts,
+                        )
+                        .await
+                    }
+                    "postgres" => {
+                        let url = database_url.ok_or_else(|| {
+                            anyhow::anyhow!("--backend postgres needs --database-url or DATABASE_URL")
+                        })?;
+                        bench::run(
+                            "postgres",
+                            "PostgreSQL with its server settings (stock: fsync and synchronous_commit on): nothing acknowledged is lost",
+                            || bench::fresh_postgres(&url),
+                            &opts,
+                        )
+                        .await
+                    }
+                    other => anyhow::bail!("unknown backend `{other}`: use sqlite or postgres"),
+                }
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", bench::table(&report));
             }
         }
     }

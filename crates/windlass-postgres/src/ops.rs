@@ -594,6 +594,22 @@ pub(crate) async fn stats(c: &ClientWrapper, now: i64) -> Result<Vec<QueueStats>
             s.oldest_due_ms = r.get(1);
         }
     }
+    let since = now - 60_000;
+    for r in c
+        .query(
+            "SELECT queue, COUNT(*) FROM windlass_jobs
+             WHERE state = 'completed' AND finished_at >= $1 GROUP BY queue",
+            &[&since],
+        )
+        .await
+        .map_err(pg_error)?
+    {
+        let queue: String = r.get(0);
+        let n: i64 = r.get(1);
+        if let Some(s) = by_queue.get_mut(&queue) {
+            s.completed_last_minute = u64::try_from(n).unwrap_or(0);
+        }
+    }
     Ok(by_queue.into_values().collect())
 }
 

@@ -49,7 +49,9 @@ pub use store::{
     ClaimRequest, ClaimedJob, Fenced, Finish, Heartbeat, JobFilter, Lease, NextState, QueueStats,
     Rescued, Store, StoreError,
 };
-pub use worker::{ShutdownReport, Worker, WorkerBuilder, WorkerConfig, WorkerError, WorkerHandle};
+pub use worker::{
+    ShutdownReport, Worker, WorkerBuilder, WorkerConfig, WorkerCounts, WorkerError, WorkerHandle,
+};
 
 /// Milliseconds in a duration, saturating; for backends converting options to columns.
 pub fn duration_ms(d: std::time::Duration) -> i64 {

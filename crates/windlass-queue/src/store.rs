@@ -153,6 +153,8 @@ pub struct QueueStats {
     /// When the longest-waiting due job (not running) became due: now minus this is the
     /// consumer lag.
     pub oldest_due_ms: Option<i64>,
+    /// Jobs completed in the last minute: throughput.
+    pub completed_last_minute: u64,
 }
 
 impl QueueStats {

@@ -506,6 +506,20 @@ pub(crate) fn stats(conn: &Connection, now: i64) -> Result<Vec<QueueStats>, Stor
             s.oldest_due_ms = r.get(1).map_err(sql_error)?;
         }
     }
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT queue, COUNT(*) FROM windlass_jobs
+             WHERE state = 'completed' AND finished_at >= ?1 GROUP BY queue",
+        )
+        .map_err(sql_error)?;
+    let mut rows = stmt.query([now - 60_000]).map_err(sql_error)?;
+    while let Some(r) = rows.next().map_err(sql_error)? {
+        let queue: String = r.get(0).map_err(sql_error)?;
+        let n: i64 = r.get(1).map_err(sql_error)?;
+        if let Some(s) = by_queue.get_mut(&queue) {
+            s.completed_last_minute = u64::try_from(n).unwrap_or(0);
+        }
+    }
     Ok(by_queue.into_values().collect())
 }
 

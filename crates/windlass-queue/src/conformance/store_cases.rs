@@ -598,8 +598,24 @@ pub async fn stats_count_states_and_lag<S: Store>(store: S, clock: ManualClock) 
         Some(T0),
         "the longest-waiting due job, not the scheduled one"
     );
+    assert_eq!(d.completed_last_minute, 0);
     let m = stats.iter().find(|s| s.queue == "mail").unwrap();
     assert_eq!(m.count(JobState::Available), 1);
+    // Throughput: completions of the last minute, not older ones.
+    let c = store.claim(claim_req("w", 1)).await.unwrap().remove(0);
+    store
+        .finish(vec![done(c.lease, NextState::Completed, 1, "completed")])
+        .await
+        .unwrap();
+    let recent = |s: Vec<crate::QueueStats>| {
+        s.into_iter()
+            .find(|s| s.queue == "default")
+            .unwrap()
+            .completed_last_minute
+    };
+    assert_eq!(recent(store.stats().await.unwrap()), 1);
+    clock.advance(Duration::from_millis(60_001));
+    assert_eq!(recent(store.stats().await.unwrap()), 0);
 }
 
 pub async fn list_filters_and_pages<S: Store>(store: S, _clock: ManualClock) {

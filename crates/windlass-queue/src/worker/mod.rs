@@ -32,7 +32,7 @@ use crate::client::Queue;
 use crate::handler::{Erased, ErasedJob, Job};
 use crate::store::Store;
 
-pub use run::{ShutdownReport, WorkerHandle};
+pub use run::{ShutdownReport, WorkerCounts, WorkerHandle};
 
 /// A worker's settings. Every duration must be positive.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,7 +1,7 @@
 //! The worker's tasks: fetcher, job tasks, completer, heartbeat, rescuer, progress.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -56,6 +56,52 @@ struct Shared<S> {
     drained: Notify,
     finishes: mpsc::UnboundedSender<(Finish, JobEventKind)>,
     progress: mpsc::UnboundedSender<(JobId, serde_json::Value)>,
+    counters: Arc<Counters>,
+}
+
+/// What a worker has done since it started, counted when the store confirmed it.
+#[derive(Debug, Default)]
+struct Counters {
+    claimed: AtomicU64,
+    completed: AtomicU64,
+    retried: AtomicU64,
+    snoozed: AtomicU64,
+    discarded: AtomicU64,
+    cancelled: AtomicU64,
+    fenced: AtomicU64,
+}
+
+impl Counters {
+    fn record(&self, next: &NextState) {
+        let c = match next {
+            NextState::Completed => &self.completed,
+            NextState::Retryable { .. } => &self.retried,
+            NextState::Snoozed { .. } => &self.snoozed,
+            NextState::Discarded => &self.discarded,
+            NextState::Cancelled => &self.cancelled,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A worker's counts since it started; each is counted once the store has confirmed it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerCounts {
+    /// Attempts started.
+    pub claimed: u64,
+    /// Jobs completed.
+    pub completed: u64,
+    /// Attempts that failed and were scheduled again.
+    pub retried: u64,
+    /// Attempts snoozed or released without counting.
+    pub snoozed: u64,
+    /// Jobs discarded (dead letter).
+    pub discarded: u64,
+    /// Jobs cancelled.
+    pub cancelled: u64,
+    /// Attempt ends the store refused because the lease was lost.
+    pub fenced: u64,
 }
 
 impl<S> Shared<S> {
@@ -75,6 +121,7 @@ impl<S> Shared<S> {
 /// [`shutdown`](WorkerHandle::shutdown).
 pub struct WorkerHandle {
     worker_id: String,
+    counters: Arc<Counters>,
     unknown_kinds: Vec<String>,
     stop_fetching: CancellationToken,
     stop_background: CancellationToken,
@@ -95,6 +142,21 @@ impl WorkerHandle {
     /// This worker's per-boot id (recorded on every attempt it runs).
     pub fn worker_id(&self) -> &str {
         &self.worker_id
+    }
+
+    /// What this worker has done so far (each count confirmed by the store).
+    pub fn counts(&self) -> WorkerCounts {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WorkerCounts {
+            claimed: get(&c.claimed),
+            completed: get(&c.completed),
+            retried: get(&c.retried),
+            snoozed: get(&c.snoozed),
+            discarded: get(&c.discarded),
+            cancelled: get(&c.cancelled),
+            fenced: get(&c.fenced),
+        }
     }
 
     /// Kinds of due jobs in this worker's queues that it has no handler for, found at start.
@@ -143,7 +205,9 @@ impl<S: Store> Worker<S> {
             drained: Notify::new(),
             finishes: finish_tx,
             progress: progress_tx,
+            counters: Arc::default(),
         });
+        let counters = shared.counters.clone();
         let stop_fetching = CancellationToken::new();
         let stop_background = CancellationToken::new();
         let slots = Arc::new(Semaphore::new(shared.config.concurrency));
@@ -170,6 +234,7 @@ impl<S: Store> Worker<S> {
         });
         Ok(WorkerHandle {
             worker_id,
+            counters,
             unknown_kinds,
             stop_fetching,
             stop_background,
@@ -301,6 +366,7 @@ fn start_job<S: Store>(
             stop: stop.clone(),
         },
     );
+    shared.counters.claimed.fetch_add(1, Ordering::Relaxed);
     let now = shared.store.now_ms();
     metrics::histogram!("windlass_job_wait_seconds", "queue" => job.queue.clone())
         .record(secs_since(job.run_at_ms, now));
@@ -440,8 +506,12 @@ async fn complete_loop<S: Store>(
         for ((finish, event), fenced) in batch.into_iter().zip(results) {
             let id = finish.lease.job;
             match fenced {
-                Fenced::Applied => shared.emit(id, event),
+                Fenced::Applied => {
+                    shared.counters.record(&finish.next);
+                    shared.emit(id, event);
+                }
                 Fenced::Rejected => {
+                    shared.counters.fenced.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("windlass_job_fenced_total").increment(1);
                     tracing::warn!(job = id.0, "attempt's end refused: its lease was lost");
                 }

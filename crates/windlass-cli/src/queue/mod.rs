@@ -1,0 +1,111 @@
+//! The job queue from the command line: `queues`, `jobs`, `dlq` against a database URL, and
+//! `bench queue` (the standard W1-W4 workloads).
+//!
+//! A URL names the backend: `sqlite:PATH` (or `sqlite://PATH`) for an SQLite file,
+//! `postgres://…` / `postgresql://…` for PostgreSQL (its schema from `--schema`).
+
+pub mod admin;
+pub mod bench;
+
+use anyhow::{Context as _, bail};
+use windlass_postgres::PostgresStore;
+use windlass_sqlite::SqliteStore;
+
+/// Where the jobs are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// An SQLite file.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL URL.
+    Postgres(String),
+}
+
+impl Database {
+    /// Parses `sqlite:PATH`, `sqlite://PATH`, `postgres://…` or `postgresql://…`.
+    pub fn parse(url: &str) -> anyhow::Result<Database> {
+        if let Some(rest) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            if rest.is_empty() {
+                bail!("`{url}`: an SQLite URL needs a file path, e.g. sqlite:jobs.db");
+            }
+            return Ok(Database::Sqlite(rest.into()));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Database::Postgres(url.to_string()));
+        }
+        bail!("`{url}` is not a database URL: use sqlite:PATH or postgres://user@host:port/db")
+    }
+}
+
+/// An open store of either backend; the commands are generic over [`windlass_queue::Store`],
+/// and this picks the instance.
+pub enum AnyStore {
+    /// SQLite.
+    Sqlite(SqliteStore),
+    /// PostgreSQL.
+    Postgres(PostgresStore),
+}
+
+impl AnyStore {
+    /// Opens the store at `db` (creating its schema if needed).
+    pub async fn open(db: &Database, schema: &str) -> anyhow::Result<AnyStore> {
+        Ok(match db {
+            Database::Sqlite(path) => AnyStore::Sqlite(
+                SqliteStore::open(path)
+                    .await
+                    .with_context(|| format!("opening {}", path.display()))?,
+            ),
+            Database::Postgres(url) => AnyStore::Postgres(
+                PostgresStore::builder(url.clone())
+                    .schema(schema)
+                    .open()
+                    .await
+                    .context("opening the PostgreSQL store")?,
+            ),
+        })
+    }
+}
+
+/// Runs `$body` with `$q` bound to a `Queue` over whichever store `$store` holds.
+#[macro_export]
+macro_rules! with_queue {
+    ($store:expr, |$q:ident| $body:expr) => {
+        match $store {
+            $crate::queue::AnyStore::Sqlite(s) => {
+                let $q = windlass_queue::Queue::new(s);
+                $body
+            }
+            $crate::queue::AnyStore::Postgres(s) => {
+                let $q = windlass_queue::Queue::new(s);
+                $body
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_their_backend_or_say_what_is_wrong() {
+        assert_eq!(
+            Database::parse("sqlite:jobs.db").unwrap(),
+            Database::Sqlite("jobs.db".into())
+        );
+        assert_eq!(
+            Database::parse("sqlite:///tmp/j.db").unwrap(),
+            Database::Sqlite("/tmp/j.db".into())
+        );
+        assert!(matches!(
+            Database::parse("postgresql://u@h/db").unwrap(),
+            Database::Postgres(_)
+        ));
+        let e = Database::parse("mysql://x").unwrap_err().to_string();
+        assert!(e.contains("not a database URL"), "{e}");
+        let e = Database::parse("sqlite:").unwrap_err().to_string();
+        assert!(e.contains("needs a file path"), "{e}");
+    }
+}
