@@ -32,7 +32,8 @@ pub struct Lease {
 /// What a worker asks for when it claims.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
-    /// Queues to take from.
+    /// Queues to take from, in this order: a claim fills up from the first queue before it
+    /// looks at the next (strict order between queues; priority and FIFO within each).
     pub queues: Vec<String>,
     /// Kinds this worker has handlers for; jobs of other kinds are left for other workers.
     pub kinds: Vec<String>,

@@ -107,67 +107,73 @@ pub(crate) fn claim(
     req: &ClaimRequest,
     now: i64,
 ) -> Result<Vec<ClaimedJob>, StoreError> {
-    if req.queues.is_empty() || req.kinds.is_empty() || req.limit == 0 {
+    if req.kinds.is_empty() {
         return Ok(Vec::new());
     }
-    let q = placeholders(req.queues.len(), 5);
-    let k = placeholders(req.kinds.len(), 5 + req.queues.len());
+    // One queue per statement, so the claim walks the index of due jobs in claim order.
+    let k = placeholders(req.kinds.len(), 6);
     let sql = format!(
         "UPDATE windlass_jobs SET state = 'running', attempt = attempt + 1,
             lease_token = lease_token + 1, locked_by = ?1, lease_until = ?2
          WHERE id IN (
             SELECT id FROM windlass_jobs
-            WHERE state IN {DUE} AND queue IN ({q}) AND run_at <= ?3 AND kind IN ({k})
+            WHERE state IN {DUE} AND queue = ?5 AND run_at <= ?3 AND kind IN ({k})
             ORDER BY priority, run_at, id LIMIT ?4)
          RETURNING id, kind, queue, payload, attempt, retry, timeout_ms, run_at, created_at,
             lease_token, priority"
     );
     let mut stmt = conn.prepare_cached(&sql).map_err(sql_error)?;
-    let mut args: Vec<rusqlite::types::Value> = vec![
-        req.worker.clone().into(),
-        now.saturating_add(duration_ms(req.lease_for)).into(),
-        now.into(),
-        i64::try_from(req.limit).unwrap_or(i64::MAX).into(),
-    ];
-    args.extend(
-        req.queues
-            .iter()
-            .map(|s| rusqlite::types::Value::from(s.clone())),
-    );
-    args.extend(
-        req.kinds
-            .iter()
-            .map(|s| rusqlite::types::Value::from(s.clone())),
-    );
-    let mut rows = stmt.query(params_from_iter(args)).map_err(sql_error)?;
-    let mut out: Vec<(i64, ClaimedJob)> = Vec::new();
-    while let Some(r) = rows.next().map_err(sql_error)? {
-        let payload: String = r.get(3).map_err(sql_error)?;
-        let retry: String = r.get(5).map_err(sql_error)?;
-        let timeout_ms: i64 = r.get(6).map_err(sql_error)?;
-        let priority: i64 = r.get(10).map_err(sql_error)?;
-        out.push((
-            priority,
-            ClaimedJob {
-                lease: Lease {
-                    job: JobId(r.get(0).map_err(sql_error)?),
-                    token: r.get(9).map_err(sql_error)?,
-                    worker: req.worker.clone(),
+    let mut all = Vec::new();
+    for queue in &req.queues {
+        let left = req.limit.saturating_sub(all.len());
+        if left == 0 {
+            break;
+        }
+        let mut args: Vec<rusqlite::types::Value> = vec![
+            req.worker.clone().into(),
+            now.saturating_add(duration_ms(req.lease_for)).into(),
+            now.into(),
+            i64::try_from(left).unwrap_or(i64::MAX).into(),
+            queue.clone().into(),
+        ];
+        args.extend(
+            req.kinds
+                .iter()
+                .map(|s| rusqlite::types::Value::from(s.clone())),
+        );
+        let mut rows = stmt.query(params_from_iter(args)).map_err(sql_error)?;
+        let mut out: Vec<(i64, ClaimedJob)> = Vec::new();
+        while let Some(r) = rows.next().map_err(sql_error)? {
+            let payload: String = r.get(3).map_err(sql_error)?;
+            let retry: String = r.get(5).map_err(sql_error)?;
+            let timeout_ms: i64 = r.get(6).map_err(sql_error)?;
+            let priority: i64 = r.get(10).map_err(sql_error)?;
+            out.push((
+                priority,
+                ClaimedJob {
+                    lease: Lease {
+                        job: JobId(r.get(0).map_err(sql_error)?),
+                        token: r.get(9).map_err(sql_error)?,
+                        worker: req.worker.clone(),
+                    },
+                    kind: r.get(1).map_err(sql_error)?,
+                    queue: r.get(2).map_err(sql_error)?,
+                    payload: parse_json(&payload)?,
+                    attempt: r.get(4).map_err(sql_error)?,
+                    retry: parse_retry(&retry)?,
+                    timeout: std::time::Duration::from_millis(
+                        u64::try_from(timeout_ms).unwrap_or(0),
+                    ),
+                    run_at_ms: r.get(7).map_err(sql_error)?,
+                    created_at_ms: r.get(8).map_err(sql_error)?,
                 },
-                kind: r.get(1).map_err(sql_error)?,
-                queue: r.get(2).map_err(sql_error)?,
-                payload: parse_json(&payload)?,
-                attempt: r.get(4).map_err(sql_error)?,
-                retry: parse_retry(&retry)?,
-                timeout: std::time::Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0)),
-                run_at_ms: r.get(7).map_err(sql_error)?,
-                created_at_ms: r.get(8).map_err(sql_error)?,
-            },
-        ));
+            ));
+        }
+        // RETURNING has no defined order: restore the claim order.
+        out.sort_by_key(|(p, j)| (*p, j.run_at_ms, j.lease.job));
+        all.extend(out.into_iter().map(|(_, j)| j));
     }
-    // RETURNING has no defined order: restore the claim order.
-    out.sort_by_key(|(p, j)| (*p, j.run_at_ms, j.lease.job));
-    Ok(out.into_iter().map(|(_, j)| j).collect())
+    Ok(all)
 }
 
 pub(crate) fn heartbeat(

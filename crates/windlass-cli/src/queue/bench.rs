@@ -110,10 +110,13 @@ impl Job for Noop {
     }
 }
 
+/// What a user gets from `Worker::builder(..).concurrency(c)`: `c` handlers, `3c` jobs
+/// prefetched, claims of up to `4c`.
 fn worker_config(c: usize) -> WorkerConfig {
     WorkerConfig {
         concurrency: c,
-        fetch_batch: c,
+        prefetch: 3 * c,
+        fetch_batch: 4 * c,
         ..WorkerConfig::default()
     }
 }

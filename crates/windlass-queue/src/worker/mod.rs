@@ -41,7 +41,15 @@ pub struct WorkerConfig {
     pub queues: Vec<String>,
     /// Jobs run at once (default 16).
     pub concurrency: usize,
-    /// At most this many jobs per claim (default: the concurrency).
+    /// Jobs claimed ahead of a free handler slot, so a finished handler starts the next job
+    /// without a round trip and claims and completions come in batches (default 48, three
+    /// times the concurrency: up to 4x the concurrency in flight, as the fastest queues do).
+    /// Each claim and each batch of completions is one commit, so this is what lets a
+    /// worker go faster than the database commits. A prefetched job holds its lease while it
+    /// waits; if the process dies, it is retried after the lease expires. Set it to 0 for
+    /// long jobs, where hoarding hurts fairness between workers more than it saves.
+    pub prefetch: usize,
+    /// At most this many jobs per claim (default 64).
     pub fetch_batch: usize,
     /// How long a claim's lease lasts without a heartbeat (default 30 s).
     pub lease: Duration,
@@ -63,7 +71,8 @@ impl Default for WorkerConfig {
         WorkerConfig {
             queues: vec!["default".into()],
             concurrency: 16,
-            fetch_batch: 16,
+            prefetch: 48,
+            fetch_batch: 64,
             lease: Duration::from_secs(30),
             heartbeat: Duration::from_secs(10),
             poll: Duration::from_secs(1),
@@ -104,6 +113,9 @@ impl WorkerConfig {
         }
         if self.concurrency == 0 || self.concurrency > 100_000 {
             return bad("concurrency", "must be 1 to 100000");
+        }
+        if self.prefetch > 100_000 {
+            return bad("prefetch", "must be at most 100000");
         }
         if self.fetch_batch == 0 || self.fetch_batch > 10_000 {
             return bad("fetch_batch", "must be 1 to 10000");
@@ -158,10 +170,18 @@ impl<S: Store> WorkerBuilder<S> {
         self
     }
 
-    /// Jobs run at once; also sets the claim batch to the same number.
+    /// Jobs run at once; also sets the prefetch to three times that and the claim batch to
+    /// four times (see [`WorkerConfig::prefetch`]).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.config.concurrency = n;
-        self.config.fetch_batch = n;
+        self.config.prefetch = n.saturating_mul(3);
+        self.config.fetch_batch = n.saturating_mul(4).clamp(1, 10_000);
+        self
+    }
+
+    /// Jobs claimed ahead of a free handler slot (see [`WorkerConfig::prefetch`]).
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.config.prefetch = n;
         self
     }
 

@@ -57,6 +57,12 @@ struct Shared<S> {
     finishes: mpsc::UnboundedSender<(Finish, JobEventKind)>,
     progress: mpsc::UnboundedSender<(JobId, serde_json::Value)>,
     counters: Arc<Counters>,
+    /// Claimed jobs whose end is not yet stored: `concurrency + prefetch` permits, taken by
+    /// the fetcher (and forgotten) and given back in bulk by the completer, so claims and
+    /// completions both come in batches.
+    in_flight: Arc<Semaphore>,
+    /// Handlers running: `concurrency` permits.
+    run_slots: Arc<Semaphore>,
 }
 
 /// What a worker has done since it started, counted when the store confirmed it.
@@ -198,7 +204,7 @@ impl<S: Store> Worker<S> {
         let shared = Arc::new(Shared {
             store: self.queue.store.clone(),
             events: self.queue.events.clone(),
-            config: self.config,
+            config: self.config.clone(),
             handlers: self.handlers,
             worker_id: worker_id.clone(),
             running: Mutex::new(HashMap::new()),
@@ -206,12 +212,15 @@ impl<S: Store> Worker<S> {
             finishes: finish_tx,
             progress: progress_tx,
             counters: Arc::default(),
+            in_flight: Arc::new(Semaphore::new(
+                self.config.concurrency + self.config.prefetch,
+            )),
+            run_slots: Arc::new(Semaphore::new(self.config.concurrency)),
         });
         let counters = shared.counters.clone();
         let stop_fetching = CancellationToken::new();
         let stop_background = CancellationToken::new();
-        let slots = Arc::new(Semaphore::new(shared.config.concurrency));
-        let fetcher = tokio::spawn(fetch_loop(shared.clone(), slots, stop_fetching.clone()));
+        let fetcher = tokio::spawn(fetch_loop(shared.clone(), stop_fetching.clone()));
         let background = vec![
             tokio::spawn(complete_loop(
                 shared.clone(),
@@ -276,50 +285,51 @@ fn backoff(d: Duration) -> Duration {
     (d * 2).clamp(Duration::from_millis(50), Duration::from_secs(5))
 }
 
-async fn fetch_loop<S: Store>(
-    shared: Arc<Shared<S>>,
-    slots: Arc<Semaphore>,
-    stop: CancellationToken,
-) {
+async fn fetch_loop<S: Store>(shared: Arc<Shared<S>>, stop: CancellationToken) {
     let cfg = &shared.config;
     let kinds: Vec<String> = shared.handlers.keys().map(|k| k.to_string()).collect();
     let mut retry_in = Duration::ZERO;
     let mut signal = shared.store.work_signal();
     loop {
-        let first = tokio::select! {
+        tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            p = shared.in_flight.acquire() => match p { Ok(p) => p.forget(), Err(_) => return },
         };
-        let mut permits = vec![first];
-        while permits.len() < cfg.fetch_batch {
-            match slots.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
+        let mut room = 1;
+        while room < cfg.fetch_batch {
+            match shared.in_flight.try_acquire() {
+                Ok(p) => {
+                    p.forget();
+                    room += 1;
+                }
                 Err(_) => break,
             }
         }
         let request = ClaimRequest {
             queues: cfg.queues.clone(),
             kinds: kinds.clone(),
-            limit: permits.len(),
+            limit: room,
             worker: shared.worker_id.clone(),
             lease_for: cfg.lease,
         };
         signal.borrow_and_update();
         let claimed = tokio::select! {
             biased;
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                shared.in_flight.add_permits(room);
+                return;
+            }
             c = shared.store.claim(request) => c,
         };
         match claimed {
             Ok(jobs) => {
                 retry_in = Duration::ZERO;
-                let got = jobs.len();
-                for job in jobs {
-                    let Some(permit) = permits.pop() else { break };
-                    start_job(&shared, job, permit);
+                let got = jobs.len().min(room);
+                shared.in_flight.add_permits(room - got);
+                for job in jobs.into_iter().take(room) {
+                    start_job(&shared, job);
                 }
-                drop(permits);
                 if got == 0 {
                     tokio::select! {
                         biased;
@@ -334,7 +344,7 @@ async fn fetch_loop<S: Store>(
                 }
             }
             Err(e) => {
-                drop(permits);
+                shared.in_flight.add_permits(room);
                 retry_in = backoff(retry_in);
                 tracing::warn!(error = %e, retry_in = ?retry_in, "claim failed; backing off");
                 metrics::counter!("windlass_queue_store_errors_total", "op" => "claim")
@@ -349,11 +359,7 @@ async fn fetch_loop<S: Store>(
     }
 }
 
-fn start_job<S: Store>(
-    shared: &Arc<Shared<S>>,
-    job: ClaimedJob,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
+fn start_job<S: Store>(shared: &Arc<Shared<S>>, job: ClaimedJob) {
     let cancel = CancellationToken::new();
     let abort = CancellationToken::new();
     let stop = Arc::new(AtomicU8::new(STOP_NONE));
@@ -379,7 +385,6 @@ fn start_job<S: Store>(
     let shared = shared.clone();
     tokio::spawn(async move {
         let ended = run_attempt(&shared, &job, cancel, &abort, &stop).await;
-        drop(permit);
         let started = now;
         let now = shared.store.now_ms();
         metrics::histogram!("windlass_job_run_seconds", "queue" => job.queue.clone())
@@ -388,6 +393,7 @@ fn start_job<S: Store>(
             metrics::counter!("windlass_job_leases_lost_total", "queue" => job.queue.clone())
                 .increment(1);
             shared.forget(job.lease.job);
+            shared.in_flight.add_permits(1);
             return;
         };
         let event = match &next {
@@ -452,16 +458,26 @@ async fn run_attempt<S: Store>(
         cancel,
         progress: shared.progress.clone(),
     };
+    let stopped = |stop: &AtomicU8| match stop.load(Ordering::Acquire) {
+        STOP_CANCELLED => Ended::CancelledByUser,
+        STOP_RELEASED => Ended::Released,
+        _ => Ended::LeaseLost,
+    };
+    // A prefetched job waits here for a handler slot; it can be stopped while it waits.
+    let _slot = tokio::select! {
+        biased;
+        _ = abort.cancelled() => return stopped(stop),
+        slot = shared.run_slots.clone().acquire_owned() => match slot {
+            Ok(slot) => slot,
+            Err(_) => return Ended::Released,
+        },
+    };
     let span =
         tracing::info_span!("job", id = job.lease.job.0, kind = %job.kind, attempt = job.attempt);
     let run = handler.run(ctx, job.payload.clone()).instrument(span);
     tokio::select! {
         biased;
-        _ = abort.cancelled() => match stop.load(Ordering::Acquire) {
-            STOP_CANCELLED => Ended::CancelledByUser,
-            STOP_RELEASED => Ended::Released,
-            _ => Ended::LeaseLost,
-        },
+        _ = abort.cancelled() => stopped(stop),
         r = tokio::time::timeout(job.timeout.min(crate::job::MAX_DURATION), run) => match r {
             Ok(result) => Ended::Returned(result),
             Err(_) => Ended::TimedOut(job.timeout),
@@ -503,6 +519,7 @@ async fn complete_loop<S: Store>(
                 }
             }
         };
+        let stored = batch.len();
         for ((finish, event), fenced) in batch.into_iter().zip(results) {
             let id = finish.lease.job;
             match fenced {
@@ -518,6 +535,7 @@ async fn complete_loop<S: Store>(
             }
             shared.forget(id);
         }
+        shared.in_flight.add_permits(stored);
     }
 }
 
