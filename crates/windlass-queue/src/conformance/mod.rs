@@ -16,6 +16,7 @@
 //! delays, backoff and lease expiry are exact. Worker cases run a real [`Worker`](crate::Worker)
 //! against the store and wait for events, never for wall-clock time.
 
+pub mod crash;
 mod store_cases;
 mod worker_cases;
 

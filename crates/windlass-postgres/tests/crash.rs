@@ -1,0 +1,94 @@
+//! Crash test with real processes on PostgreSQL: worker processes SIGKILLed (and frozen into
+//! zombies) at random points while jobs run. Afterwards every job is completed, no side
+//! effect happened twice except where a lease truly expired, attempts add up, and zombies'
+//! late completions were refused. Needs `DATABASE_URL` (skipped, saying so, without it).
+//!
+//! The worker processes are this test binary again, running `crash_child`. Rounds and jobs:
+//! `WINDLASS_CRASH_ROUNDS` (default 12: a short run for CI) and `WINDLASS_CRASH_JOBS`
+//! (default 4000).
+#![allow(clippy::unwrap_used)] // test code
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use windlass_postgres::PostgresStore;
+use windlass_queue::conformance::crash::{self, EFFECTS_ENV};
+use windlass_queue::{JobState, Store};
+
+const SCHEMA_ENV: &str = "WINDLASS_CRASH_SCHEMA";
+
+fn env_or(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn open(url: &str, schema: &str) -> PostgresStore {
+    PostgresStore::builder(url)
+        .schema(schema)
+        .pool_size(4)
+        .open()
+        .await
+        .unwrap()
+}
+
+/// The worker process: runs only when the parent test started this binary as a child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_child() {
+    let (Ok(schema), Ok(url)) = (std::env::var(SCHEMA_ENV), std::env::var("DATABASE_URL")) else {
+        return;
+    };
+    crash::child_main(async move { open(&url, &schema).await }).await;
+}
+
+#[test]
+fn workers_killed_at_random_lose_nothing_and_repeat_nothing_without_cause() {
+    if std::env::var(EFFECTS_ENV).is_ok() {
+        return; // this is a child: only `crash_child` runs there
+    }
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "windlass-postgres crash test skipped: DATABASE_URL is not set"
+        );
+        return;
+    };
+    let schema = format!("wl_test_crash_{}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("windlass-pg-crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let effects = dir.join("effects.log");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(open(&url, &schema));
+    rt.block_on(crash::enqueue_probes(
+        &store,
+        env_or("WINDLASS_CRASH_JOBS", 4000),
+    ));
+    let exe = std::env::current_exe().unwrap();
+    let spawn = || {
+        Command::new(&exe)
+            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+            .env(SCHEMA_ENV, &schema)
+            .env(EFFECTS_ENV, &effects)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let done = || {
+        rt.block_on(store.stats())
+            .map(|s| {
+                s.iter()
+                    .map(|q| JobState::LIVE.iter().map(|st| q.count(*st)).sum::<u64>())
+                    .sum::<u64>()
+                    == 0
+            })
+            .unwrap_or(false)
+    };
+    let mut report = crash::drive(&spawn, 3, env_or("WINDLASS_CRASH_ROUNDS", 12), &done);
+    rt.block_on(crash::verify(&store, &effects, &mut report));
+    eprintln!("postgres crash run: {report:?}");
+    assert!(report.kills > 0, "nothing was killed: {report:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

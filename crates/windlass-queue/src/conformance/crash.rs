@@ -1,0 +1,276 @@
+//! Crash tests with real processes: worker processes killed with SIGKILL (and frozen with
+//! SIGSTOP, to make zombies) at random points while jobs run; afterwards every job must be in
+//! a terminal state, no side effect may have happened twice except where a lease truly
+//! expired, attempts must add up, and every zombie's late completion must have been refused.
+//!
+//! A backend's test re-runs its own test binary as the worker process: [`child_main`] runs a
+//! worker when the environment names one (and returns at once otherwise), [`drive`] spawns,
+//! kills and freezes children, and [`verify`] checks the store and the side-effect log.
+#![allow(clippy::unwrap_used, missing_docs)] // test code: a failed step is a failed case
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Job, JobContext, JobError, JobFilter, JobOptions, JobState, Queue, Store, Worker, WorkerConfig,
+};
+
+/// Set in a child's environment: the side-effect log it appends to.
+pub const EFFECTS_ENV: &str = "WINDLASS_CRASH_EFFECTS";
+
+#[derive(Serialize, Deserialize)]
+pub struct Probe {
+    pub n: u32,
+}
+
+/// Sleeps a little, then records its side effect: one line `job attempt worker-pid`.
+pub struct CrashProbe {
+    effects: PathBuf,
+}
+
+impl Job for CrashProbe {
+    const KIND: &'static str = "crash_probe";
+    type Payload = Probe;
+    async fn run(&self, ctx: JobContext, _p: Probe) -> Result<(), JobError> {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..40))).await;
+        let line = format!("{} {} {}\n", ctx.id().0, ctx.attempt(), std::process::id());
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.effects)
+            .map_err(|e| JobError::failed(e.to_string()))?;
+        // One write of a short line to an O_APPEND file: lines never interleave.
+        f.write_all(line.as_bytes())
+            .map_err(|e| JobError::failed(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// The worker settings of a crash child: short leases so killed workers' jobs come back fast.
+pub fn child_config() -> WorkerConfig {
+    WorkerConfig {
+        concurrency: 4,
+        prefetch: 4,
+        fetch_batch: 8,
+        lease: Duration::from_millis(800),
+        heartbeat: Duration::from_millis(150),
+        poll: Duration::from_millis(50),
+        rescue_every: Duration::from_millis(200),
+        quarantine_after: 1_000,
+        cancel_grace: Duration::from_millis(100),
+        ..WorkerConfig::default()
+    }
+}
+
+/// In a child (its environment names a side-effect log): runs a worker on `store` until the
+/// process is killed, or every job is finished. Elsewhere: returns at once.
+pub async fn child_main<S: Store>(store: impl std::future::Future<Output = S>) {
+    let Ok(effects) = std::env::var(EFFECTS_ENV) else {
+        return;
+    };
+    let queue = Queue::new(store.await);
+    let worker = Worker::builder(&queue)
+        .register(CrashProbe {
+            effects: effects.clone().into(),
+        })
+        .config(child_config())
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let live: u64 = queue
+            .stats()
+            .await
+            .map(|s| {
+                s.iter()
+                    .map(|q| JobState::LIVE.iter().map(|st| q.count(*st)).sum::<u64>())
+                    .sum()
+            })
+            .unwrap_or(1);
+        if live == 0 {
+            break;
+        }
+    }
+    // Late completions this worker made after being frozen past its lease, refused.
+    let fenced = worker.counts().fenced;
+    worker.shutdown(Duration::from_secs(5)).await;
+    if fenced > 0 {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(format!("{effects}.fenced"))
+            .unwrap();
+        f.write_all(format!("{fenced}\n").as_bytes()).unwrap();
+    }
+}
+
+/// Enqueues `n` probe jobs (each with up to 1,000 attempts: the test is about crashes).
+pub async fn enqueue_probes<S: Store>(store: &S, n: u32) {
+    let options = JobOptions {
+        retry: windlass_policy::RetrySchedule {
+            max_attempts: 1_000,
+            ..JobOptions::default().retry
+        },
+        ..JobOptions::default()
+    };
+    let jobs = (0..n)
+        .map(|n| {
+            crate::NewJob::new(
+                CrashProbe::KIND,
+                serde_json::json!({ "n": n }),
+                options.clone(),
+            )
+            .unwrap()
+        })
+        .collect();
+    store.enqueue(jobs).await.unwrap();
+}
+
+/// What the crash run did.
+#[derive(Debug, Default, Clone)]
+pub struct CrashReport {
+    pub kills: u32,
+    pub freezes: u32,
+    pub jobs: usize,
+    pub side_effects: usize,
+    pub duplicate_side_effects: usize,
+    pub lease_expiries: u64,
+    /// Late completions of thawed zombies that the store refused.
+    pub fenced: u64,
+}
+
+/// Runs `rounds` rounds: keeps `workers` children alive (spawning replacements), and in each
+/// round waits a random 50-400 ms, then SIGKILLs a random child — or, every fifth round,
+/// freezes one with SIGSTOP for longer than its lease and thaws it (a zombie). Stops early
+/// when `done()` says every job has finished; then lets the survivors finish.
+pub fn drive(
+    spawn: &dyn Fn() -> Child,
+    workers: usize,
+    rounds: u32,
+    done: &dyn Fn() -> bool,
+) -> CrashReport {
+    let mut report = CrashReport::default();
+    let mut children: Vec<Child> = (0..workers).map(|_| spawn()).collect();
+    for round in 0..rounds {
+        std::thread::sleep(Duration::from_millis(fastrand::u64(50..400)));
+        if done() {
+            break;
+        }
+        let i = fastrand::usize(..children.len());
+        let pid = children[i].id().to_string();
+        if round % 5 == 4 {
+            // A zombie: frozen past its lease, its jobs rescued and finished elsewhere, then
+            // thawed: its late completions must be refused.
+            signal("-STOP", &pid);
+            std::thread::sleep(child_config().lease * 2);
+            signal("-CONT", &pid);
+            report.freezes += 1;
+        } else {
+            let _ = children[i].kill();
+            let _ = children[i].wait();
+            children[i] = spawn();
+            report.kills += 1;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    report
+}
+
+fn signal(sig: &str, pid: &str) {
+    let _ = Command::new("kill").args([sig, pid]).status();
+}
+
+/// Checks the store and the side-effect log after a crash run, and fills in the report.
+pub async fn verify<S: Store>(store: &S, effects: &Path, report: &mut CrashReport) {
+    let mut jobs = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list(JobFilter {
+                after,
+                limit: 1000,
+                ..JobFilter::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        jobs.extend(page);
+    }
+    let log = std::fs::read_to_string(effects).unwrap_or_default();
+    let mut effects_per_job: HashMap<i64, usize> = HashMap::new();
+    for line in log.lines() {
+        let id: i64 = line.split(' ').next().unwrap().parse().unwrap();
+        *effects_per_job.entry(id).or_default() += 1;
+    }
+    report.fenced = std::fs::read_to_string(format!("{}.fenced", effects.display()))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.parse::<u64>().unwrap())
+        .sum();
+    report.jobs = jobs.len();
+    report.side_effects = effects_per_job.values().sum();
+    for job in &jobs {
+        assert_eq!(
+            job.state,
+            JobState::Completed,
+            "job {} ended {:?}: {:?}",
+            job.id,
+            job.state,
+            job.attempts
+        );
+        let effects = effects_per_job.get(&job.id.0).copied().unwrap_or(0);
+        let expired = job
+            .attempts
+            .iter()
+            .filter(|a| a.outcome == "lease_expired")
+            .count();
+        assert!(
+            effects >= 1,
+            "job {} completed without its side effect",
+            job.id
+        );
+        assert!(
+            effects <= 1 + expired,
+            "job {}: {effects} side effects but only {expired} expired leases: it ran twice without cause",
+            job.id
+        );
+        report.duplicate_side_effects += effects - 1;
+        report.lease_expiries += u64::from(job.lease_expiries);
+        // Attempts add up: one record per counted attempt, numbered 1..=attempt, the last
+        // one the completion. (A released or snoozed attempt is recorded without counting.)
+        let counted: Vec<u32> = job
+            .attempts
+            .iter()
+            .filter(|a| a.outcome != "released" && a.outcome != "snoozed")
+            .map(|a| a.attempt)
+            .collect();
+        assert_eq!(
+            counted,
+            (1..=job.attempt).collect::<Vec<_>>(),
+            "job {}: {:?}",
+            job.id,
+            job.attempts
+        );
+        assert_eq!(
+            job.attempts.last().map(|a| a.outcome.as_str()),
+            Some("completed")
+        );
+        assert_eq!(u64::from(job.lease_expiries), expired as u64);
+    }
+}

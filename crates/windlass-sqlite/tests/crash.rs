@@ -1,0 +1,78 @@
+//! Crash test with real processes on one SQLite file shared by several worker processes:
+//! workers SIGKILLed (and frozen into zombies) at random points while jobs run. Afterwards
+//! every job is completed, no side effect happened twice except where a lease truly expired,
+//! attempts add up, and zombies' late completions were refused.
+//!
+//! The worker processes are this test binary again, running `crash_child`. Rounds and jobs:
+//! `WINDLASS_CRASH_ROUNDS` (default 12: a short run for CI) and `WINDLASS_CRASH_JOBS`
+//! (default 4000).
+#![allow(clippy::unwrap_used)] // test code
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use windlass_queue::conformance::crash::{self, EFFECTS_ENV};
+use windlass_queue::{JobState, Store};
+use windlass_sqlite::SqliteStore;
+
+const DB_ENV: &str = "WINDLASS_CRASH_SQLITE";
+
+fn env_or(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The worker process: runs only when the parent test started this binary as a child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_child() {
+    let Ok(path) = std::env::var(DB_ENV) else {
+        return;
+    };
+    crash::child_main(async move { SqliteStore::open(path).await.unwrap() }).await;
+}
+
+#[test]
+fn workers_killed_at_random_lose_nothing_and_repeat_nothing_without_cause() {
+    if std::env::var(EFFECTS_ENV).is_ok() {
+        return; // this is a child: only `crash_child` runs there
+    }
+    let dir: PathBuf = std::env::temp_dir().join(format!("windlass-crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("jobs.db");
+    let effects = dir.join("effects.log");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(SqliteStore::open(&db)).unwrap();
+    rt.block_on(crash::enqueue_probes(
+        &store,
+        env_or("WINDLASS_CRASH_JOBS", 4000),
+    ));
+    let exe = std::env::current_exe().unwrap();
+    let spawn = || {
+        Command::new(&exe)
+            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+            .env(DB_ENV, &db)
+            .env(EFFECTS_ENV, &effects)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let done = || {
+        rt.block_on(store.stats())
+            .map(|s| {
+                s.iter()
+                    .map(|q| JobState::LIVE.iter().map(|st| q.count(*st)).sum::<u64>())
+                    .sum::<u64>()
+                    == 0
+            })
+            .unwrap_or(false)
+    };
+    let mut report = crash::drive(&spawn, 3, env_or("WINDLASS_CRASH_ROUNDS", 12), &done);
+    rt.block_on(crash::verify(&store, &effects, &mut report));
+    eprintln!("sqlite crash run: {report:?}");
+    assert!(report.kills > 0, "nothing was killed: {report:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
