@@ -75,16 +75,21 @@ fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT op")
-        .map_err(crate::sql_error)?;
+    // Prepared once and cached: `execute_batch` would parse the text on every call.
+    exec(conn, "SAVEPOINT op")?;
     let r = f(conn);
-    let end = if r.is_ok() {
-        "RELEASE op"
-    } else {
-        "ROLLBACK TO op; RELEASE op"
-    };
-    conn.execute_batch(end).map_err(crate::sql_error)?;
+    if r.is_err() {
+        exec(conn, "ROLLBACK TO op")?;
+    }
+    exec(conn, "RELEASE op")?;
     r
+}
+
+fn exec(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(|_| ())
+        .map_err(crate::sql_error)
 }
 
 fn run(conn: Connection, rx: mpsc::Receiver<Op>) {
@@ -96,19 +101,18 @@ fn run(conn: Connection, rx: mpsc::Receiver<Op>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = exec(&conn, "BEGIN IMMEDIATE") {
             // Busy past the busy timeout (another process holds the write lock) or worse:
             // run nothing, and tell every caller why.
-            let e = crate::sql_error(e);
             for op in ops {
                 op(None)(Err(e.clone()));
             }
             continue;
         }
         let replies: Vec<Reply> = ops.into_iter().map(|op| op(Some(&conn))).collect();
-        let commit = conn.execute_batch("COMMIT").map_err(crate::sql_error);
+        let commit = exec(&conn, "COMMIT");
         if commit.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = exec(&conn, "ROLLBACK");
         }
         for reply in replies {
             reply(commit.clone());
