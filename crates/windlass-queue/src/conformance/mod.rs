@@ -58,6 +58,7 @@ macro_rules! conformance_tests {
             unknown_kinds_are_reported,
             payloads_round_trip_exactly,
             enqueue_wakes_the_work_signal,
+            periodic_jobs_are_enqueued_once_per_tick,
             worker_runs_jobs_to_completion,
             worker_retries_transient_failures,
             worker_discards_malformed_payloads_and_goes_on,
@@ -65,7 +66,9 @@ macro_rules! conformance_tests {
             worker_cancellation_reaches_the_handler,
             worker_shutdown_releases_unfinished_jobs,
             worker_respects_its_concurrency,
-            worker_reports_unknown_kinds
+            worker_reports_unknown_kinds,
+            worker_prunes_finished_jobs_after_their_retention,
+            worker_schedules_periodic_jobs
         );
     };
     (@cases $fresh:path; $($name:ident),* $(,)?) => {

@@ -733,3 +733,37 @@ pub async fn enqueue_wakes_the_work_signal<S: Store>(store: S, _clock: ManualClo
         "an enqueue must wake idle fetchers"
     );
 }
+
+pub async fn periodic_jobs_are_enqueued_once_per_tick<S: Store>(store: S, clock: ManualClock) {
+    struct Tick;
+    impl crate::Job for Tick {
+        const KIND: &'static str = "k";
+        type Payload = u32;
+        async fn run(&self, _: crate::JobContext, _: u32) -> Result<(), crate::JobError> {
+            Ok(())
+        }
+    }
+    let p = crate::Periodic::every::<Tick>("report", Duration::from_secs(60), &7).unwrap();
+    // Two processes schedule the same tick: one job.
+    let a = p.enqueue_due(&store).await.unwrap();
+    let b = p.enqueue_due(&store).await.unwrap();
+    assert!(!a.duplicate);
+    assert_eq!((b.id, b.duplicate), (a.id, true));
+    // Finished, it still counts for its tick.
+    let c = store.claim(claim_req("w", 1)).await.unwrap().remove(0);
+    store
+        .finish(vec![done(c.lease, NextState::Completed, 1, "completed")])
+        .await
+        .unwrap();
+    assert!(p.enqueue_due(&store).await.unwrap().duplicate);
+    // The next tick is a new job; three missed ticks make one job, not three.
+    clock.advance(p.until_next_tick(T0));
+    let next = p.enqueue_due(&store).await.unwrap();
+    assert!(!next.duplicate && next.id != a.id);
+    clock.advance(Duration::from_secs(180));
+    let caught_up = p.enqueue_due(&store).await.unwrap();
+    assert!(!caught_up.duplicate);
+    let all = store.list(JobFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.iter().all(|j| j.payload == serde_json::json!(7)));
+}

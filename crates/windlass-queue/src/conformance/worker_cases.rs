@@ -413,3 +413,102 @@ pub async fn worker_reports_unknown_kinds<S: Store>(store: S, _clock: ManualCloc
     );
     worker.shutdown(Duration::from_secs(5)).await;
 }
+
+pub async fn worker_prunes_finished_jobs_after_their_retention<S: Store>(
+    store: S,
+    clock: ManualClock,
+) {
+    let queue = Queue::new(store);
+    let config = WorkerConfig {
+        rescue_every: Duration::from_millis(20),
+        retention: Duration::from_secs(60),
+        dead_letter_retention: Duration::from_secs(600),
+        ..fast()
+    };
+    let worker = Worker::builder(&queue)
+        .register(Flaky::new(0))
+        .config(config)
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let done = queue
+        .enqueue::<Flaky>(&Work { n: 1 }, JobOptions::default())
+        .await
+        .unwrap()
+        .id;
+    let bad = NewJob::new("k", serde_json::json!({"n": "bad"}), JobOptions::default()).unwrap();
+    let dead = queue.enqueue_raw(vec![bad]).await.unwrap()[0].id;
+    assert_eq!(
+        queue.wait(done, WAIT, POLL).await.unwrap().state,
+        JobState::Completed
+    );
+    assert_eq!(
+        queue.wait(dead, WAIT, POLL).await.unwrap().state,
+        JobState::Discarded
+    );
+    clock.advance(Duration::from_secs(61));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while queue.get(done).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the completed job was never pruned"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(
+        queue.get(dead).await.unwrap().is_some(),
+        "a dead letter went with the completed jobs"
+    );
+    clock.advance(Duration::from_secs(600));
+    while queue.get(dead).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dead letter was never pruned"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+pub async fn worker_schedules_periodic_jobs<S: Store>(store: S, _clock: ManualClock) {
+    let queue = Queue::new(store);
+    let p =
+        crate::Periodic::every::<Flaky>("tick", Duration::from_secs(3600), &Work { n: 9 }).unwrap();
+    // Two workers (as two processes would) schedule the same periodic job.
+    let mut events = queue.subscribe();
+    let a = Worker::builder(&queue)
+        .register(Flaky::new(0))
+        .config(fast())
+        .periodic(p.clone())
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let b = Worker::builder(&queue)
+        .register(Flaky::new(0))
+        .config(fast())
+        .periodic(p)
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    loop {
+        let e = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if e.kind == crate::JobEventKind::Completed {
+            break;
+        }
+    }
+    a.shutdown(Duration::from_secs(5)).await;
+    b.shutdown(Duration::from_secs(5)).await;
+    let jobs = queue.list(crate::JobFilter::default()).await.unwrap();
+    assert_eq!(jobs.len(), 1, "one job for the tick: {jobs:?}");
+    assert_eq!(jobs[0].state, JobState::Completed);
+    assert_eq!(jobs[0].payload, serde_json::json!({"n": 9}));
+}

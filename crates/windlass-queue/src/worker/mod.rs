@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use crate::client::Queue;
 use crate::handler::{Erased, ErasedJob, Job};
+use crate::periodic::Periodic;
 use crate::store::Store;
 
 pub use run::{ShutdownReport, WorkerCounts, WorkerHandle};
@@ -64,6 +65,12 @@ pub struct WorkerConfig {
     pub quarantine_after: u32,
     /// How long a cancelled handler may take to notice before it is stopped (default 5 s).
     pub cancel_grace: Duration,
+    /// Completed and cancelled jobs are deleted this long after they finished (default 1
+    /// day), swept with expired leases, so the table does not grow without bound.
+    pub retention: Duration,
+    /// Dead letters (discarded jobs) are kept longer, for inspection and replay (default 7
+    /// days).
+    pub dead_letter_retention: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -79,6 +86,8 @@ impl Default for WorkerConfig {
             rescue_every: Duration::from_secs(15),
             quarantine_after: 3,
             cancel_grace: Duration::from_secs(5),
+            retention: Duration::from_secs(24 * 3600),
+            dead_letter_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -98,6 +107,9 @@ pub enum WorkerError {
     /// Two handlers were registered for one kind.
     #[error("two handlers registered for job kind `{0}`")]
     DuplicateKind(String),
+    /// Two periodic jobs share a name.
+    #[error("two periodic jobs named `{0}`")]
+    DuplicatePeriodic(String),
     /// No handler was registered.
     #[error("a worker needs at least one handler")]
     NoHandlers,
@@ -125,6 +137,8 @@ impl WorkerConfig {
             ("heartbeat", self.heartbeat),
             ("poll", self.poll),
             ("rescue_every", self.rescue_every),
+            ("retention", self.retention),
+            ("dead_letter_retention", self.dead_letter_retention),
         ] {
             if d.is_zero() || d > max {
                 return bad(field, "must be positive and at most ~100 years");
@@ -149,6 +163,7 @@ pub struct WorkerBuilder<S> {
     config: WorkerConfig,
     handlers: HashMap<&'static str, Arc<dyn ErasedJob>>,
     duplicate: Option<String>,
+    periodic: Vec<Periodic>,
 }
 
 impl<S: Store> WorkerBuilder<S> {
@@ -161,6 +176,13 @@ impl<S: Store> WorkerBuilder<S> {
         {
             self.duplicate.get_or_insert_with(|| J::KIND.to_string());
         }
+        self
+    }
+
+    /// Schedules a periodic job: this worker enqueues each tick's job unless another process
+    /// already did (see [`Periodic`]). Every process may register the same schedule.
+    pub fn periodic(mut self, job: Periodic) -> Self {
+        self.periodic.push(job);
         self
     }
 
@@ -200,10 +222,16 @@ impl<S: Store> WorkerBuilder<S> {
             return Err(WorkerError::NoHandlers);
         }
         self.config.validate()?;
+        let mut names: Vec<&str> = self.periodic.iter().map(Periodic::name).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(WorkerError::DuplicatePeriodic(w[0].to_string()));
+        }
         Ok(Worker {
             queue: self.queue,
             config: self.config,
             handlers: self.handlers,
+            periodic: self.periodic,
         })
     }
 }
@@ -213,6 +241,7 @@ pub struct Worker<S> {
     pub(crate) queue: Queue<S>,
     pub(crate) config: WorkerConfig,
     pub(crate) handlers: HashMap<&'static str, Arc<dyn ErasedJob>>,
+    pub(crate) periodic: Vec<Periodic>,
 }
 
 impl<S: Store> Worker<S> {
@@ -223,6 +252,7 @@ impl<S: Store> Worker<S> {
             config: WorkerConfig::default(),
             handlers: HashMap::new(),
             duplicate: None,
+            periodic: Vec::new(),
         }
     }
 

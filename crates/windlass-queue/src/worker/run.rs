@@ -221,7 +221,7 @@ impl<S: Store> Worker<S> {
         let stop_fetching = CancellationToken::new();
         let stop_background = CancellationToken::new();
         let fetcher = tokio::spawn(fetch_loop(shared.clone(), stop_fetching.clone()));
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(complete_loop(
                 shared.clone(),
                 finish_rx,
@@ -235,6 +235,13 @@ impl<S: Store> Worker<S> {
                 stop_background.clone(),
             )),
         ];
+        for p in self.periodic {
+            background.push(tokio::spawn(periodic_loop(
+                shared.clone(),
+                p,
+                stop_background.clone(),
+            )));
+        }
         let drain_shared = shared.clone();
         let drain = Box::new(move |grace: Duration| {
             let shared = drain_shared.clone();
@@ -612,6 +619,57 @@ async fn rescue_loop<S: Store>(shared: Arc<Shared<S>>, stop: CancellationToken) 
                 }
             }
             Err(e) => tracing::warn!(error = %e, "rescuing expired leases failed"),
+        }
+        // Retention: finished jobs go after `retention`, dead letters after their own.
+        let now = shared.store.now_ms();
+        let cfg = &shared.config;
+        let pruned = async {
+            let a = shared
+                .store
+                .prune(
+                    vec![crate::JobState::Completed, crate::JobState::Cancelled],
+                    now - crate::clock::millis(cfg.retention),
+                )
+                .await?;
+            let b = shared
+                .store
+                .prune(
+                    vec![crate::JobState::Discarded],
+                    now - crate::clock::millis(cfg.dead_letter_retention),
+                )
+                .await?;
+            Ok::<u64, crate::StoreError>(a + b)
+        };
+        match pruned.await {
+            Ok(n) => metrics::counter!("windlass_jobs_pruned_total").increment(n),
+            Err(e) => tracing::warn!(error = %e, "pruning finished jobs failed"),
+        }
+    }
+}
+
+/// Enqueues each tick's job of one periodic schedule (once across processes: the tick's
+/// unique key), then sleeps until the next tick.
+async fn periodic_loop<S: Store>(
+    shared: Arc<Shared<S>>,
+    periodic: crate::Periodic,
+    stop: CancellationToken,
+) {
+    let mut retry_in = Duration::ZERO;
+    loop {
+        let wait = match periodic.enqueue_due(&*shared.store).await {
+            Ok(_) => {
+                retry_in = Duration::ZERO;
+                periodic.until_next_tick(shared.store.now_ms())
+            }
+            Err(e) => {
+                retry_in = backoff(retry_in);
+                tracing::warn!(periodic = periodic.name(), error = %e, "enqueueing a periodic job failed");
+                retry_in
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
