@@ -4,8 +4,8 @@
 //! statement (`FOR UPDATE SKIP LOCKED` over the index of due jobs, then `UPDATE … RETURNING`),
 //! so any number of workers claim without blocking each other; completions and heartbeats
 //! are one statement per batch over arrays; an enqueue is one statement that also
-//! `NOTIFY`s, and each store keeps one `LISTEN` connection, so an idle worker hears of new work
-//! within a round trip instead of a poll interval.
+//! `NOTIFY`s, and a store with workers keeps one `LISTEN` connection, so an idle worker hears
+//! of new work within a round trip instead of a poll interval.
 //!
 //! **Transactional enqueue.** [`PostgresStore::enqueue_in`] inserts jobs inside the caller's
 //! own transaction: the job exists if and only if the business data it belongs to was
@@ -36,7 +36,7 @@ mod ops;
 mod schema;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -122,21 +122,16 @@ impl PostgresStoreBuilder {
             .map_err(|e| StoreError::Invalid(format!("connection pool: {e}")))?;
         let channel = format!("windlass_jobs_{}", self.schema);
         let (signal, _) = watch::channel(0u64);
-        let signal = Arc::new(signal);
-        let stop = CancellationToken::new();
-        tokio::spawn(listen::listen(
-            config,
-            channel.clone(),
-            signal.clone(),
-            stop.clone(),
-        ));
         Ok(PostgresStore {
             pool,
             clock: self.clock,
             channel: channel.into(),
             schema: self.schema.into(),
-            signal,
-            _listener: Arc::new(stop.drop_guard()),
+            signal: Arc::new(signal),
+            listener: Arc::new(Listener {
+                config,
+                started: OnceLock::new(),
+            }),
         })
     }
 }
@@ -149,8 +144,15 @@ pub struct PostgresStore {
     channel: Arc<str>,
     schema: Arc<str>,
     signal: Arc<watch::Sender<u64>>,
-    /// Stops the `LISTEN` task when the last clone is dropped.
-    _listener: Arc<DropGuard>,
+    listener: Arc<Listener>,
+}
+
+/// The `LISTEN` connection, started by the first fetcher that asks for the work signal (a
+/// process that only enqueues never opens it: every listener costs the server a delivery per
+/// notification), and stopped when the last clone of the store is dropped.
+struct Listener {
+    config: tokio_postgres::Config,
+    started: OnceLock<DropGuard>,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -203,8 +205,14 @@ impl PostgresStore {
         )
         .await
         .map_err(pg_error)?;
-        let insert = tx.prepare(ops::INSERT).await.map_err(pg_error)?;
-        let out = ops::enqueue(tx, &insert, &jobs, self.clock.now_ms(), &self.channel).await;
+        let out = ops::enqueue(
+            tx,
+            &ops::Prep::Plain,
+            &jobs,
+            self.clock.now_ms(),
+            &self.channel,
+        )
+        .await;
         tx.execute("SELECT set_config('search_path', $1, true)", &[&old])
             .await
             .map_err(pg_error)?;
@@ -253,14 +261,21 @@ impl Store for PostgresStore {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, StoreError> {
         let now = self.clock.now_ms();
         let mut client = self.client().await?;
-        let insert = client.prepare_cached(ops::INSERT).await.map_err(pg_error)?;
         let out = if jobs.iter().any(|j| j.options().unique.is_some()) {
+            // Prepared on the connection itself: the transaction borrows it mutably.
             let tx = client.transaction().await.map_err(pg_error)?;
-            let out = ops::enqueue(&*tx, &insert, &jobs, now, &self.channel).await?;
+            let out = ops::enqueue(&*tx, &ops::Prep::Plain, &jobs, now, &self.channel).await?;
             tx.commit().await.map_err(pg_error)?;
             out
         } else {
-            ops::enqueue(&**client, &insert, &jobs, now, &self.channel).await?
+            ops::enqueue(
+                &**client,
+                &ops::Prep::Cached(&client),
+                &jobs,
+                now,
+                &self.channel,
+            )
+            .await?
         };
         self.wake();
         Ok(out)
@@ -354,6 +369,16 @@ impl Store for PostgresStore {
     }
 
     fn work_signal(&self) -> watch::Receiver<u64> {
+        self.listener.started.get_or_init(|| {
+            let stop = CancellationToken::new();
+            tokio::spawn(listen::listen(
+                self.listener.config.clone(),
+                self.channel.to_string(),
+                self.signal.clone(),
+                stop.clone(),
+            ));
+            stop.drop_guard()
+        });
         self.signal.subscribe()
     }
 

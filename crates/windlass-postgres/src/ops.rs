@@ -31,6 +31,44 @@ pub(crate) const INSERT: &str = "WITH ins AS (
     RETURNING id)
 SELECT ins.id FROM ins, (SELECT pg_notify($13, '')) AS n";
 
+/// One job: a plain `VALUES` row (W1, the most common enqueue).
+pub(crate) const INSERT_ONE: &str = "WITH ins AS (
+    INSERT INTO windlass_jobs (kind, queue, payload, state, priority, max_attempts, retry,
+        timeout_ms, tags, unique_key, created_at, run_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+    RETURNING id)
+SELECT ins.id FROM ins, (SELECT pg_notify($13, '')) AS n";
+
+/// Many jobs of one kind with the same options (`enqueue_many`): only the payloads vary.
+pub(crate) const INSERT_SHARED: &str = "WITH ins AS (
+    INSERT INTO windlass_jobs (kind, queue, payload, state, priority, max_attempts, retry,
+        timeout_ms, tags, unique_key, created_at, run_at)
+    SELECT $1, $2, payload, $4, $5, $6, $7, $8, $9, NULL, $10, $11
+    FROM unnest($3::jsonb[]) WITH ORDINALITY AS t(payload, ord)
+    ORDER BY ord
+    RETURNING id)
+SELECT ins.id FROM ins, (SELECT pg_notify($12, '')) AS n";
+
+/// Prepares the insert statements: cached on a pooled connection, or once per call on a
+/// caller's transaction.
+pub(crate) enum Prep<'a> {
+    /// A pooled connection's statement cache.
+    Cached(&'a ClientWrapper),
+    /// Prepare on the connection being used.
+    Plain,
+}
+
+async fn prepare<C: GenericClient>(
+    c: &C,
+    prep: &Prep<'_>,
+    sql: &str,
+) -> Result<Statement, StoreError> {
+    match prep {
+        Prep::Cached(w) => w.prepare_cached(sql).await.map_err(pg_error),
+        Prep::Plain => c.prepare(sql).await.map_err(pg_error),
+    }
+}
+
 struct Rows {
     kind: Vec<String>,
     queue: Vec<String>,
@@ -93,31 +131,97 @@ fn to_json(v: &impl serde::Serialize) -> Result<Value, StoreError> {
 /// Inserts `jobs` (none unique) with one statement; ids in input order.
 async fn insert_plain<C: GenericClient>(
     c: &C,
-    insert: &Statement,
+    prep: &Prep<'_>,
     jobs: &[&NewJob],
     now: i64,
     channel: &str,
 ) -> Result<Vec<JobId>, StoreError> {
-    if jobs.is_empty() {
+    let Some(first) = jobs.first() else {
         return Ok(Vec::new());
-    }
-    let r = rows(jobs, now)?;
-    let params: [&(dyn ToSql + Sync); 13] = [
-        &r.kind,
-        &r.queue,
-        &r.payload,
-        &r.state,
-        &r.priority,
-        &r.max_attempts,
-        &r.retry,
-        &r.timeout_ms,
-        &r.tags,
-        &r.unique_key,
-        &now,
-        &r.run_at,
-        &channel,
-    ];
-    let rows = c.query(insert, &params).await.map_err(pg_error)?;
+    };
+    let shared = jobs
+        .iter()
+        .all(|j| j.kind() == first.kind() && j.options() == first.options());
+    let rows = if jobs.len() == 1 || shared {
+        let o = first.options();
+        let delay = duration_ms(o.delay);
+        let state = if delay > 0 {
+            JobState::Scheduled
+        } else {
+            JobState::Available
+        }
+        .as_str();
+        let max_attempts = i32::try_from(o.retry.max_attempts).unwrap_or(i32::MAX);
+        let retry = to_json(&o.retry)?;
+        let timeout_ms = duration_ms(o.timeout);
+        let tags = to_json(&o.tags)?;
+        let run_at = now.saturating_add(delay);
+        if jobs.len() == 1 {
+            let unique_key = o.unique.as_ref().map(|u| u.key.as_str());
+            let stmt = prepare(c, prep, INSERT_ONE).await?;
+            c.query(
+                &stmt,
+                &[
+                    &first.kind(),
+                    &o.queue,
+                    first.payload(),
+                    &state,
+                    &o.priority,
+                    &max_attempts,
+                    &retry,
+                    &timeout_ms,
+                    &tags,
+                    &unique_key,
+                    &now,
+                    &run_at,
+                    &channel,
+                ],
+            )
+            .await
+            .map_err(pg_error)?
+        } else {
+            let payloads: Vec<&Value> = jobs.iter().map(|j| j.payload()).collect();
+            let stmt = prepare(c, prep, INSERT_SHARED).await?;
+            c.query(
+                &stmt,
+                &[
+                    &first.kind(),
+                    &o.queue,
+                    &payloads,
+                    &state,
+                    &o.priority,
+                    &max_attempts,
+                    &retry,
+                    &timeout_ms,
+                    &tags,
+                    &now,
+                    &run_at,
+                    &channel,
+                ],
+            )
+            .await
+            .map_err(pg_error)?
+        }
+    } else {
+        let r = rows(jobs, now)?;
+        let params: [&(dyn ToSql + Sync); 13] = [
+            &r.kind,
+            &r.queue,
+            &r.payload,
+            &r.state,
+            &r.priority,
+            &r.max_attempts,
+            &r.retry,
+            &r.timeout_ms,
+            &r.tags,
+            &r.unique_key,
+            &now,
+            &r.run_at,
+            &channel,
+        ];
+        let stmt = prepare(c, prep, INSERT).await?;
+        c.query(&stmt, &params).await.map_err(pg_error)?
+    };
     // Ids come from one sequence in insertion order (ORDER BY ord): sorted, they are the
     // input order.
     let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
@@ -125,12 +229,12 @@ async fn insert_plain<C: GenericClient>(
     Ok(ids.into_iter().map(JobId).collect())
 }
 
-/// Enqueues `jobs` through `c`, with `insert` the prepared [`INSERT`]. Unique jobs need a
+/// Enqueues `jobs` through `c`, preparing statements as `prep` says. Unique jobs need a
 /// transaction: each takes an advisory lock on its key for the rest of the transaction, so
 /// concurrent inserts of one key are serialised and the second sees the first's row.
 pub(crate) async fn enqueue<C: GenericClient>(
     c: &C,
-    insert: &Statement,
+    prep: &Prep<'_>,
     jobs: &[NewJob],
     now: i64,
     channel: &str,
@@ -142,7 +246,7 @@ pub(crate) async fn enqueue<C: GenericClient>(
     let plain_jobs: Vec<&NewJob> = plain.iter().map(|i| &jobs[*i]).collect();
     for (i, id) in plain
         .iter()
-        .zip(insert_plain(c, insert, &plain_jobs, now, channel).await?)
+        .zip(insert_plain(c, prep, &plain_jobs, now, channel).await?)
     {
         out[*i] = Some(Enqueued {
             id,
@@ -177,7 +281,7 @@ pub(crate) async fn enqueue<C: GenericClient>(
                 duplicate: true,
             },
             None => Enqueued {
-                id: insert_plain(c, insert, &[job], now, channel)
+                id: insert_plain(c, prep, &[job], now, channel)
                     .await?
                     .pop()
                     .ok_or_else(|| StoreError::Corrupt("insert returned no id".into()))?,
