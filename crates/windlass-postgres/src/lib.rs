@@ -31,12 +31,14 @@
 //! # Ok(()) }
 //! ```
 
+mod limits;
 mod listen;
 mod ops;
 mod schema;
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -132,6 +134,7 @@ impl PostgresStoreBuilder {
                 config,
                 started: OnceLock::new(),
             }),
+            limits_cache: Arc::default(),
         })
     }
 }
@@ -145,6 +148,7 @@ pub struct PostgresStore {
     schema: Arc<str>,
     signal: Arc<watch::Sender<u64>>,
     listener: Arc<Listener>,
+    limits_cache: Arc<Mutex<HashMap<String, (std::time::Instant, windlass_queue::QueueLimits)>>>,
 }
 
 /// The `LISTEN` connection, started by the first fetcher that asks for the work signal (a
@@ -226,6 +230,31 @@ impl PostgresStore {
             .map_err(|e| StoreError::Unavailable(format!("no database connection: {e}")))
     }
 
+    /// A queue's limits, read from the database at most once a second per queue (a change
+    /// made by another process is kept from then on; one made here, at once).
+    async fn cached_limits(
+        &self,
+        client: &deadpool_postgres::Object,
+        queue: &str,
+    ) -> Result<windlass_queue::QueueLimits, StoreError> {
+        let fresh = std::time::Instant::now();
+        if let Some((at, l)) = self
+            .limits_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(queue)
+            && fresh.duration_since(*at) < Duration::from_secs(1)
+        {
+            return Ok(*l);
+        }
+        let l = limits::get(&***client, queue).await?;
+        self.limits_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(queue.to_string(), (fresh, l));
+        Ok(l)
+    }
+
     fn wake(&self) {
         self.signal.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -283,8 +312,25 @@ impl Store for PostgresStore {
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
         let now = self.clock.now_ms();
-        let client = self.client().await?;
-        ops::claim(&client, &request, now).await
+        let mut client = self.client().await?;
+        let mut all = Vec::new();
+        if request.kinds.is_empty() {
+            return Ok(all);
+        }
+        for queue in &request.queues {
+            let left = request.limit.saturating_sub(all.len());
+            if left == 0 {
+                break;
+            }
+            let limits = self.cached_limits(&client, queue).await?;
+            let got = if limits.is_unlimited() {
+                ops::claim_queue(&client, &request, queue, left, now).await?
+            } else {
+                limits::claim_limited(&mut client, &request, queue, &limits, left, now).await?
+            };
+            all.extend(got);
+        }
+        Ok(all)
     }
 
     async fn heartbeat(
@@ -366,6 +412,29 @@ impl Store for PostgresStore {
     ) -> Result<Vec<String>, StoreError> {
         let client = self.client().await?;
         ops::unknown_kinds(&client, &queues, &kinds).await
+    }
+
+    async fn set_limits(
+        &self,
+        queue: String,
+        limits: windlass_queue::QueueLimits,
+    ) -> Result<(), StoreError> {
+        limits
+            .validate()
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let client = self.client().await?;
+        limits::set(&**client, &queue, &limits).await?;
+        self.limits_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&queue);
+        self.wake();
+        Ok(())
+    }
+
+    async fn limits(&self, queue: String) -> Result<windlass_queue::QueueLimits, StoreError> {
+        let client = self.client().await?;
+        limits::get(&**client, &queue).await
     }
 
     fn work_signal(&self) -> watch::Receiver<u64> {

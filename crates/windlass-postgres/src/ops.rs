@@ -15,18 +15,18 @@ use windlass_queue::{
 
 use crate::pg_error;
 
-const DUE: &str = "('scheduled','available','retryable')";
+pub(crate) const DUE: &str = "('scheduled','available','retryable')";
 
 /// Inserts the rows of `jobs` (none unique) in one statement and notifies `channel`.
 pub(crate) const INSERT: &str = "WITH ins AS (
     INSERT INTO windlass_jobs (kind, queue, payload, state, priority, max_attempts, retry,
-        timeout_ms, tags, unique_key, created_at, run_at)
+        timeout_ms, tags, unique_key, created_at, run_at, limit_key)
     SELECT kind, queue, payload, state, priority, max_attempts, retry, timeout_ms, tags,
-        unique_key, $11, run_at
+        unique_key, $11, run_at, limit_key
     FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int2[], $6::int4[],
-        $7::jsonb[], $8::int8[], $9::jsonb[], $10::text[], $12::int8[])
+        $7::jsonb[], $8::int8[], $9::jsonb[], $10::text[], $12::int8[], $14::text[])
         WITH ORDINALITY AS t(kind, queue, payload, state, priority, max_attempts, retry,
-            timeout_ms, tags, unique_key, run_at, ord)
+            timeout_ms, tags, unique_key, run_at, limit_key, ord)
     ORDER BY ord
     RETURNING id)
 SELECT ins.id FROM ins, (SELECT pg_notify($13, '')) AS n";
@@ -34,16 +34,16 @@ SELECT ins.id FROM ins, (SELECT pg_notify($13, '')) AS n";
 /// One job: a plain `VALUES` row (W1, the most common enqueue).
 pub(crate) const INSERT_ONE: &str = "WITH ins AS (
     INSERT INTO windlass_jobs (kind, queue, payload, state, priority, max_attempts, retry,
-        timeout_ms, tags, unique_key, created_at, run_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        timeout_ms, tags, unique_key, created_at, run_at, limit_key)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $14)
     RETURNING id)
 SELECT ins.id FROM ins, (SELECT pg_notify($13, '')) AS n";
 
 /// Many jobs of one kind with the same options (`enqueue_many`): only the payloads vary.
 pub(crate) const INSERT_SHARED: &str = "WITH ins AS (
     INSERT INTO windlass_jobs (kind, queue, payload, state, priority, max_attempts, retry,
-        timeout_ms, tags, unique_key, created_at, run_at)
-    SELECT $1, $2, payload, $4, $5, $6, $7, $8, $9, NULL, $10, $11
+        timeout_ms, tags, unique_key, created_at, run_at, limit_key)
+    SELECT $1, $2, payload, $4, $5, $6, $7, $8, $9, NULL, $10, $11, $13
     FROM unnest($3::jsonb[]) WITH ORDINALITY AS t(payload, ord)
     ORDER BY ord
     RETURNING id)
@@ -81,6 +81,7 @@ struct Rows {
     tags: Vec<Value>,
     unique_key: Vec<Option<String>>,
     run_at: Vec<i64>,
+    limit_key: Vec<Option<String>>,
 }
 
 fn rows(jobs: &[&NewJob], now: i64) -> Result<Rows, StoreError> {
@@ -96,6 +97,7 @@ fn rows(jobs: &[&NewJob], now: i64) -> Result<Rows, StoreError> {
         tags: vec![],
         unique_key: vec![],
         run_at: vec![],
+        limit_key: vec![],
     };
     for job in jobs {
         let o = job.options();
@@ -120,6 +122,7 @@ fn rows(jobs: &[&NewJob], now: i64) -> Result<Rows, StoreError> {
         r.tags.push(to_json(&o.tags)?);
         r.unique_key.push(o.unique.as_ref().map(|u| u.key.clone()));
         r.run_at.push(now.saturating_add(delay));
+        r.limit_key.push(o.limit_key.clone());
     }
     Ok(r)
 }
@@ -175,6 +178,7 @@ async fn insert_plain<C: GenericClient>(
                     &now,
                     &run_at,
                     &channel,
+                    &o.limit_key,
                 ],
             )
             .await
@@ -197,6 +201,7 @@ async fn insert_plain<C: GenericClient>(
                     &now,
                     &run_at,
                     &channel,
+                    &o.limit_key,
                 ],
             )
             .await
@@ -204,7 +209,7 @@ async fn insert_plain<C: GenericClient>(
         }
     } else {
         let r = rows(jobs, now)?;
-        let params: [&(dyn ToSql + Sync); 13] = [
+        let params: [&(dyn ToSql + Sync); 14] = [
             &r.kind,
             &r.queue,
             &r.payload,
@@ -218,6 +223,7 @@ async fn insert_plain<C: GenericClient>(
             &now,
             &r.run_at,
             &channel,
+            &r.limit_key,
         ];
         let stmt = prepare(c, prep, INSERT).await?;
         c.query(&stmt, &params).await.map_err(pg_error)?
@@ -296,16 +302,51 @@ pub(crate) async fn enqueue<C: GenericClient>(
         .collect()
 }
 
-pub(crate) async fn claim(
+/// The columns a claim returns, in [`claimed`]'s order.
+pub(crate) const CLAIMED: &str =
+    "j.id, j.kind, j.queue, j.payload, j.attempt, j.retry, j.timeout_ms,
+    j.run_at, j.created_at, j.lease_token, j.priority";
+
+/// Claimed rows as jobs, in claim order.
+pub(crate) fn claimed(rows: Vec<Row>, worker: &str) -> Result<Vec<ClaimedJob>, StoreError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let attempt: i32 = r.get(4);
+        let timeout_ms: i64 = r.get(6);
+        let priority: i16 = r.get(10);
+        out.push((
+            priority,
+            ClaimedJob {
+                lease: Lease {
+                    job: JobId(r.get(0)),
+                    token: r.get(9),
+                    worker: worker.to_string(),
+                },
+                kind: r.get(1),
+                queue: r.get(2),
+                payload: r.get(3),
+                attempt: u32::try_from(attempt).unwrap_or(0),
+                retry: parse_retry(r.get(5))?,
+                timeout: std::time::Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0)),
+                run_at_ms: r.get(7),
+                created_at_ms: r.get(8),
+            },
+        ));
+    }
+    out.sort_by_key(|(p, j)| (*p, j.run_at_ms, j.lease.job));
+    Ok(out.into_iter().map(|(_, j)| j).collect())
+}
+
+/// Claims up to `left` due jobs from one queue without limits: one statement. `queue = $1`
+/// lets it walk the index of due jobs in claim order (with `queue = ANY(..)` the planner
+/// scans and sorts every due row).
+pub(crate) async fn claim_queue(
     c: &ClientWrapper,
     req: &ClaimRequest,
+    queue: &str,
+    left: usize,
     now: i64,
 ) -> Result<Vec<ClaimedJob>, StoreError> {
-    if req.kinds.is_empty() {
-        return Ok(Vec::new());
-    }
-    // One queue per statement: `queue = $1` lets the claim walk the index of due jobs in
-    // claim order (with `queue = ANY(..)` the planner scans and sorts every due row).
     let stmt = c
         .prepare_cached(&format!(
             "WITH picked AS (
@@ -316,56 +357,20 @@ pub(crate) async fn claim(
              UPDATE windlass_jobs j SET state = 'running', attempt = j.attempt + 1,
                 lease_token = j.lease_token + 1, locked_by = $5, lease_until = $6
              FROM picked WHERE j.id = picked.id
-             RETURNING j.id, j.kind, j.queue, j.payload, j.attempt, j.retry, j.timeout_ms,
-                j.run_at, j.created_at, j.lease_token, j.priority"
+             RETURNING {CLAIMED}"
         ))
         .await
         .map_err(pg_error)?;
     let until = now.saturating_add(duration_ms(req.lease_for));
-    let mut all = Vec::new();
-    for queue in &req.queues {
-        let left = req.limit.saturating_sub(all.len());
-        if left == 0 {
-            break;
-        }
-        let limit = i64::try_from(left).unwrap_or(i64::MAX);
-        let rows = c
-            .query(
-                &stmt,
-                &[queue, &now, &req.kinds, &limit, &req.worker, &until],
-            )
-            .await
-            .map_err(pg_error)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let attempt: i32 = r.get(4);
-            let timeout_ms: i64 = r.get(6);
-            let priority: i16 = r.get(10);
-            out.push((
-                priority,
-                ClaimedJob {
-                    lease: Lease {
-                        job: JobId(r.get(0)),
-                        token: r.get(9),
-                        worker: req.worker.clone(),
-                    },
-                    kind: r.get(1),
-                    queue: r.get(2),
-                    payload: r.get(3),
-                    attempt: u32::try_from(attempt).unwrap_or(0),
-                    retry: parse_retry(r.get(5))?,
-                    timeout: std::time::Duration::from_millis(
-                        u64::try_from(timeout_ms).unwrap_or(0),
-                    ),
-                    run_at_ms: r.get(7),
-                    created_at_ms: r.get(8),
-                },
-            ));
-        }
-        out.sort_by_key(|(p, j)| (*p, j.run_at_ms, j.lease.job));
-        all.extend(out.into_iter().map(|(_, j)| j));
-    }
-    Ok(all)
+    let limit = i64::try_from(left).unwrap_or(i64::MAX);
+    let rows = c
+        .query(
+            &stmt,
+            &[&queue, &now, &req.kinds, &limit, &req.worker, &until],
+        )
+        .await
+        .map_err(pg_error)?;
+    claimed(rows, &req.worker)
 }
 
 fn lease_arrays(leases: &[&Lease]) -> (Vec<i64>, Vec<i64>, Vec<String>) {
@@ -616,7 +621,7 @@ pub(crate) async fn prune(
 
 const RECORD_COLUMNS: &str = "id, kind, queue, payload, state, priority, attempt, retry,
     timeout_ms, tags, unique_key, created_at, run_at, finished_at, locked_by, lease_expiries,
-    cancel_requested, progress, attempts";
+    cancel_requested, progress, attempts, limit_key";
 
 fn record(r: &Row) -> Result<JobRecord, StoreError> {
     let attempt: i32 = r.get(6);
@@ -643,6 +648,7 @@ fn record(r: &Row) -> Result<JobRecord, StoreError> {
         progress: r.get(17),
         attempts: serde_json::from_value::<Vec<AttemptRecord>>(r.get(18))
             .map_err(|e| StoreError::Corrupt(format!("attempts: {e}")))?,
+        limit_key: r.get(19),
     })
 }
 

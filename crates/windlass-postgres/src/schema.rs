@@ -26,6 +26,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[(
         timeout_ms BIGINT NOT NULL,
         tags JSONB NOT NULL DEFAULT '[]',
         unique_key TEXT,
+        limit_key TEXT,
         created_at BIGINT NOT NULL,
         run_at BIGINT NOT NULL,
         finished_at BIGINT,
@@ -44,7 +45,16 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[(
     CREATE INDEX windlass_jobs_unique ON windlass_jobs (queue, kind, unique_key)
         WHERE unique_key IS NOT NULL;
     CREATE INDEX windlass_jobs_finished ON windlass_jobs (state, finished_at)
-        WHERE finished_at IS NOT NULL;",
+        WHERE finished_at IS NOT NULL;
+    -- Limited queues count what runs, per queue and per key.
+    CREATE INDEX windlass_jobs_running_keys ON windlass_jobs (queue, limit_key)
+        WHERE state = 'running';
+    CREATE TABLE windlass_queue_limits (queue TEXT PRIMARY KEY, limits JSONB NOT NULL);
+    CREATE TABLE windlass_rate_buckets (
+        scope TEXT PRIMARY KEY,
+        tokens DOUBLE PRECISION NOT NULL,
+        at_ms BIGINT NOT NULL
+    );",
 )];
 
 /// Creates the schema if needed and applies every migration newer than its version.

@@ -213,6 +213,16 @@ impl<S: Store> Queue<S> {
             .await?)
     }
 
+    /// Sets `queue`'s limits for every process (see [`QueueLimits`](crate::QueueLimits)).
+    pub async fn set_limits(
+        &self,
+        queue: impl Into<String>,
+        limits: crate::QueueLimits,
+    ) -> Result<(), QueueError> {
+        limits.validate()?;
+        Ok(self.store.set_limits(queue.into(), limits).await?)
+    }
+
     /// Depth per state and consumer lag, per queue.
     pub async fn stats(&self) -> Result<Vec<QueueStats>, QueueError> {
         Ok(self.store.stats().await?)

@@ -163,6 +163,9 @@ pub struct JobOptions {
     pub tags: Vec<String>,
     /// De-duplication, if any.
     pub unique: Option<Unique>,
+    /// What the queue's per-key limits count this job by (a tenant, a customer, a host);
+    /// see [`QueueLimits`](crate::QueueLimits).
+    pub limit_key: Option<String>,
 }
 
 impl Default for JobOptions {
@@ -182,6 +185,7 @@ impl Default for JobOptions {
             timeout: Duration::from_secs(300),
             tags: Vec::new(),
             unique: None,
+            limit_key: None,
         }
     }
 }
@@ -212,6 +216,13 @@ impl JobOptions {
         }
         if self.tags.iter().any(|t| t.is_empty() || t.len() > 128) {
             return bad("tags", "each tag must be 1 to 128 bytes".into());
+        }
+        if self
+            .limit_key
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.len() > 512)
+        {
+            return bad("limit_key", "must be 1 to 512 bytes".into());
         }
         if let Some(u) = &self.unique {
             if u.key.is_empty() || u.key.len() > 512 {
@@ -362,6 +373,8 @@ pub struct JobRecord {
     pub tags: Vec<String>,
     /// Its unique key, if any.
     pub unique_key: Option<String>,
+    /// Its limit key, if any.
+    pub limit_key: Option<String>,
     /// When it was enqueued (ms since the Unix epoch).
     pub created_at_ms: i64,
     /// When it may run next (ms since the Unix epoch).

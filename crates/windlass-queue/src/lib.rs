@@ -32,6 +32,7 @@ mod client;
 mod clock;
 mod handler;
 mod job;
+pub mod limits;
 mod periodic;
 mod store;
 mod worker;
@@ -46,6 +47,7 @@ pub use job::{
     AttemptRecord, EnqueueError, Enqueued, JobId, JobOptions, JobRecord, JobState, MAX_DURATION,
     MAX_PAYLOAD_BYTES, NewJob, Unique,
 };
+pub use limits::{QueueLimits, Rate};
 pub use periodic::Periodic;
 pub use store::{
     ClaimRequest, ClaimedJob, Fenced, Finish, Heartbeat, JobFilter, Lease, NextState, QueueStats,

@@ -215,6 +215,9 @@ impl ClassifiedError for StoreError {
 ///   transaction committed.
 /// - **Order.** A claim takes the lowest priority first, then the earliest `run_at`, then the
 ///   lowest id (FIFO within a priority).
+/// - **Limits hold across processes.** A claim from a queue with [`QueueLimits`](crate::QueueLimits)
+///   is serialised with every other claim from it and takes no more than its running
+///   slots, its keys' running slots and its buckets' tokens allow.
 /// - **Unique inserts do not race.** Two enqueues with one unique key, from any processes,
 ///   leave one job, and both get its id.
 ///
@@ -305,6 +308,20 @@ pub trait Store: Send + Sync + 'static {
         queues: Vec<String>,
         kinds: Vec<String>,
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Stores `queue`'s limits, which every claim from any process then keeps (see
+    /// [`QueueLimits`](crate::QueueLimits)); `QueueLimits::default()` removes them.
+    fn set_limits(
+        &self,
+        queue: String,
+        limits: crate::QueueLimits,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// `queue`'s limits (the default when none are set).
+    fn limits(
+        &self,
+        queue: String,
+    ) -> impl Future<Output = Result<crate::QueueLimits, StoreError>> + Send;
 
     /// A signal that changes whenever new work may be available (an enqueue in this process,
     /// a notification from another). A fetcher marks it seen *before* it claims, and after an

@@ -49,6 +49,7 @@
 //! # Ok(()) }
 //! ```
 
+mod limits;
 mod ops;
 mod schema;
 mod writer;
@@ -318,6 +319,26 @@ impl Store for SqliteStore {
     ) -> Result<Vec<String>, StoreError> {
         self.writer
             .call(move |c| ops::unknown_kinds(c, &queues, &kinds), None)
+            .await
+    }
+
+    async fn set_limits(
+        &self,
+        queue: String,
+        limits: windlass_queue::QueueLimits,
+    ) -> Result<(), StoreError> {
+        limits
+            .validate()
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        // New limits may let more work start: wake the fetchers.
+        self.writer
+            .call(move |c| limits::set(c, &queue, &limits), self.wake())
+            .await
+    }
+
+    async fn limits(&self, queue: String) -> Result<windlass_queue::QueueLimits, StoreError> {
+        self.writer
+            .call(move |c| limits::get(c, &queue), None)
             .await
     }
 

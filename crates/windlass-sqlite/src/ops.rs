@@ -16,14 +16,14 @@ fn json_text(v: &impl serde::Serialize) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn placeholders(n: usize, first: usize) -> String {
+pub(crate) fn placeholders(n: usize, first: usize) -> String {
     (0..n)
         .map(|i| format!("?{}", first + i))
         .collect::<Vec<_>>()
         .join(",")
 }
 
-const DUE: &str = "('scheduled','available','retryable')";
+pub(crate) const DUE: &str = "('scheduled','available','retryable')";
 
 pub(crate) fn enqueue(
     conn: &Connection,
@@ -34,8 +34,8 @@ pub(crate) fn enqueue(
     let mut insert = conn
         .prepare_cached(
             "INSERT INTO windlass_jobs (kind, queue, payload, state, priority, max_attempts, retry,
-                timeout_ms, tags, unique_key, created_at, run_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                timeout_ms, tags, unique_key, created_at, run_at, limit_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )
         .map_err(sql_error)?;
     for job in jobs {
@@ -92,6 +92,7 @@ pub(crate) fn enqueue(
                 o.unique.as_ref().map(|u| u.key.as_str()),
                 now,
                 now.saturating_add(delay),
+                o.limit_key,
             ])
             .map_err(sql_error)?;
         out.push(Enqueued {
@@ -122,13 +123,22 @@ pub(crate) fn claim(
          RETURNING id, kind, queue, payload, attempt, retry, timeout_ms, run_at, created_at,
             lease_token, priority"
     );
-    let mut stmt = conn.prepare_cached(&sql).map_err(sql_error)?;
     let mut all = Vec::new();
     for queue in &req.queues {
         let left = req.limit.saturating_sub(all.len());
         if left == 0 {
             break;
         }
+        let limits = crate::limits::get(conn, queue)?;
+        let ids = if limits.is_unlimited() {
+            None
+        } else {
+            let ids = crate::limits::choose_ids(conn, req, queue, &limits, left, now)?;
+            if ids.is_empty() {
+                continue;
+            }
+            Some(ids)
+        };
         let mut args: Vec<rusqlite::types::Value> = vec![
             req.worker.clone().into(),
             now.saturating_add(duration_ms(req.lease_for)).into(),
@@ -136,11 +146,30 @@ pub(crate) fn claim(
             i64::try_from(left).unwrap_or(i64::MAX).into(),
             queue.clone().into(),
         ];
-        args.extend(
-            req.kinds
-                .iter()
-                .map(|s| rusqlite::types::Value::from(s.clone())),
-        );
+        let mut stmt = match &ids {
+            None => {
+                args.extend(
+                    req.kinds
+                        .iter()
+                        .map(|s| rusqlite::types::Value::from(s.clone())),
+                );
+                conn.prepare_cached(&sql).map_err(sql_error)?
+            }
+            Some(ids) => {
+                // The limited path chose exactly which jobs: claim those.
+                args.truncate(2);
+                args.extend(ids.iter().map(|id| rusqlite::types::Value::from(*id)));
+                conn.prepare_cached(&format!(
+                    "UPDATE windlass_jobs SET state = 'running', attempt = attempt + 1,
+                        lease_token = lease_token + 1, locked_by = ?1, lease_until = ?2
+                     WHERE id IN ({})
+                     RETURNING id, kind, queue, payload, attempt, retry, timeout_ms, run_at,
+                        created_at, lease_token, priority",
+                    placeholders(ids.len(), 3)
+                ))
+                .map_err(sql_error)?
+            }
+        };
         let mut rows = stmt.query(params_from_iter(args)).map_err(sql_error)?;
         let mut out: Vec<(i64, ClaimedJob)> = Vec::new();
         while let Some(r) = rows.next().map_err(sql_error)? {
@@ -403,7 +432,7 @@ pub(crate) fn prune(
 const RECORD_COLUMNS: &str =
     "id, kind, queue, payload, state, priority, attempt, retry, timeout_ms,
     tags, unique_key, created_at, run_at, finished_at, locked_by, lease_expiries,
-    cancel_requested, progress, attempts";
+    cancel_requested, progress, attempts, limit_key";
 
 fn record(r: &Row<'_>) -> Result<JobRecord, StoreError> {
     let e = sql_error;
@@ -435,6 +464,7 @@ fn record(r: &Row<'_>) -> Result<JobRecord, StoreError> {
         progress: progress.map(|p| parse_json(&p)).transpose()?,
         attempts: serde_json::from_str::<Vec<AttemptRecord>>(&attempts)
             .map_err(|x| StoreError::Corrupt(format!("attempts: {x}")))?,
+        limit_key: r.get(19).map_err(e)?,
     })
 }
 

@@ -24,6 +24,7 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
         timeout_ms INTEGER NOT NULL,
         tags TEXT NOT NULL DEFAULT '[]',
         unique_key TEXT,
+        limit_key TEXT,
         created_at INTEGER NOT NULL,
         run_at INTEGER NOT NULL,
         finished_at INTEGER,
@@ -42,7 +43,16 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
     CREATE INDEX windlass_jobs_unique ON windlass_jobs (queue, kind, unique_key)
         WHERE unique_key IS NOT NULL;
     CREATE INDEX windlass_jobs_finished ON windlass_jobs (state, finished_at)
-        WHERE finished_at IS NOT NULL;",
+        WHERE finished_at IS NOT NULL;
+    -- Limited queues count what runs, per queue and per key.
+    CREATE INDEX windlass_jobs_running_keys ON windlass_jobs (queue, limit_key)
+        WHERE state = 'running';
+    CREATE TABLE windlass_queue_limits (queue TEXT PRIMARY KEY, limits TEXT NOT NULL);
+    CREATE TABLE windlass_rate_buckets (
+        scope TEXT PRIMARY KEY,
+        tokens REAL NOT NULL,
+        at_ms INTEGER NOT NULL
+    );",
 )];
 
 /// Applies every migration newer than the database's version. Returns the version after.

@@ -17,9 +17,11 @@
 //! against the store and wait for events, never for wall-clock time.
 
 pub mod crash;
+mod limit_cases;
 mod store_cases;
 mod worker_cases;
 
+pub use limit_cases::*;
 pub use store_cases::*;
 pub use worker_cases::*;
 
@@ -59,6 +61,12 @@ macro_rules! conformance_tests {
             payloads_round_trip_exactly,
             enqueue_wakes_the_work_signal,
             periodic_jobs_are_enqueued_once_per_tick,
+            limits_are_stored_and_removed,
+            queue_concurrency_limit_holds_across_claimers,
+            concurrent_claimers_never_exceed_the_queue_limit,
+            per_key_concurrency_limits_skip_a_full_key,
+            queue_rate_limits_refill_over_time,
+            per_key_rate_limits_hold_each_key_apart,
             worker_runs_jobs_to_completion,
             worker_retries_transient_failures,
             worker_discards_malformed_payloads_and_goes_on,
