@@ -39,3 +39,8 @@ DO $$ DECLARE s text; BEGIN
 END $$;
 SQL
 echo "PostgreSQL tests will run against $DATABASE_URL"
+# The server is this machine's own: the restart-under-load test may restart it.
+if command -v pg_ctlcluster >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && [ -d /etc/postgresql ]; then
+  export WINDLASS_TEST_PG_RESTART=1
+  echo "the PostgreSQL restart-under-load test will run"
+fi
