@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use windlass_postgres::PostgresStore;
 use windlass_queue::{
-    Job, JobContext, JobError, JobFilter, JobOptions, JobState, Queue, Store, Worker, WorkerConfig,
+    Job, JobContext, JobError, JobFilter, JobOptions, JobState, Queue, Worker, WorkerConfig,
 };
 
 #[derive(Serialize, Deserialize)]
