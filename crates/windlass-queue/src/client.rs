@@ -130,6 +130,7 @@ impl<S: Store> Queue<S> {
         options: JobOptions,
     ) -> Result<Enqueued, QueueError> {
         let job = typed::<J>(payload, options)?;
+        count_enqueued(std::slice::from_ref(&job));
         let mut out = self.store.enqueue(vec![job]).await?;
         out.pop().ok_or_else(|| {
             QueueError::Store(StoreError::Corrupt("enqueue returned nothing".into()))
@@ -146,11 +147,13 @@ impl<S: Store> Queue<S> {
             .into_iter()
             .map(|p| typed::<J>(p, options.clone()))
             .collect::<Result<Vec<_>, _>>()?;
+        count_enqueued(&jobs);
         Ok(self.store.enqueue(jobs).await?)
     }
 
     /// Enqueues raw jobs (already validated by [`NewJob::new`]) in one transaction.
     pub async fn enqueue_raw(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
+        count_enqueued(&jobs);
         Ok(self.store.enqueue(jobs).await?)
     }
 
@@ -272,6 +275,22 @@ impl<S: Store> Queue<S> {
                     id,
                     waited: timeout,
                 });
+            }
+        }
+    }
+}
+
+/// `windlass_jobs_enqueued_total{queue}`: enqueue calls' jobs (duplicates included).
+fn count_enqueued(jobs: &[NewJob]) {
+    if let Some(first) = jobs.first() {
+        let queue = first.options().queue.clone();
+        if jobs.iter().all(|j| j.options().queue == queue) {
+            metrics::counter!("windlass_jobs_enqueued_total", "queue" => queue)
+                .increment(jobs.len() as u64);
+        } else {
+            for j in jobs {
+                metrics::counter!("windlass_jobs_enqueued_total", "queue" => j.options().queue.clone())
+                    .increment(1);
             }
         }
     }

@@ -15,6 +15,8 @@
 //! assert_eq!(ms(1500), std::time::Duration::from_secs_f64(1.5));
 //! ```
 
+pub mod metrics_capture;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

@@ -420,6 +420,7 @@ fn start_job<S: Store>(shared: &Arc<Shared<S>>, job: ClaimedJob) {
         metrics::counter!(
             "windlass_job_attempts_total",
             "queue" => job.queue.clone(),
+            "kind" => job.kind.clone(),
             "outcome" => outcome,
             "class" => class.map_or("none", |c| c.as_str()),
         )
@@ -619,6 +620,24 @@ async fn rescue_loop<S: Store>(shared: Arc<Shared<S>>, stop: CancellationToken) 
                 }
             }
             Err(e) => tracing::warn!(error = %e, "rescuing expired leases failed"),
+        }
+        // Depth per queue and state, and consumer lag, as gauges.
+        if let Ok(stats) = shared.store.stats().await {
+            let now = shared.store.now_ms();
+            for q in stats {
+                for state in crate::JobState::ALL {
+                    metrics::gauge!(
+                        "windlass_queue_depth",
+                        "queue" => q.queue.clone(),
+                        "state" => state.as_str(),
+                    )
+                    .set(q.count(state) as f64);
+                }
+                let lag = q
+                    .oldest_due_ms
+                    .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
+                metrics::gauge!("windlass_queue_lag_seconds", "queue" => q.queue.clone()).set(lag);
+            }
         }
         // Retention: finished jobs go after `retention`, dead letters after their own.
         let now = shared.store.now_ms();
