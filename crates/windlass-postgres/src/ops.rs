@@ -20,13 +20,14 @@ pub(crate) const DUE: &str = "('scheduled','available','retryable')";
 /// Inserts the rows of `jobs` (none unique) in one statement and notifies `channel`.
 pub(crate) const INSERT: &str = "WITH ins AS (
     INSERT INTO windlass_jobs (kind, queue, payload, state, priority, max_attempts, retry,
-        timeout_ms, tags, unique_key, created_at, run_at, limit_key)
+        timeout_ms, tags, unique_key, created_at, run_at, limit_key, trace_context)
     SELECT kind, queue, payload, state, priority, max_attempts, retry, timeout_ms, tags,
-        unique_key, $11, run_at, limit_key
+        unique_key, $11, run_at, limit_key, trace_context
     FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int2[], $6::int4[],
-        $7::jsonb[], $8::int8[], $9::jsonb[], $10::text[], $12::int8[], $14::text[])
+        $7::jsonb[], $8::int8[], $9::jsonb[], $10::text[], $12::int8[], $14::text[],
+        $15::text[])
         WITH ORDINALITY AS t(kind, queue, payload, state, priority, max_attempts, retry,
-            timeout_ms, tags, unique_key, run_at, limit_key, ord)
+            timeout_ms, tags, unique_key, run_at, limit_key, trace_context, ord)
     ORDER BY ord
     RETURNING id)
 SELECT ins.id FROM ins, (SELECT pg_notify($13, '')) AS n";
@@ -34,16 +35,16 @@ SELECT ins.id FROM ins, (SELECT pg_notify($13, '')) AS n";
 /// One job: a plain `VALUES` row (W1, the most common enqueue).
 pub(crate) const INSERT_ONE: &str = "WITH ins AS (
     INSERT INTO windlass_jobs (kind, queue, payload, state, priority, max_attempts, retry,
-        timeout_ms, tags, unique_key, created_at, run_at, limit_key)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $14)
+        timeout_ms, tags, unique_key, created_at, run_at, limit_key, trace_context)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $14, $15)
     RETURNING id)
 SELECT ins.id FROM ins, (SELECT pg_notify($13, '')) AS n";
 
 /// Many jobs of one kind with the same options (`enqueue_many`): only the payloads vary.
 pub(crate) const INSERT_SHARED: &str = "WITH ins AS (
     INSERT INTO windlass_jobs (kind, queue, payload, state, priority, max_attempts, retry,
-        timeout_ms, tags, unique_key, created_at, run_at, limit_key)
-    SELECT $1, $2, payload, $4, $5, $6, $7, $8, $9, NULL, $10, $11, $13
+        timeout_ms, tags, unique_key, created_at, run_at, limit_key, trace_context)
+    SELECT $1, $2, payload, $4, $5, $6, $7, $8, $9, NULL, $10, $11, $13, $14
     FROM unnest($3::jsonb[]) WITH ORDINALITY AS t(payload, ord)
     ORDER BY ord
     RETURNING id)
@@ -82,6 +83,7 @@ struct Rows {
     unique_key: Vec<Option<String>>,
     run_at: Vec<i64>,
     limit_key: Vec<Option<String>>,
+    trace_context: Vec<Option<String>>,
 }
 
 fn rows(jobs: &[&NewJob], now: i64) -> Result<Rows, StoreError> {
@@ -98,6 +100,7 @@ fn rows(jobs: &[&NewJob], now: i64) -> Result<Rows, StoreError> {
         unique_key: vec![],
         run_at: vec![],
         limit_key: vec![],
+        trace_context: vec![],
     };
     for job in jobs {
         let o = job.options();
@@ -123,6 +126,7 @@ fn rows(jobs: &[&NewJob], now: i64) -> Result<Rows, StoreError> {
         r.unique_key.push(o.unique.as_ref().map(|u| u.key.clone()));
         r.run_at.push(now.saturating_add(delay));
         r.limit_key.push(o.limit_key.clone());
+        r.trace_context.push(o.trace_context.clone());
     }
     Ok(r)
 }
@@ -179,6 +183,7 @@ async fn insert_plain<C: GenericClient>(
                     &run_at,
                     &channel,
                     &o.limit_key,
+                    &o.trace_context,
                 ],
             )
             .await
@@ -202,6 +207,7 @@ async fn insert_plain<C: GenericClient>(
                     &run_at,
                     &channel,
                     &o.limit_key,
+                    &o.trace_context,
                 ],
             )
             .await
@@ -209,7 +215,7 @@ async fn insert_plain<C: GenericClient>(
         }
     } else {
         let r = rows(jobs, now)?;
-        let params: [&(dyn ToSql + Sync); 14] = [
+        let params: [&(dyn ToSql + Sync); 15] = [
             &r.kind,
             &r.queue,
             &r.payload,
@@ -224,6 +230,7 @@ async fn insert_plain<C: GenericClient>(
             &r.run_at,
             &channel,
             &r.limit_key,
+            &r.trace_context,
         ];
         let stmt = prepare(c, prep, INSERT).await?;
         c.query(&stmt, &params).await.map_err(pg_error)?
@@ -305,7 +312,7 @@ pub(crate) async fn enqueue<C: GenericClient>(
 /// The columns a claim returns, in [`claimed`]'s order.
 pub(crate) const CLAIMED: &str =
     "j.id, j.kind, j.queue, j.payload, j.attempt, j.retry, j.timeout_ms,
-    j.run_at, j.created_at, j.lease_token, j.priority";
+    j.run_at, j.created_at, j.lease_token, j.priority, j.trace_context";
 
 /// Claimed rows as jobs, in claim order.
 pub(crate) fn claimed(rows: Vec<Row>, worker: &str) -> Result<Vec<ClaimedJob>, StoreError> {
@@ -330,6 +337,7 @@ pub(crate) fn claimed(rows: Vec<Row>, worker: &str) -> Result<Vec<ClaimedJob>, S
                 timeout: std::time::Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0)),
                 run_at_ms: r.get(7),
                 created_at_ms: r.get(8),
+                trace_context: r.get(11),
             },
         ));
     }
@@ -621,7 +629,7 @@ pub(crate) async fn prune(
 
 const RECORD_COLUMNS: &str = "id, kind, queue, payload, state, priority, attempt, retry,
     timeout_ms, tags, unique_key, created_at, run_at, finished_at, locked_by, lease_expiries,
-    cancel_requested, progress, attempts, limit_key";
+    cancel_requested, progress, attempts, limit_key, trace_context";
 
 fn record(r: &Row) -> Result<JobRecord, StoreError> {
     let attempt: i32 = r.get(6);
@@ -649,6 +657,7 @@ fn record(r: &Row) -> Result<JobRecord, StoreError> {
         attempts: serde_json::from_value::<Vec<AttemptRecord>>(r.get(18))
             .map_err(|e| StoreError::Corrupt(format!("attempts: {e}")))?,
         limit_key: r.get(19),
+        trace_context: r.get(20),
     })
 }
 

@@ -27,6 +27,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[(
         tags JSONB NOT NULL DEFAULT '[]',
         unique_key TEXT,
         limit_key TEXT,
+        trace_context TEXT,
         created_at BIGINT NOT NULL,
         run_at BIGINT NOT NULL,
         finished_at BIGINT,

@@ -161,6 +161,7 @@ pub struct JobContext {
     pub(crate) queue: Arc<str>,
     pub(crate) cancel: CancellationToken,
     pub(crate) progress: mpsc::UnboundedSender<(JobId, serde_json::Value)>,
+    pub(crate) trace_context: Option<Arc<str>>,
 }
 
 impl JobContext {
@@ -175,6 +176,10 @@ impl JobContext {
     /// The job's queue.
     pub fn queue(&self) -> &str {
         &self.queue
+    }
+    /// The enqueuer's trace context (e.g. a W3C `traceparent`), to continue its trace.
+    pub fn trace_context(&self) -> Option<&str> {
+        self.trace_context.as_deref()
     }
     /// Fires when the job is cancelled, its worker shuts down past its grace, or its lease is
     /// lost. A handler that awaits should select on it; the worker stops the handler anyway

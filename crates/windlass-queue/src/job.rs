@@ -166,6 +166,11 @@ pub struct JobOptions {
     /// What the queue's per-key limits count this job by (a tenant, a customer, a host);
     /// see [`QueueLimits`](crate::QueueLimits).
     pub limit_key: Option<String>,
+    /// The enqueuer's trace context (e.g. a W3C `traceparent`), stored with the job and
+    /// handed to each attempt (its span's `trace_context` field and
+    /// [`JobContext::trace_context`](crate::JobContext::trace_context)), so one trace can
+    /// follow a request across the queue.
+    pub trace_context: Option<String>,
 }
 
 impl Default for JobOptions {
@@ -186,6 +191,7 @@ impl Default for JobOptions {
             tags: Vec::new(),
             unique: None,
             limit_key: None,
+            trace_context: None,
         }
     }
 }
@@ -223,6 +229,13 @@ impl JobOptions {
             .is_some_and(|k| k.is_empty() || k.len() > 512)
         {
             return bad("limit_key", "must be 1 to 512 bytes".into());
+        }
+        if self
+            .trace_context
+            .as_ref()
+            .is_some_and(|t| t.is_empty() || t.len() > 512)
+        {
+            return bad("trace_context", "must be 1 to 512 bytes".into());
         }
         if let Some(u) = &self.unique {
             if u.key.is_empty() || u.key.len() > 512 {
@@ -375,6 +388,8 @@ pub struct JobRecord {
     pub unique_key: Option<String>,
     /// Its limit key, if any.
     pub limit_key: Option<String>,
+    /// The enqueuer's trace context, if any.
+    pub trace_context: Option<String>,
     /// When it was enqueued (ms since the Unix epoch).
     pub created_at_ms: i64,
     /// When it may run next (ms since the Unix epoch).
@@ -449,6 +464,20 @@ mod tests {
                 "tags",
                 JobOptions {
                     tags: vec![String::new()],
+                    ..opts()
+                },
+            ),
+            (
+                "limit_key",
+                JobOptions {
+                    limit_key: Some(String::new()),
+                    ..opts()
+                },
+            ),
+            (
+                "trace_context",
+                JobOptions {
+                    trace_context: Some("x".repeat(513)),
                     ..opts()
                 },
             ),

@@ -66,6 +66,8 @@ pub struct ClaimedJob {
     pub run_at_ms: i64,
     /// When it was enqueued.
     pub created_at_ms: i64,
+    /// The enqueuer's trace context, if any.
+    pub trace_context: Option<String>,
 }
 
 /// Where a finished attempt sends the job.

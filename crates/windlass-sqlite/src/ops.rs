@@ -34,8 +34,8 @@ pub(crate) fn enqueue(
     let mut insert = conn
         .prepare_cached(
             "INSERT INTO windlass_jobs (kind, queue, payload, state, priority, max_attempts, retry,
-                timeout_ms, tags, unique_key, created_at, run_at, limit_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                timeout_ms, tags, unique_key, created_at, run_at, limit_key, trace_context)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )
         .map_err(sql_error)?;
     for job in jobs {
@@ -93,6 +93,7 @@ pub(crate) fn enqueue(
                 now,
                 now.saturating_add(delay),
                 o.limit_key,
+                o.trace_context,
             ])
             .map_err(sql_error)?;
         out.push(Enqueued {
@@ -121,7 +122,7 @@ pub(crate) fn claim(
             WHERE state IN {DUE} AND queue = ?5 AND run_at <= ?3 AND kind IN ({k})
             ORDER BY priority, run_at, id LIMIT ?4)
          RETURNING id, kind, queue, payload, attempt, retry, timeout_ms, run_at, created_at,
-            lease_token, priority"
+            lease_token, priority, trace_context"
     );
     let mut all = Vec::new();
     for queue in &req.queues {
@@ -164,7 +165,7 @@ pub(crate) fn claim(
                         lease_token = lease_token + 1, locked_by = ?1, lease_until = ?2
                      WHERE id IN ({})
                      RETURNING id, kind, queue, payload, attempt, retry, timeout_ms, run_at,
-                        created_at, lease_token, priority",
+                        created_at, lease_token, priority, trace_context",
                     placeholders(ids.len(), 3)
                 ))
                 .map_err(sql_error)?
@@ -195,6 +196,7 @@ pub(crate) fn claim(
                     ),
                     run_at_ms: r.get(7).map_err(sql_error)?,
                     created_at_ms: r.get(8).map_err(sql_error)?,
+                    trace_context: r.get(11).map_err(sql_error)?,
                 },
             ));
         }
@@ -432,7 +434,7 @@ pub(crate) fn prune(
 const RECORD_COLUMNS: &str =
     "id, kind, queue, payload, state, priority, attempt, retry, timeout_ms,
     tags, unique_key, created_at, run_at, finished_at, locked_by, lease_expiries,
-    cancel_requested, progress, attempts, limit_key";
+    cancel_requested, progress, attempts, limit_key, trace_context";
 
 fn record(r: &Row<'_>) -> Result<JobRecord, StoreError> {
     let e = sql_error;
@@ -465,6 +467,7 @@ fn record(r: &Row<'_>) -> Result<JobRecord, StoreError> {
         attempts: serde_json::from_str::<Vec<AttemptRecord>>(&attempts)
             .map_err(|x| StoreError::Corrupt(format!("attempts: {x}")))?,
         limit_key: r.get(19).map_err(e)?,
+        trace_context: r.get(20).map_err(e)?,
     })
 }
 

@@ -25,6 +25,7 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
         tags TEXT NOT NULL DEFAULT '[]',
         unique_key TEXT,
         limit_key TEXT,
+        trace_context TEXT,
         created_at INTEGER NOT NULL,
         run_at INTEGER NOT NULL,
         finished_at INTEGER,

@@ -97,7 +97,10 @@ async fn the_queue_reports_enqueues_attempts_latency_depth_and_lag() {
     );
     // The depth gauges come with the sweep: wait for one that saw both ends.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while capture.gauge("windlass_queue_depth{queue=mail,state=discarded}") < 1.0 {
+    // A sweep may have read the store between the two ends: wait for one after both.
+    while capture.gauge("windlass_queue_depth{queue=mail,state=discarded}") < 1.0
+        || capture.gauge("windlass_queue_depth{queue=mail,state=completed}") < 1.0
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "no depth gauges: {:?}",

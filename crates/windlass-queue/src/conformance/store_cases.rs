@@ -705,23 +705,35 @@ pub async fn payloads_round_trip_exactly<S: Store>(store: S, _clock: ManualClock
         "nested": {"list": [1, 2.5, -3, null, true], "empty": {}},
         "big": 9_007_199_254_740_991_i64,
     });
-    let j = NewJob::new(
-        "k",
-        payload.clone(),
-        JobOptions {
-            tags: vec!["a".into(), "b".into()],
-            ..JobOptions::default()
-        },
-    )
-    .unwrap();
-    let ids = put(&store, vec![j]).await;
-    let rec = store.get(ids[0]).await.unwrap().unwrap();
-    assert_eq!(rec.payload, payload);
-    assert_eq!(rec.tags, vec!["a".to_string(), "b".to_string()]);
-    assert_eq!(rec.retry, JobOptions::default().retry);
-    let c = store.claim(claim_req("w", 1)).await.unwrap().remove(0);
-    assert_eq!(c.payload, payload);
-    assert_eq!(c.timeout, JobOptions::default().timeout);
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let opts = |key: &str| JobOptions {
+        tags: vec!["a".into(), "b".into()],
+        limit_key: Some(key.into()),
+        trace_context: Some(traceparent.into()),
+        ..JobOptions::default()
+    };
+    let one = |key: &str| NewJob::new("k", payload.clone(), opts(key)).unwrap();
+    // One job; a batch whose options differ; a batch that shares them (backends may take a
+    // different statement for each).
+    let mut ids = put(&store, vec![one("t1")]).await;
+    ids.extend(put(&store, vec![one("t2"), one("t3")]).await);
+    ids.extend(put(&store, vec![one("t4"), one("t4")]).await);
+    for (i, id) in ids.iter().enumerate() {
+        let rec = store.get(*id).await.unwrap().unwrap();
+        assert_eq!(rec.payload, payload);
+        assert_eq!(rec.tags, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(rec.retry, JobOptions::default().retry);
+        let key = ["t1", "t2", "t3", "t4", "t4"][i];
+        assert_eq!(rec.limit_key.as_deref(), Some(key));
+        assert_eq!(rec.trace_context.as_deref(), Some(traceparent));
+    }
+    let claimed = store.claim(claim_req("w", 10)).await.unwrap();
+    assert_eq!(claimed.len(), 5);
+    for c in claimed {
+        assert_eq!(c.payload, payload);
+        assert_eq!(c.timeout, JobOptions::default().timeout);
+        assert_eq!(c.trace_context.as_deref(), Some(traceparent));
+    }
 }
 
 pub async fn enqueue_wakes_the_work_signal<S: Store>(store: S, _clock: ManualClock) {

@@ -121,6 +121,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             run_at_ms: 0,
             created_at_ms: 0,
+            trace_context: None,
         }
     }
 

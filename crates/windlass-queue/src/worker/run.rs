@@ -465,6 +465,7 @@ async fn run_attempt<S: Store>(
         queue: job.queue.as_str().into(),
         cancel,
         progress: shared.progress.clone(),
+        trace_context: job.trace_context.as_deref().map(Arc::from),
     };
     let stopped = |stop: &AtomicU8| match stop.load(Ordering::Acquire) {
         STOP_CANCELLED => Ended::CancelledByUser,
@@ -480,8 +481,13 @@ async fn run_attempt<S: Store>(
             Err(_) => return Ended::Released,
         },
     };
-    let span =
-        tracing::info_span!("job", id = job.lease.job.0, kind = %job.kind, attempt = job.attempt);
+    let span = tracing::info_span!(
+        "job",
+        id = job.lease.job.0,
+        kind = %job.kind,
+        attempt = job.attempt,
+        trace_context = job.trace_context.as_deref().unwrap_or(""),
+    );
     let run = handler.run(ctx, job.payload.clone()).instrument(span);
     tokio::select! {
         biased;
