@@ -428,6 +428,34 @@ pub(crate) async fn finish(
 ) -> Result<Vec<Fenced>, StoreError> {
     let refs: Vec<&Lease> = finished.iter().map(|f| &f.lease).collect();
     let (ids, tokens, workers) = lease_arrays(&refs);
+    // The common batch: every attempt completed, all from one worker. Its statement carries
+    // three arrays, and the server builds each completion's attempt record itself.
+    if let Some(first) = finished.first()
+        && finished
+            .iter()
+            .all(|f| f.next == NextState::Completed && f.lease.worker == first.lease.worker)
+    {
+        let stmt = c
+            .prepare_cached(
+                "UPDATE windlass_jobs j SET state = 'completed', finished_at = $3,
+                    locked_by = NULL, lease_until = NULL, cancel_requested = false,
+                    attempts = j.attempts || jsonb_build_array(jsonb_build_object(
+                        'attempt', j.attempt, 'worker', $4::text, 'at_ms', f.at_ms,
+                        'outcome', 'completed', 'error', NULL, 'class', NULL))
+                 FROM unnest($1::int8[], $2::int8[], $5::int8[]) AS f(id, token, at_ms)
+                 WHERE j.id = f.id AND j.state = 'running' AND j.lease_token = f.token
+                   AND j.locked_by = $4
+                 RETURNING j.id, j.lease_token",
+            )
+            .await
+            .map_err(pg_error)?;
+        let at: Vec<i64> = finished.iter().map(|f| f.record.at_ms).collect();
+        let rows = c
+            .query(&stmt, &[&ids, &tokens, &now, &first.lease.worker, &at])
+            .await
+            .map_err(pg_error)?;
+        return Ok(fenced(finished, &rows));
+    }
     let mut states = Vec::new();
     let mut run_ats: Vec<Option<i64>> = Vec::new();
     let mut finished_ats: Vec<Option<i64>> = Vec::new();
@@ -478,9 +506,14 @@ pub(crate) async fn finish(
         )
         .await
         .map_err(pg_error)?;
+    Ok(fenced(finished, &rows))
+}
+
+/// Which of `finished` the update applied (it returned their id and token).
+fn fenced(finished: &[Finish], rows: &[Row]) -> Vec<Fenced> {
     let applied: std::collections::HashSet<(i64, i64)> =
         rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    Ok(finished
+    finished
         .iter()
         .map(|f| {
             if applied.contains(&(f.lease.job.0, f.lease.token)) {
@@ -489,7 +522,7 @@ pub(crate) async fn finish(
                 Fenced::Rejected
             }
         })
-        .collect())
+        .collect()
 }
 
 pub(crate) async fn progress(

@@ -128,6 +128,9 @@ impl SqliteStoreBuilder {
         }
         .map_err(|e| StoreError::Unavailable(format!("cannot open {:?}: {e}", self.path)))?;
         conn.busy_timeout(self.busy_timeout).map_err(sql_error)?;
+        // Every statement the store runs stays prepared (rusqlite keeps 16 by default; the
+        // store has about 25, with the admin queries).
+        conn.set_prepared_statement_cache_capacity(64);
         if self.path.is_some() {
             // WAL: readers never block the writer, and a commit is one sequential append.
             let mode: String = conn

@@ -9,6 +9,7 @@ use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use windlass_policy::ClassifiedError;
 
 use super::Worker;
 use super::attempt::{Ended, next_state, secs_since};
@@ -57,9 +58,8 @@ struct Shared<S> {
     finishes: mpsc::UnboundedSender<(Finish, JobEventKind)>,
     progress: mpsc::UnboundedSender<(JobId, serde_json::Value)>,
     counters: Arc<Counters>,
-    /// Claimed jobs whose end is not yet stored: `concurrency + prefetch` permits, taken by
-    /// the fetcher (and forgotten) and given back in bulk by the completer, so claims and
-    /// completions both come in batches.
+    /// Claimed jobs whose handler has not ended: `concurrency + prefetch` permits, taken by
+    /// the fetcher (and forgotten) and given back as each handler ends.
     in_flight: Arc<Semaphore>,
     /// Handlers running: `concurrency` permits.
     run_slots: Arc<Semaphore>,
@@ -114,8 +114,18 @@ impl<S> Shared<S> {
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Running>> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
-    fn forget(&self, id: JobId) {
-        self.running().remove(&id);
+    /// Forgets the attempt held under `lease` — and only that one: once its end is stored,
+    /// the same job may already have been claimed again by this worker, under a new lease
+    /// that must stay (it is heartbeated, and cancelled on shutdown).
+    fn forget(&self, lease: &Lease) {
+        let mut running = self.running();
+        if running
+            .get(&lease.job)
+            .is_some_and(|r| r.lease.token == lease.token)
+        {
+            running.remove(&lease.job);
+        }
+        drop(running);
         self.drained.notify_waiters();
     }
     fn emit(&self, id: JobId, kind: JobEventKind) {
@@ -392,6 +402,9 @@ fn start_job<S: Store>(shared: &Arc<Shared<S>>, job: ClaimedJob) {
     let shared = shared.clone();
     tokio::spawn(async move {
         let ended = run_attempt(&shared, &job, cancel, &abort, &stop).await;
+        // The handler is done: its slot goes to the next claim now, while its end is stored
+        // in the background (claims and completions overlap instead of taking turns).
+        shared.in_flight.add_permits(1);
         let started = now;
         let now = shared.store.now_ms();
         metrics::histogram!("windlass_job_run_seconds", "queue" => job.queue.clone())
@@ -399,8 +412,7 @@ fn start_job<S: Store>(shared: &Arc<Shared<S>>, job: ClaimedJob) {
         let Some((next, outcome, error, class)) = next_state(&job, &ended, now) else {
             metrics::counter!("windlass_job_leases_lost_total", "queue" => job.queue.clone())
                 .increment(1);
-            shared.forget(job.lease.job);
-            shared.in_flight.add_permits(1);
+            shared.forget(&job.lease);
             return;
         };
         let event = match &next {
@@ -499,8 +511,9 @@ async fn run_attempt<S: Store>(
     }
 }
 
-/// Stores ended attempts in batches. A failed write is retried until it succeeds: an
-/// attempt's end is never dropped while the process lives.
+/// Stores ended attempts in batches. A write that failed because the store was unavailable
+/// is retried until it succeeds; one the store refuses outright is logged and left to lease
+/// expiry, which retries the jobs: an attempt's end is never silently dropped.
 async fn complete_loop<S: Store>(
     shared: Arc<Shared<S>>,
     mut rx: mpsc::UnboundedReceiver<(Finish, JobEventKind)>,
@@ -523,17 +536,30 @@ async fn complete_loop<S: Store>(
         let mut retry_in = Duration::ZERO;
         let results = loop {
             match shared.store.finish(finishes.clone()).await {
-                Ok(r) => break r,
-                Err(e) => {
+                Ok(r) => break Some(r),
+                Err(e) if e.error_class().is_retryable() => {
                     retry_in = backoff(retry_in);
                     tracing::warn!(error = %e, retry_in = ?retry_in, "storing finished attempts failed; retrying");
                     metrics::counter!("windlass_queue_store_errors_total", "op" => "finish")
                         .increment(1);
                     tokio::time::sleep(retry_in).await;
                 }
+                Err(e) => {
+                    // The database refuses the write itself: retrying cannot help. The jobs'
+                    // leases will expire and they will be retried, so nothing is lost.
+                    tracing::error!(error = %e, jobs = finishes.len(), "the store refused finished attempts; their leases will expire");
+                    metrics::counter!("windlass_queue_store_errors_total", "op" => "finish")
+                        .increment(1);
+                    break None;
+                }
             }
         };
-        let stored = batch.len();
+        let Some(results) = results else {
+            for (finish, _) in batch {
+                shared.forget(&finish.lease);
+            }
+            continue;
+        };
         for ((finish, event), fenced) in batch.into_iter().zip(results) {
             let id = finish.lease.job;
             match fenced {
@@ -547,9 +573,8 @@ async fn complete_loop<S: Store>(
                     tracing::warn!(job = id.0, "attempt's end refused: its lease was lost");
                 }
             }
-            shared.forget(id);
+            shared.forget(&finish.lease);
         }
-        shared.in_flight.add_permits(stored);
     }
 }
 
