@@ -477,8 +477,13 @@ pub(crate) async fn finish(
     }
     let stmt = c
         .prepare_cached(
-            "UPDATE windlass_jobs j SET state = f.state, run_at = COALESCE(f.run_at, j.run_at),
-                finished_at = f.finished_at, attempt = j.attempt - f.uncount, locked_by = NULL,
+            "UPDATE windlass_jobs j SET
+                state = CASE WHEN j.cancel_requested AND f.state IN ('retryable', 'scheduled')
+                    THEN 'cancelled' ELSE f.state END,
+                run_at = COALESCE(f.run_at, j.run_at),
+                finished_at = CASE WHEN j.cancel_requested
+                    AND f.state IN ('retryable', 'scheduled') THEN $9 ELSE f.finished_at END,
+                attempt = j.attempt - f.uncount, locked_by = NULL,
                 lease_until = NULL, cancel_requested = false,
                 attempts = j.attempts || jsonb_build_array(f.record)
              FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::int8[],
@@ -502,6 +507,7 @@ pub(crate) async fn finish(
                 &finished_ats,
                 &uncount,
                 &records,
+                &now,
             ],
         )
         .await

@@ -96,6 +96,12 @@ async fn enqueue_in_the_callers_transaction_exists_iff_it_commits() {
     );
 
     let mut signal = store.work_signal();
+    // The LISTEN connection bumps the signal once it is listening: wait for that first, so
+    // the change awaited below can only be the commit's NOTIFY.
+    tokio::time::timeout(Duration::from_secs(10), signal.changed())
+        .await
+        .unwrap()
+        .unwrap();
     signal.borrow_and_update();
     let tx = client.transaction().await.unwrap();
     tx.execute("INSERT INTO orders VALUES (3)", &[])

@@ -3,9 +3,9 @@
 //!
 //! **The problem.** A worker's own concurrency bounds one process. A partner API that allows
 //! 10 calls at once, or 100 per minute, must be protected however many processes run; peers
-//! keep this in paid tiers. Limits here are stored in the database ([`Store::set_limits`]
-//! (crate::Store::set_limits)) and enforced inside the claim: claims on a limited queue are
-//! serialised (an advisory lock on PostgreSQL, the writer on SQLite), count what runs, take
+//! keep this in paid tiers. Limits here are stored in the database
+//! ([`Store::set_limits`](crate::Store::set_limits)) and enforced inside the claim: claims on
+//! a limited queue are serialised (an advisory lock on PostgreSQL, the writer on SQLite), count what runs, take
 //! tokens from buckets kept in the database, and claim only what fits.
 //!
 //! A job's *limit key* ([`JobOptions::limit_key`](crate::JobOptions::limit_key): a tenant, a

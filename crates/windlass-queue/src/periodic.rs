@@ -39,7 +39,9 @@ use crate::clock::millis;
 use crate::job::{EnqueueError, Enqueued, JobOptions, JobState, NewJob, Unique};
 use crate::store::{Store, StoreError};
 
-/// A job enqueued once per period (see the [module docs](self)).
+/// A job enqueued once per period, however many processes schedule it: each tick's job
+/// carries the unique key `periodic:<name>:<tick>` in every state, ticks are aligned to the
+/// Unix epoch, and only the latest missed tick is caught up.
 #[derive(Debug, Clone)]
 pub struct Periodic {
     name: String,

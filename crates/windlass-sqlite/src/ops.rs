@@ -241,8 +241,13 @@ pub(crate) fn finish(
 ) -> Result<Vec<Fenced>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
-            "UPDATE windlass_jobs SET state = ?1, run_at = COALESCE(?2, run_at),
-                finished_at = ?3, attempt = attempt - ?4, locked_by = NULL, lease_until = NULL,
+            "UPDATE windlass_jobs SET
+                state = CASE WHEN cancel_requested = 1 AND ?1 IN ('retryable', 'scheduled')
+                    THEN 'cancelled' ELSE ?1 END,
+                run_at = COALESCE(?2, run_at),
+                finished_at = CASE WHEN cancel_requested = 1 AND ?1 IN ('retryable', 'scheduled')
+                    THEN ?9 ELSE ?3 END,
+                attempt = attempt - ?4, locked_by = NULL, lease_until = NULL,
                 cancel_requested = 0, attempts = json_insert(attempts, '$[#]', json(?5))
              WHERE id = ?6 AND state = 'running' AND lease_token = ?7 AND locked_by = ?8",
         )
@@ -268,6 +273,7 @@ pub(crate) fn finish(
                     f.lease.job.0,
                     f.lease.token,
                     f.lease.worker,
+                    now,
                 ])
                 .map_err(sql_error)?;
             Ok(if n == 1 {

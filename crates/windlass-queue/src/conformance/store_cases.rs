@@ -501,6 +501,23 @@ pub async fn cancellation_before_and_during_a_run<S: Store>(store: S, _clock: Ma
         "terminal stays"
     );
     assert_eq!(store.cancel(JobId(999_999)).await.unwrap(), None);
+    // A cancel that lands after the last heartbeat is not undone by the attempt's end: a
+    // retry, a snooze or a release becomes the cancellation.
+    for next in [
+        NextState::Retryable { run_at_ms: T0 },
+        NextState::Snoozed { run_at_ms: T0 },
+    ] {
+        let id = put(&store, vec![job(3)]).await[0];
+        let c = store.claim(claim_req("w", 1)).await.unwrap().remove(0);
+        assert_eq!(store.cancel(id).await.unwrap(), Some(JobState::Running));
+        store
+            .finish(vec![done(c.lease, next.clone(), 1, "failed")])
+            .await
+            .unwrap();
+        let rec = store.get(id).await.unwrap().unwrap();
+        assert_eq!(rec.state, JobState::Cancelled, "{next:?} undid a cancel");
+        assert!(rec.finished_at_ms.is_some());
+    }
 }
 
 pub async fn dead_letters_replay_with_fresh_attempts<S: Store>(store: S, _clock: ManualClock) {

@@ -71,12 +71,22 @@ impl Job for Flaky {
 struct Stuck {
     obey: bool,
     started: Arc<Notify>,
+    /// Counts handler futures dropped: a stopped handler is dropped, not left running.
+    dropped: Arc<AtomicUsize>,
+}
+
+struct CountDrop(Arc<AtomicUsize>);
+impl Drop for CountDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 impl Job for Stuck {
     const KIND: &'static str = "k";
     type Payload = Work;
     async fn run(&self, ctx: JobContext, _work: Work) -> Result<(), JobError> {
+        let _dropped = CountDrop(self.dropped.clone());
         self.started.notify_one();
         if self.obey {
             ctx.cancelled().await;
@@ -215,9 +225,11 @@ pub async fn worker_discards_malformed_payloads_and_goes_on<S: Store>(
 pub async fn worker_hard_timeout_stops_the_handler<S: Store>(store: S, _clock: ManualClock) {
     let queue = Queue::new(store);
     let started = Arc::new(Notify::new());
+    let dropped = Arc::new(AtomicUsize::new(0));
     let stuck = Stuck {
         obey: false,
         started: started.clone(),
+        dropped: dropped.clone(),
     };
     let worker = Worker::builder(&queue)
         .register(stuck)
@@ -240,10 +252,11 @@ pub async fn worker_hard_timeout_stops_the_handler<S: Store>(store: S, _clock: M
     assert_eq!((dead.state, dead.attempt), (JobState::Discarded, 2));
     let outcomes: Vec<&str> = dead.attempts.iter().map(|a| a.outcome.as_str()).collect();
     assert_eq!(outcomes, vec!["timed_out", "timed_out"]);
+    worker.shutdown(Duration::from_secs(5)).await;
     assert_eq!(
-        worker.shutdown(Duration::ZERO).await.released,
-        0,
-        "the stuck handler was stopped, not left running"
+        dropped.load(Ordering::SeqCst),
+        2,
+        "each timed-out handler was stopped (dropped), not left running"
     );
 }
 
@@ -254,6 +267,7 @@ pub async fn worker_cancellation_reaches_the_handler<S: Store>(store: S, _clock:
         let stuck = Stuck {
             obey,
             started: started.clone(),
+            dropped: Arc::default(),
         };
         let worker = Worker::builder(&queue)
             .register(stuck)
@@ -288,6 +302,7 @@ pub async fn worker_shutdown_releases_unfinished_jobs<S: Store>(store: S, _clock
     let stuck = Stuck {
         obey: false,
         started: started.clone(),
+        dropped: Arc::default(),
     };
     let worker = Worker::builder(&queue)
         .register(stuck)

@@ -22,6 +22,8 @@ const STOP_NONE: u8 = 0;
 const STOP_CANCELLED: u8 = 1;
 const STOP_RELEASED: u8 = 2;
 const STOP_LEASE_LOST: u8 = 3;
+/// The handler ended by itself: a later stop changes nothing.
+const STOP_ENDED: u8 = 4;
 
 /// A job this worker runs: its lease and how to stop it.
 struct Running {
@@ -35,14 +37,18 @@ struct Running {
 }
 
 impl Running {
-    fn stop(&self, why: u8, hard: bool) {
-        let _ = self
+    /// Stops the handler for `why`; true if this call decided the reason (the handler had
+    /// neither ended nor been stopped before).
+    fn stop(&self, why: u8, hard: bool) -> bool {
+        let decided = self
             .stop
-            .compare_exchange(STOP_NONE, why, Ordering::AcqRel, Ordering::Acquire);
+            .compare_exchange(STOP_NONE, why, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
         self.cancel.cancel();
         if hard {
             self.abort.cancel();
         }
+        decided
     }
 }
 
@@ -276,23 +282,27 @@ impl<S: Store> Worker<S> {
 async fn drain<S: Store>(shared: Arc<Shared<S>>, grace: Duration) -> ShutdownReport {
     let deadline = tokio::time::Instant::now() + grace.min(crate::job::MAX_DURATION);
     let mut released = 0;
+    let mut stopped = false;
     loop {
         let notified = shared.drained.notified();
         let left = shared.running().len();
         if left == 0 {
             return ShutdownReport { released };
         }
-        if tokio::time::Instant::now() >= deadline && released == 0 {
-            let running = shared.running();
-            released = running.len();
-            for r in running.values() {
-                r.stop(STOP_RELEASED, true);
-            }
+        if tokio::time::Instant::now() >= deadline && !stopped {
+            // Count only handlers still running: an attempt whose handler ended and whose end
+            // is being stored is not released.
+            released = shared
+                .running()
+                .values()
+                .filter(|r| r.stop(STOP_RELEASED, true))
+                .count();
+            stopped = true;
             continue;
         }
         tokio::select! {
             _ = notified => {}
-            _ = tokio::time::sleep_until(deadline), if released == 0 => {}
+            _ = tokio::time::sleep_until(deadline), if !stopped => {}
         }
     }
 }
@@ -402,6 +412,7 @@ fn start_job<S: Store>(shared: &Arc<Shared<S>>, job: ClaimedJob) {
     let shared = shared.clone();
     tokio::spawn(async move {
         let ended = run_attempt(&shared, &job, cancel, &abort, &stop).await;
+        let _ = stop.compare_exchange(STOP_NONE, STOP_ENDED, Ordering::AcqRel, Ordering::Acquire);
         // The handler is done: its slot goes to the next claim now, while its end is stored
         // in the background (claims and completions overlap instead of taking turns).
         shared.in_flight.add_permits(1);
@@ -599,13 +610,17 @@ async fn heartbeat_loop<S: Store>(shared: Arc<Shared<S>>, stop: CancellationToke
             Ok(beats) => {
                 let running = shared.running();
                 for (lease, beat) in leases.iter().zip(beats) {
-                    let Some(r) = running.get(&lease.job) else {
+                    // The same job may have been claimed again since: only this lease's attempt.
+                    let Some(r) = running
+                        .get(&lease.job)
+                        .filter(|r| r.lease.token == lease.token)
+                    else {
                         continue;
                     };
                     if !beat.held {
-                        r.stop(STOP_LEASE_LOST, true);
+                        let _ = r.stop(STOP_LEASE_LOST, true);
                     } else if beat.cancel_requested && !r.cancel.is_cancelled() {
-                        r.stop(STOP_CANCELLED, false);
+                        let _ = r.stop(STOP_CANCELLED, false);
                         let abort = r.abort.clone();
                         let grace = shared.config.cancel_grace;
                         tokio::spawn(async move {
