@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use deadpool_postgres::Object;
 use tokio_postgres::GenericClient;
-use windlass_queue::limits::{Bucket, ClaimBudget, QueueLimits, Rate, choose};
+use windlass_queue::limits::{Bucket, ClaimBudget, QueueLimits, Rate, choose, taken_per_key};
 use windlass_queue::{ClaimRequest, ClaimedJob, StoreError, duration_ms};
 
 use crate::ops::{CLAIMED, DUE, claimed};
@@ -183,13 +183,7 @@ pub(crate) async fn claim_limited(
         b.tokens -= chosen.len() as f64;
         save(&*tx, queue, b).await?;
     }
-    let mut taken: HashMap<&str, f64> = HashMap::new();
-    for (_, key) in &chosen {
-        if let Some(k) = key {
-            *taken.entry(k).or_default() += 1.0;
-        }
-    }
-    for (key, n) in taken {
+    for (key, n) in taken_per_key(&chosen) {
         if let Some(b) = key_buckets.get(key) {
             let spent = Bucket {
                 tokens: b.tokens - n,

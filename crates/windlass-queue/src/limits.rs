@@ -177,6 +177,17 @@ pub fn choose<'a>(
     chosen
 }
 
+/// How many tokens each key's bucket gives for `chosen` (one per chosen job with a key).
+pub fn taken_per_key<'a>(chosen: &[(i64, Option<&'a str>)]) -> HashMap<&'a str, f64> {
+    let mut taken = HashMap::new();
+    for (_, key) in chosen {
+        if let Some(k) = key {
+            *taken.entry(*k).or_default() += 1.0;
+        }
+    }
+    taken
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

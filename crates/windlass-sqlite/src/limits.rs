@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
-use windlass_queue::limits::{Bucket, ClaimBudget, QueueLimits, Rate, choose};
+use windlass_queue::limits::{Bucket, ClaimBudget, QueueLimits, Rate, choose, taken_per_key};
 use windlass_queue::{ClaimRequest, StoreError};
 
 use crate::ops::{DUE, placeholders};
@@ -165,13 +165,7 @@ pub(crate) fn choose_ids(
         save(conn, queue, b)?;
     }
     if limits.rate_per_key.is_some() {
-        let mut taken: HashMap<&str, f64> = HashMap::new();
-        for (_, key) in &chosen {
-            if let Some(k) = key {
-                *taken.entry(k).or_default() += 1.0;
-            }
-        }
-        for (key, n) in taken {
+        for (key, n) in taken_per_key(&chosen) {
             if let Some(b) = key_buckets.get(key) {
                 save(
                     conn,

@@ -9,10 +9,8 @@
 #![allow(clippy::unwrap_used)] // test code
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use windlass_queue::conformance::crash::{self, EFFECTS_ENV};
-use windlass_queue::{JobState, Store};
 use windlass_sqlite::SqliteStore;
 
 const DB_ENV: &str = "WINDLASS_CRASH_SQLITE";
@@ -49,27 +47,13 @@ fn workers_killed_at_random_lose_nothing_and_repeat_nothing_without_cause() {
         &store,
         env_or("WINDLASS_CRASH_JOBS", 4000),
     ));
-    let exe = std::env::current_exe().unwrap();
     let spawn = || {
-        Command::new(&exe)
-            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-            .env(DB_ENV, &db)
-            .env(EFFECTS_ENV, &effects)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        crash::spawn_child(
+            "crash_child",
+            &[(DB_ENV, db.as_os_str()), (EFFECTS_ENV, effects.as_os_str())],
+        )
     };
-    let done = || {
-        rt.block_on(store.stats())
-            .map(|s| {
-                s.iter()
-                    .map(|q| JobState::LIVE.iter().map(|st| q.count(*st)).sum::<u64>())
-                    .sum::<u64>()
-                    == 0
-            })
-            .unwrap_or(false)
-    };
+    let done = || rt.block_on(crash::all_finished(&store));
     let mut report = crash::drive(&spawn, 3, env_or("WINDLASS_CRASH_ROUNDS", 12), &done);
     rt.block_on(crash::verify(&store, &effects, &mut report));
     eprintln!("sqlite crash run: {report:?}");

@@ -84,20 +84,8 @@ pub async fn child_main<S: Store>(store: impl std::future::Future<Output = S>) {
         .start()
         .await
         .unwrap();
-    loop {
+    while !all_finished(&*queue.store).await {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let live: u64 = queue
-            .stats()
-            .await
-            .map(|s| {
-                s.iter()
-                    .map(|q| JobState::LIVE.iter().map(|st| q.count(*st)).sum::<u64>())
-                    .sum()
-            })
-            .unwrap_or(1);
-        if live == 0 {
-            break;
-        }
     }
     // Late completions this worker made after being frozen past its lease, refused.
     let fenced = worker.counts().fenced;
@@ -110,6 +98,30 @@ pub async fn child_main<S: Store>(store: impl std::future::Future<Output = S>) {
             .unwrap();
         f.write_all(format!("{fenced}\n").as_bytes()).unwrap();
     }
+}
+
+/// Whether every job in the store has reached a terminal state (false if the store fails).
+pub async fn all_finished<S: Store>(store: &S) -> bool {
+    store.stats().await.is_ok_and(|s| {
+        s.iter()
+            .map(|q| JobState::LIVE.iter().map(|st| q.count(*st)).sum::<u64>())
+            .sum::<u64>()
+            == 0
+    })
+}
+
+/// Starts this test binary again as a worker process running only the test `child_test`,
+/// with `env` (which must name the side-effect log under [`EFFECTS_ENV`]).
+pub fn spawn_child(child_test: &str, env: &[(&str, &std::ffi::OsStr)]) -> Child {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(exe);
+    cmd.args(["--exact", child_test, "--nocapture", "--test-threads=1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
 }
 
 /// Enqueues `n` probe jobs (each with up to 1,000 attempts: the test is about crashes).
