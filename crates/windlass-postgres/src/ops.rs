@@ -586,16 +586,14 @@ pub(crate) async fn rescue(
         let id = JobId(r.get(0));
         let state: String = r.get(1);
         let expiries: i32 = r.get(2);
-        match state.as_str() {
-            "discarded" if expiries >= q => out.quarantined.push(id),
-            "discarded" | "cancelled" => out.discarded.push(id),
-            _ => out.retried.push(id),
-        }
+        out.record(
+            id,
+            &state,
+            u32::try_from(expiries).unwrap_or(0),
+            quarantine_after,
+        );
     }
-    out.retried.sort();
-    out.discarded.sort();
-    out.quarantined.sort();
-    Ok(out)
+    Ok(out.sorted())
 }
 
 pub(crate) async fn cancel<C: GenericClient>(

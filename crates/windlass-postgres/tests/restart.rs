@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use windlass_postgres::PostgresStore;
 use windlass_queue::{
-    Job, JobContext, JobError, JobFilter, JobOptions, JobState, Queue, Worker, WorkerConfig,
+    Job, JobContext, JobError, JobOptions, JobState, Queue, Worker, WorkerConfig,
 };
 
 #[derive(Serialize, Deserialize)]
@@ -139,21 +139,7 @@ async fn a_restart_under_load_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     worker.shutdown(Duration::from_secs(10)).await;
-    let mut all = Vec::new();
-    let mut after = None;
-    loop {
-        let page = queue
-            .list(JobFilter {
-                after,
-                limit: 1000,
-                ..JobFilter::default()
-            })
-            .await
-            .unwrap();
-        let Some(last) = page.last() else { break };
-        after = Some(last.id);
-        all.extend(page);
-    }
+    let all = windlass_queue::conformance::crash::all_jobs(&**queue.store()).await;
     assert_eq!(
         all.len(),
         1500,

@@ -131,6 +131,26 @@ pub struct Rescued {
     pub quarantined: Vec<JobId>,
 }
 
+impl Rescued {
+    /// Files one rescued job by the state the sweep left it in (`available`, `discarded` or
+    /// `cancelled`) and its count of expired leases: the same reading for every backend.
+    pub fn record(&mut self, id: JobId, state: &str, lease_expiries: u32, quarantine_after: u32) {
+        match state {
+            "discarded" if lease_expiries >= quarantine_after => self.quarantined.push(id),
+            "discarded" | "cancelled" => self.discarded.push(id),
+            _ => self.retried.push(id),
+        }
+    }
+
+    /// Each list in id order.
+    pub fn sorted(mut self) -> Self {
+        self.retried.sort();
+        self.discarded.sort();
+        self.quarantined.sort();
+        self
+    }
+}
+
 /// Which jobs to list.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {

@@ -345,16 +345,9 @@ pub(crate) fn rescue(
         let id = JobId(r.get(0).map_err(sql_error)?);
         let state: String = r.get(1).map_err(sql_error)?;
         let expiries: u32 = r.get(2).map_err(sql_error)?;
-        match state.as_str() {
-            "discarded" if expiries >= quarantine_after => out.quarantined.push(id),
-            "discarded" | "cancelled" => out.discarded.push(id),
-            _ => out.retried.push(id),
-        }
+        out.record(id, &state, expiries, quarantine_after);
     }
-    out.retried.sort();
-    out.discarded.sort();
-    out.quarantined.sort();
-    Ok(out)
+    Ok(out.sorted())
 }
 
 pub(crate) fn cancel(

@@ -100,6 +100,26 @@ pub async fn child_main<S: Store>(store: impl std::future::Future<Output = S>) {
     }
 }
 
+/// Every job in the store, read in pages of 1,000.
+pub async fn all_jobs<S: Store>(store: &S) -> Vec<crate::JobRecord> {
+    let mut jobs = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list(JobFilter {
+                after,
+                limit: 1000,
+                ..JobFilter::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        jobs.extend(page);
+    }
+    jobs
+}
+
 /// Whether every job in the store has reached a terminal state (false if the store fails).
 pub async fn all_finished<S: Store>(store: &S) -> bool {
     store.stats().await.is_ok_and(|s| {
@@ -209,21 +229,7 @@ fn signal(sig: &str, pid: &str) {
 
 /// Checks the store and the side-effect log after a crash run, and fills in the report.
 pub async fn verify<S: Store>(store: &S, effects: &Path, report: &mut CrashReport) {
-    let mut jobs = Vec::new();
-    let mut after = None;
-    loop {
-        let page = store
-            .list(JobFilter {
-                after,
-                limit: 1000,
-                ..JobFilter::default()
-            })
-            .await
-            .unwrap();
-        let Some(last) = page.last() else { break };
-        after = Some(last.id);
-        jobs.extend(page);
-    }
+    let jobs = all_jobs(store).await;
     let log = std::fs::read_to_string(effects).unwrap_or_default();
     let mut effects_per_job: HashMap<i64, usize> = HashMap::new();
     for line in log.lines() {
