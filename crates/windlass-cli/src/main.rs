@@ -1,5 +1,5 @@
-//! The `windlass` binary: `windlass demo` runs the unstable-network showdown; `queues`, `jobs`
-//! and `dlq` operate a job store; `bench queue` runs the queue's standard workloads.
+//! The `windlass` binary: `windlass demo` runs the unstable-network showdown; `queues`, `jobs`,
+//! `dlq` and `limits` operate a job store; `bench queue` runs the queue's standard workloads.
 
 use std::io::IsTerminal;
 
@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use windlass_cli::demo;
 use windlass_cli::queue::admin::Action;
 use windlass_cli::queue::bench::{self, BenchOptions};
+use windlass_cli::queue::limits;
 use windlass_cli::queue::{AnyStore, Database};
 use windlass_queue::{JobFilter, JobId, JobState};
 
@@ -87,6 +88,13 @@ enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// The limits a queue's claims obey in every process: show, set, clear.
+    Limits {
+        #[command(subcommand)]
+        command: LimitsCommand,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -98,13 +106,18 @@ enum Command {
 #[derive(clap::Args, Clone)]
 struct DbArgs {
     /// The job store's URL (`sqlite:PATH` or `postgres://…`).
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite:windlass.db")]
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        default_value = "sqlite:windlass.db"
+    )]
     database_url: String,
     /// The PostgreSQL schema the jobs live in.
-    #[arg(long, default_value = "windlass")]
+    #[arg(long, global = true, default_value = "windlass")]
     schema: String,
     /// Print JSON.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 
@@ -145,6 +158,37 @@ enum JobsCommand {
         /// Job ids.
         #[arg(required = true)]
         ids: Vec<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LimitsCommand {
+    /// A queue's limits.
+    Show {
+        /// The queue.
+        queue: String,
+    },
+    /// Change the limits named (the others stay); `none` removes one.
+    Set {
+        /// The queue.
+        queue: String,
+        /// Jobs of the queue running at once, across all processes (or `none`).
+        #[arg(long, value_parser = limits::parse_count)]
+        max_running: Option<limits::Change<u32>>,
+        /// Jobs of one limit key running at once (or `none`).
+        #[arg(long, value_parser = limits::parse_count)]
+        max_running_per_key: Option<limits::Change<u32>>,
+        /// Job starts of the queue per window: `100/s`, `600/10m` (or `none`).
+        #[arg(long, value_parser = limits::parse_rate)]
+        rate: Option<limits::Change<windlass_queue::Rate>>,
+        /// Job starts of one limit key per window (or `none`).
+        #[arg(long, value_parser = limits::parse_rate)]
+        rate_per_key: Option<limits::Change<windlass_queue::Rate>>,
+    },
+    /// Remove every limit of a queue.
+    Clear {
+        /// The queue.
+        queue: String,
     },
 }
 
@@ -210,20 +254,7 @@ enum BenchCommand {
 }
 
 fn parse_age(s: &str) -> Result<std::time::Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}`: expected a number and a unit, e.g. 7d"))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("`{s}`: the unit must be s, m, h or d")),
-    };
-    n.checked_mul(secs)
-        .map(std::time::Duration::from_secs)
-        .ok_or_else(|| format!("`{s}` is too long"))
+    limits::parse_duration(s)
 }
 
 #[derive(Subcommand)]
@@ -328,6 +359,36 @@ fn main() -> anyhow::Result<()> {
                 JobsCommand::Retry { ids } => Action::Retry(ids.into_iter().map(JobId).collect()),
             };
             admin(&runtime, &db, action)?
+        }
+        Command::Limits { command, db } => {
+            let (queue, change) = match command {
+                LimitsCommand::Show { queue } => (queue, None),
+                LimitsCommand::Set {
+                    queue,
+                    max_running,
+                    max_running_per_key,
+                    rate,
+                    rate_per_key,
+                } => (
+                    queue,
+                    Some(limits::LimitsChange {
+                        max_running: max_running.unwrap_or_default(),
+                        max_running_per_key: max_running_per_key.unwrap_or_default(),
+                        rate: rate.unwrap_or_default(),
+                        rate_per_key: rate_per_key.unwrap_or_default(),
+                    }),
+                ),
+                LimitsCommand::Clear { queue } => (
+                    queue,
+                    Some(limits::LimitsChange {
+                        max_running: limits::Change::Remove,
+                        max_running_per_key: limits::Change::Remove,
+                        rate: limits::Change::Remove,
+                        rate_per_key: limits::Change::Remove,
+                    }),
+                ),
+            };
+            admin(&runtime, &db, Action::Limits { queue, change })?
         }
         Command::Dlq { command, db } => {
             let action = match command {

@@ -3,7 +3,9 @@
 //! **What it is for.** A service that needs durable background jobs without running a
 //! database server: the queue lives in one file beside the service. Several worker tasks in
 //! one process share one store; several processes may open the same file (SQLite's lock
-//! serialises their writes, and each claim is one atomic statement).
+//! serialises their writes, and each claim is one atomic statement). An idle worker notices
+//! another process's enqueue within [`SqliteStoreBuilder::watch_every`] (20 ms by default): a
+//! thread asks SQLite whether another connection committed, instead of waiting for the poll.
 //!
 //! **How it writes.** One thread owns the connection. Every operation is sent to it; it takes
 //! all that are waiting, runs them in one `BEGIN IMMEDIATE` transaction (each in its own
@@ -49,6 +51,7 @@
 //! # Ok(()) }
 //! ```
 
+mod commit_watch;
 mod limits;
 mod ops;
 mod schema;
@@ -88,9 +91,16 @@ pub struct SqliteStoreBuilder {
     synchronous: Synchronous,
     busy_timeout: Duration,
     clock: Arc<dyn Clock>,
+    watch_every: Duration,
 }
 
 impl SqliteStoreBuilder {
+    /// How often an idle worker's store looks for commits by other processes (default 20 ms;
+    /// see [the crate docs](crate)). Files only: an in-memory store has no other process.
+    pub fn watch_every(mut self, d: Duration) -> Self {
+        self.watch_every = d;
+        self
+    }
     /// The sync level (default [`Synchronous::Normal`]).
     pub fn synchronous(mut self, s: Synchronous) -> Self {
         self.synchronous = s;
@@ -115,6 +125,11 @@ impl SqliteStoreBuilder {
         if self.busy_timeout > Duration::from_secs(3600) {
             return Err(StoreError::Invalid(
                 "busy_timeout must be at most 1 hour".into(),
+            ));
+        }
+        if self.watch_every.is_zero() || self.watch_every > Duration::from_secs(3600) {
+            return Err(StoreError::Invalid(
+                "watch_every must be positive and at most 1 hour".into(),
             ));
         }
         let conn = match &self.path {
@@ -158,6 +173,8 @@ impl SqliteStoreBuilder {
             clock: self.clock,
             signal: Arc::new(signal),
             path: self.path,
+            watching: Arc::new(std::sync::Once::new()),
+            watch_every: self.watch_every,
         })
     }
 }
@@ -169,6 +186,9 @@ pub struct SqliteStore {
     clock: Arc<dyn Clock>,
     signal: Arc<watch::Sender<u64>>,
     path: Option<PathBuf>,
+    /// Set once the thread that notices other processes' commits has started.
+    watching: Arc<std::sync::Once>,
+    watch_every: Duration,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -187,6 +207,7 @@ impl SqliteStore {
             synchronous: Synchronous::default(),
             busy_timeout: Duration::from_secs(5),
             clock: Arc::new(SystemClock),
+            watch_every: Duration::from_millis(20),
         }
     }
 
@@ -346,6 +367,15 @@ impl Store for SqliteStore {
     }
 
     fn work_signal(&self) -> watch::Receiver<u64> {
+        // The first subscriber (a worker) starts the watch for other processes' commits.
+        if let Some(path) = &self.path {
+            self.watching.call_once(|| {
+                let weak = Arc::downgrade(&self.signal);
+                if let Err(e) = commit_watch::spawn(path.clone(), self.watch_every, weak) {
+                    tracing::warn!(error = %e, "cannot start the commit watcher; idle workers will poll");
+                }
+            });
+        }
         self.signal.subscribe()
     }
 

@@ -108,7 +108,7 @@ pub(crate) fn choose_ids(
     let sql = format!(
         "SELECT id, limit_key FROM windlass_jobs
          WHERE state IN {DUE} AND queue = ?1 AND run_at <= ?2 AND kind IN ({k})
-         ORDER BY priority, run_at, id LIMIT ?3"
+         ORDER BY priority, run_at, id LIMIT ?3 + 0"
     );
     let mut args: Vec<rusqlite::types::Value> = vec![
         queue.to_string().into(),

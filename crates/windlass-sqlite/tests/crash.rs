@@ -3,9 +3,9 @@
 //! every job is completed, no side effect happened twice except where a lease truly expired,
 //! attempts add up, and zombies' late completions were refused.
 //!
-//! The worker processes are this test binary again, running `crash_child`. Rounds and jobs:
-//! `WINDLASS_CRASH_ROUNDS` (default 12: a short run for CI) and `WINDLASS_CRASH_JOBS`
-//! (default 4000).
+//! The worker processes are this test binary again, running `crash_child`. Kills and jobs:
+//! `WINDLASS_CRASH_KILLS` (default 10: a short run for CI) and `WINDLASS_CRASH_JOBS`
+//! (default 4000; a long run adds that many whenever fewer than a quarter are unstarted).
 #![allow(clippy::unwrap_used)] // test code
 
 use std::path::PathBuf;
@@ -43,19 +43,20 @@ fn workers_killed_at_random_lose_nothing_and_repeat_nothing_without_cause() {
     let effects = dir.join("effects.log");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let store = rt.block_on(SqliteStore::open(&db)).unwrap();
-    rt.block_on(crash::enqueue_probes(
-        &store,
-        env_or("WINDLASS_CRASH_JOBS", 4000),
-    ));
     let spawn = || {
         crash::spawn_child(
             "crash_child",
             &[(DB_ENV, db.as_os_str()), (EFFECTS_ENV, effects.as_os_str())],
         )
     };
-    let done = || rt.block_on(crash::all_finished(&store));
-    let mut report = crash::drive(&spawn, 3, env_or("WINDLASS_CRASH_ROUNDS", 12), &done);
-    rt.block_on(crash::verify(&store, &effects, &mut report));
+    let report = crash::run(
+        &rt,
+        &store,
+        &effects,
+        &spawn,
+        env_or("WINDLASS_CRASH_JOBS", 4000),
+        env_or("WINDLASS_CRASH_KILLS", 10),
+    );
     eprintln!("sqlite crash run: {report:?}");
     assert!(report.kills > 0, "nothing was killed: {report:?}");
     let _ = std::fs::remove_dir_all(&dir);

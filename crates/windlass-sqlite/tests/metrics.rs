@@ -1,5 +1,6 @@
 //! The queue reports through the `metrics` facade: enqueues, attempts by outcome, kind and
-//! class, wait and run time, depth per state and lag. A global recorder (this binary's only
+//! class, wait and run time, depth per state and lag, lease expiries, quarantined and pruned
+//! jobs. A global recorder (this binary's only
 //! test) receives what the worker's tasks report from any thread.
 #![allow(clippy::unwrap_used)] // test code
 
@@ -7,7 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use windlass_queue::{
-    Job, JobContext, JobError, JobOptions, JobState, ManualClock, Queue, Worker, WorkerConfig,
+    AttemptRecord, ClaimRequest, Clock, Finish, Job, JobContext, JobError, JobOptions, JobState,
+    ManualClock, NextState, Queue, Store, Worker, WorkerConfig,
 };
 use windlass_sqlite::SqliteStore;
 use windlass_test_support::metrics_capture::Capture;
@@ -65,10 +67,62 @@ async fn the_queue_reports_enqueues_attempts_latency_depth_and_lag() {
         .enqueue_many::<Maybe>(&[Work { fail: false }, Work { fail: false }], waiting)
         .await
         .unwrap();
+    // A job claimed by a worker that then vanished: its lease expires, and (quarantine after
+    // one expiry) it is parked. And a job that finished long ago: retention prunes it.
+    let stuck = queue
+        .enqueue::<Maybe>(
+            &Work { fail: false },
+            JobOptions {
+                queue: "stuck".into(),
+                ..JobOptions::default()
+            },
+        )
+        .await
+        .unwrap()
+        .id;
+    let old = queue
+        .enqueue::<Maybe>(
+            &Work { fail: false },
+            JobOptions {
+                queue: "old".into(),
+                ..JobOptions::default()
+            },
+        )
+        .await
+        .unwrap()
+        .id;
+    let claim = |q: &str| ClaimRequest {
+        queues: vec![q.into()],
+        kinds: vec!["maybe".into()],
+        limit: 1,
+        worker: "vanished".into(),
+        lease_for: Duration::from_secs(1),
+    };
+    assert_eq!(queue.store().claim(claim("stuck")).await.unwrap().len(), 1);
+    let done = queue.store().claim(claim("old")).await.unwrap().remove(0);
+    queue
+        .store()
+        .finish(vec![Finish {
+            lease: done.lease,
+            next: NextState::Completed,
+            record: AttemptRecord {
+                attempt: 1,
+                worker: "vanished".into(),
+                at_ms: clock.now_ms(),
+                outcome: "completed".into(),
+                error: None,
+                class: None,
+            },
+        }])
+        .await
+        .unwrap();
     clock.advance(Duration::from_secs(42));
     let config = WorkerConfig {
         queues: vec!["mail".into()],
         rescue_every: Duration::from_millis(20),
+        gauges_every: Duration::from_millis(20),
+        quarantine_after: 1,
+        retention: Duration::from_secs(10),
         ..WorkerConfig::default()
     };
     let worker = Worker::builder(&queue)
@@ -147,4 +201,13 @@ async fn the_queue_reports_enqueues_attempts_latency_depth_and_lag() {
         capture.gauge("windlass_queue_lag_seconds{queue=idle}"),
         42.0
     );
+    // The vanished worker's job: one expired lease, quarantined; the old job: pruned.
+    assert_eq!(capture.counter("windlass_job_lease_expiries_total{}"), 1);
+    assert_eq!(capture.counter("windlass_jobs_quarantined_total{}"), 1);
+    assert_eq!(
+        queue.get(stuck).await.unwrap().unwrap().state,
+        JobState::Discarded
+    );
+    assert_eq!(capture.counter("windlass_jobs_pruned_total{}"), 1);
+    assert!(queue.get(old).await.unwrap().is_none());
 }

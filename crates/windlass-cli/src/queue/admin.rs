@@ -1,4 +1,5 @@
-//! `windlass queues`, `windlass jobs …`, `windlass dlq …`: look at and act on stored jobs.
+//! `windlass queues`, `windlass jobs …`, `windlass dlq …`, `windlass limits …`: look at and act
+//! on stored jobs.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -37,6 +38,13 @@ pub enum Action {
     DlqPurge {
         /// Age.
         older_than: Duration,
+    },
+    /// Show a queue's limits, after changing them if a change is given.
+    Limits {
+        /// The queue.
+        queue: String,
+        /// What to change first.
+        change: Option<crate::queue::limits::LimitsChange>,
     },
 }
 
@@ -110,6 +118,10 @@ pub async fn run<S: Store>(queue: &Queue<S>, action: Action, json: bool) -> anyh
             let n = queue.purge_dead_letters(older_than).await?;
             format!("purged {n} dead letters older than {older_than:?}\n")
         }
+        Action::Limits {
+            queue: name,
+            change,
+        } => crate::queue::limits::run(queue, name, change, json).await?,
     })
 }
 

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod limits;
 
 use anyhow::{Context as _, bail};
 use windlass_postgres::PostgresStore;

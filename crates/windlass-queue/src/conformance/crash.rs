@@ -68,11 +68,15 @@ pub fn child_config() -> WorkerConfig {
 }
 
 /// In a child (its environment names a side-effect log): runs a worker on `store` until the
-/// process is killed, or every job is finished. Elsewhere: returns at once.
+/// process is killed (or its parent, the test, is gone). Elsewhere: returns at once.
+///
+/// Twice a second it writes how many late completions the store has refused it (a thawed
+/// zombie's) to `<effects>.fenced.<pid>`, so the count survives the SIGKILL that ends it.
 pub async fn child_main<S: Store>(store: impl std::future::Future<Output = S>) {
     let Ok(effects) = std::env::var(EFFECTS_ENV) else {
         return;
     };
+    let parent = std::os::unix::process::parent_id();
     let queue = Queue::new(store.await);
     let worker = Worker::builder(&queue)
         .register(CrashProbe {
@@ -84,20 +88,21 @@ pub async fn child_main<S: Store>(store: impl std::future::Future<Output = S>) {
         .start()
         .await
         .unwrap();
-    while !all_finished(&*queue.store).await {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let fenced_file = format!("{effects}.fenced.{}", std::process::id());
+    let mut reported = 0;
+    // An orphan (the test died) is re-parented: stop then, rather than run forever.
+    while std::os::unix::process::parent_id() == parent {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let fenced = worker.counts().fenced;
+        if fenced != reported {
+            // Write then rename: a kill mid-write never leaves a torn count.
+            let tmp = format!("{fenced_file}.tmp");
+            std::fs::write(&tmp, format!("{fenced}\n")).unwrap();
+            std::fs::rename(&tmp, &fenced_file).unwrap();
+            reported = fenced;
+        }
     }
-    // Late completions this worker made after being frozen past its lease, refused.
-    let fenced = worker.counts().fenced;
-    worker.shutdown(Duration::from_secs(5)).await;
-    if fenced > 0 {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(format!("{effects}.fenced"))
-            .unwrap();
-        f.write_all(format!("{fenced}\n").as_bytes()).unwrap();
-    }
+    worker.shutdown(Duration::from_secs(1)).await;
 }
 
 /// Every job in the store, read in pages of 1,000.
@@ -120,14 +125,47 @@ pub async fn all_jobs<S: Store>(store: &S) -> Vec<crate::JobRecord> {
     jobs
 }
 
-/// Whether every job in the store has reached a terminal state (false if the store fails).
-pub async fn all_finished<S: Store>(store: &S) -> bool {
+/// Whether all `jobs` jobs have reached a terminal state (false if the store fails).
+///
+/// Cheap while work remains: the store's per-state counts (a scan of the whole table, which
+/// at hundreds of thousands of jobs holds SQLite's write lock for a while) are read only
+/// once the side-effect log names every job, which must happen first.
+pub async fn all_finished<S: Store>(store: &S, effects: &Path, jobs: u32) -> bool {
+    if distinct_effects(effects) < jobs as usize {
+        return false;
+    }
     store.stats().await.is_ok_and(|s| {
         s.iter()
             .map(|q| JobState::LIVE.iter().map(|st| q.count(*st)).sum::<u64>())
             .sum::<u64>()
             == 0
     })
+}
+
+/// Keeps a long run's backlog from running dry: when fewer than `low` of the `enqueued` jobs
+/// are still without a side effect, enqueues `more` and returns the new total.
+pub async fn top_up<S: Store>(
+    store: &S,
+    effects: &Path,
+    enqueued: u32,
+    low: u32,
+    more: u32,
+) -> u32 {
+    let started = u32::try_from(distinct_effects(effects)).unwrap_or(u32::MAX);
+    if enqueued.saturating_sub(started) >= low {
+        return enqueued;
+    }
+    enqueue_probes(store, more).await;
+    enqueued + more
+}
+
+/// How many distinct jobs the side-effect log names.
+fn distinct_effects(effects: &Path) -> usize {
+    let log = std::fs::read_to_string(effects).unwrap_or_default();
+    log.lines()
+        .filter_map(|l| l.split(' ').next())
+        .collect::<std::collections::HashSet<_>>()
+        .len()
 }
 
 /// Starts this test binary again as a worker process running only the test `child_test`,
@@ -179,22 +217,33 @@ pub struct CrashReport {
     pub fenced: u64,
 }
 
-/// Runs `rounds` rounds: keeps `workers` children alive (spawning replacements), and in each
-/// round waits a random 50-400 ms, then SIGKILLs a random child — or, every fifth round,
-/// freezes one with SIGSTOP for longer than its lease and thaws it (a zombie). Stops early
-/// when `done()` says every job has finished; then lets the survivors finish.
+/// Runs until `kills` children have been SIGKILLed: keeps `workers` children alive
+/// (spawning replacements), and each round waits a random 50-400 ms, then SIGKILLs a random
+/// child — or, every fifth round, freezes one with SIGSTOP for longer than its lease and thaws
+/// it (a zombie). Once a second it calls `every_second` (a long run tops up its backlog
+/// there) and stops early if `done()` says every job has finished; after the last kill it lets
+/// the survivors finish, for as long as the side-effect log keeps growing (a big backlog
+/// drains slowly: rescued jobs rejoin the back of the queue).
 pub fn drive(
     spawn: &dyn Fn() -> Child,
     workers: usize,
-    rounds: u32,
+    kills: u32,
+    effects: &Path,
+    every_second: &dyn Fn(),
     done: &dyn Fn() -> bool,
 ) -> CrashReport {
     let mut report = CrashReport::default();
     let mut children: Vec<Child> = (0..workers).map(|_| spawn()).collect();
-    for round in 0..rounds {
+    let mut asked = Instant::now();
+    let mut round = 0u32;
+    while report.kills < kills {
         std::thread::sleep(Duration::from_millis(fastrand::u64(50..400)));
-        if done() {
-            break;
+        if asked.elapsed() >= Duration::from_secs(1) {
+            every_second();
+            if done() {
+                break;
+            }
+            asked = Instant::now();
         }
         let i = fastrand::usize(..children.len());
         let pid = children[i].id().to_string();
@@ -211,15 +260,46 @@ pub fn drive(
             children[i] = spawn();
             report.kills += 1;
         }
+        round += 1;
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !done() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
+    // Drain: give up only after 60 s without a new side effect.
+    let mut last_len = 0;
+    let mut progressed = Instant::now();
+    while !done() && progressed.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(500));
+        let len = std::fs::metadata(effects).map_or(0, |m| m.len());
+        if len != last_len {
+            last_len = len;
+            progressed = Instant::now();
+        }
     }
     for mut c in children {
         let _ = c.kill();
         let _ = c.wait();
     }
+    report
+}
+
+/// A whole crash run against `store`, blocking on `rt`: enqueues `jobs` probes, [`drive`]s
+/// three children from `spawn` until `kills` SIGKILLs — keeping a backlog (`jobs` more
+/// whenever fewer than a quarter are unstarted, so a long run never runs dry before its last
+/// kill) — then [`verify`]s.
+pub fn run<S: Store>(
+    rt: &tokio::runtime::Runtime,
+    store: &S,
+    effects: &Path,
+    spawn: &dyn Fn() -> Child,
+    jobs: u32,
+    kills: u32,
+) -> CrashReport {
+    rt.block_on(enqueue_probes(store, jobs));
+    let enqueued = std::cell::Cell::new(jobs);
+    let top_up = || {
+        enqueued.set(rt.block_on(top_up(store, effects, enqueued.get(), jobs / 4, jobs)));
+    };
+    let done = || rt.block_on(all_finished(store, effects, enqueued.get()));
+    let mut report = drive(spawn, 3, kills, effects, &top_up, &done);
+    rt.block_on(verify(store, effects, &mut report));
     report
 }
 
@@ -236,10 +316,23 @@ pub async fn verify<S: Store>(store: &S, effects: &Path, report: &mut CrashRepor
         let id: i64 = line.split(' ').next().unwrap().parse().unwrap();
         *effects_per_job.entry(id).or_default() += 1;
     }
-    report.fenced = std::fs::read_to_string(format!("{}.fenced", effects.display()))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| l.parse::<u64>().unwrap())
+    // Each child's last reported count of refused late completions.
+    let prefix = format!("{}.fenced.", effects.file_name().unwrap().to_string_lossy());
+    let dir = effects.parent().unwrap();
+    report.fenced = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(&prefix) && !name.ends_with(".tmp")
+        })
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap()
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        })
         .sum();
     report.jobs = jobs.len();
     report.side_effects = effects_per_job.values().sum();

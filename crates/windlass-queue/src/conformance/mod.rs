@@ -76,7 +76,8 @@ macro_rules! conformance_tests {
             worker_respects_its_concurrency,
             worker_reports_unknown_kinds,
             worker_prunes_finished_jobs_after_their_retention,
-            worker_schedules_periodic_jobs
+            worker_schedules_periodic_jobs,
+            worker_late_completion_after_a_lost_lease_is_refused
         );
     };
     (@cases $fresh:path; $($name:ident),* $(,)?) => {

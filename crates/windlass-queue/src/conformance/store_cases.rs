@@ -189,6 +189,22 @@ pub async fn completion_records_the_attempt<S: Store>(store: S, clock: ManualClo
     assert_eq!(rec.finished_at_ms, Some(T0 + 2_000));
     assert_eq!(rec.locked_by, None);
     assert_eq!(rec.attempts, vec![record(1, "completed")]);
+    // Replayed, it keeps the completed attempt in its history, and a second run adds one.
+    assert_eq!(store.replay(vec![ids[0]]).await.unwrap(), vec![ids[0]]);
+    let rec = store.get(ids[0]).await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.locked_by), (JobState::Available, None));
+    assert_eq!(rec.attempts, vec![record(1, "completed")]);
+    let c = store.claim(claim_req("w1", 1)).await.unwrap().remove(0);
+    let r = store
+        .finish(vec![done(c.lease, NextState::Completed, 1, "completed")])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![Fenced::Applied]);
+    let rec = store.get(ids[0]).await.unwrap().unwrap();
+    assert_eq!(
+        rec.attempts,
+        vec![record(1, "completed"), record(1, "completed")]
+    );
 }
 
 pub async fn fencing_refuses_a_zombies_writes<S: Store>(store: S, clock: ManualClock) {

@@ -527,3 +527,82 @@ pub async fn worker_schedules_periodic_jobs<S: Store>(store: S, _clock: ManualCl
     assert_eq!(jobs[0].state, JobState::Completed);
     assert_eq!(jobs[0].payload, serde_json::json!({"n": 9}));
 }
+
+pub async fn worker_late_completion_after_a_lost_lease_is_refused<S: Store>(
+    store: S,
+    clock: ManualClock,
+) {
+    let queue = Queue::new(store);
+    let permits = Arc::new(Semaphore::new(0));
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let mut flaky = Flaky::new(0);
+    flaky.hold = Some((permits.clone(), entered_tx));
+    let lease = Duration::from_secs(30);
+    let worker = Worker::builder(&queue)
+        .register(flaky)
+        .config(WorkerConfig {
+            lease,
+            // No heartbeat of this worker's own may run during the case (the first comes one
+            // period after start), nor a sweep (the first comes at start, before the claim).
+            heartbeat: Duration::from_secs(29),
+            // No room to claim the job again itself while its handler hangs.
+            concurrency: 1,
+            prefetch: 0,
+            rescue_every: Duration::from_secs(3600),
+            gauges_every: Duration::from_secs(3600),
+            ..fast()
+        })
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let id = queue
+        .enqueue::<Flaky>(&Work { n: 1 }, JobOptions::default())
+        .await
+        .unwrap()
+        .id;
+    entered.recv().await.unwrap();
+    // The worker hangs past its lease (by the store's clock); a sweep retries the job and it
+    // is claimed again under the same worker id (as its own fetcher would): only the lease
+    // token tells the two attempts apart.
+    clock.advance(lease + Duration::from_secs(1));
+    queue.store().rescue_expired(10).await.unwrap();
+    // (Or the worker's own first sweep did it, had it run late.)
+    assert_eq!(
+        queue.get(id).await.unwrap().unwrap().state,
+        JobState::Available
+    );
+    let other = queue
+        .store()
+        .claim(crate::ClaimRequest {
+            queues: vec!["default".into()],
+            kinds: vec![Flaky::KIND.into()],
+            limit: 1,
+            worker: worker.worker_id().into(),
+            lease_for: lease,
+        })
+        .await
+        .unwrap();
+    assert_eq!(other.len(), 1);
+    // The zombie's handler returns now: its completion must be refused, and counted.
+    permits.add_permits(1);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while worker.counts().fenced == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refused completion: {:?} {:?}",
+            worker.counts(),
+            queue.get(id).await.unwrap()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(worker.counts().completed, 0);
+    let rec = queue.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.state, rec.attempt, rec.locked_by.as_deref()),
+        (JobState::Running, 2, Some(worker.worker_id())),
+        "the second attempt stands"
+    );
+    worker.shutdown(Duration::from_secs(5)).await;
+}

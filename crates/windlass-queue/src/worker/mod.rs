@@ -60,6 +60,9 @@ pub struct WorkerConfig {
     pub poll: Duration,
     /// How often expired leases are swept (default 15 s).
     pub rescue_every: Duration,
+    /// How often the depth and lag gauges are refreshed (default 15 s). Their counts read
+    /// the whole table, so this stays slow even when leases are swept often.
+    pub gauges_every: Duration,
     /// A job whose attempts ended this many times in an expired lease is quarantined
     /// (discarded) instead of retried (default 3; at least 1).
     pub quarantine_after: u32,
@@ -84,6 +87,7 @@ impl Default for WorkerConfig {
             heartbeat: Duration::from_secs(10),
             poll: Duration::from_secs(1),
             rescue_every: Duration::from_secs(15),
+            gauges_every: Duration::from_secs(15),
             quarantine_after: 3,
             cancel_grace: Duration::from_secs(5),
             retention: Duration::from_secs(24 * 3600),
@@ -137,6 +141,7 @@ impl WorkerConfig {
             ("heartbeat", self.heartbeat),
             ("poll", self.poll),
             ("rescue_every", self.rescue_every),
+            ("gauges_every", self.gauges_every),
             ("retention", self.retention),
             ("dead_letter_retention", self.dead_letter_retention),
         ] {

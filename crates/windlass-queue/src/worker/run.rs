@@ -317,13 +317,26 @@ async fn fetch_loop<S: Store>(shared: Arc<Shared<S>>, stop: CancellationToken) {
     let kinds: Vec<String> = shared.handlers.keys().map(|k| k.to_string()).collect();
     let mut retry_in = Duration::ZERO;
     let mut signal = shared.store.work_signal();
+    // While plenty of claimed jobs still wait for a handler, wait for room for a real batch
+    // instead of claiming each freed slot alone: fewer, larger claims (and commits), and the
+    // handlers do not notice, since the waiting jobs cover the claim. When few wait (an idle or
+    // lightly loaded worker), claim as soon as one slot is free: latency first.
+    let batch_at = (cfg.prefetch / 3).clamp(1, cfg.fetch_batch);
+    let total = cfg.concurrency + cfg.prefetch;
     loop {
+        let running = cfg.concurrency - shared.run_slots.available_permits().min(cfg.concurrency);
+        let held = total - shared.in_flight.available_permits().min(total);
+        let waiting = held.saturating_sub(running);
+        let first = if waiting >= 2 * batch_at { batch_at } else { 1 };
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            p = shared.in_flight.acquire() => match p { Ok(p) => p.forget(), Err(_) => return },
+            p = shared.in_flight.acquire_many(u32::try_from(first).unwrap_or(1)) => match p {
+                Ok(p) => p.forget(),
+                Err(_) => return,
+            },
         };
-        let mut room = 1;
+        let mut room = first;
         while room < cfg.fetch_batch {
             match shared.in_flight.try_acquire() {
                 Ok(p) => {
@@ -590,7 +603,9 @@ async fn complete_loop<S: Store>(
 }
 
 async fn heartbeat_loop<S: Store>(shared: Arc<Shared<S>>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(shared.config.heartbeat);
+    // The first beat one period after start: a new worker holds no lease yet.
+    let every = shared.config.heartbeat;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -642,6 +657,7 @@ async fn heartbeat_loop<S: Store>(shared: Arc<Shared<S>>, stop: CancellationToke
 async fn rescue_loop<S: Store>(shared: Arc<Shared<S>>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(shared.config.rescue_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut gauges_due = tokio::time::Instant::now();
     loop {
         tokio::select! {
             biased;
@@ -667,8 +683,16 @@ async fn rescue_loop<S: Store>(shared: Arc<Shared<S>>, stop: CancellationToken) 
             }
             Err(e) => tracing::warn!(error = %e, "rescuing expired leases failed"),
         }
-        // Depth per queue and state, and consumer lag, as gauges.
-        if let Ok(stats) = shared.store.stats().await {
+        // Depth per queue and state, and consumer lag, as gauges (on their own, slower
+        // interval: the counts read the whole table).
+        let now_instant = tokio::time::Instant::now();
+        let gauges = if now_instant >= gauges_due {
+            gauges_due = now_instant + shared.config.gauges_every;
+            shared.store.stats().await.ok()
+        } else {
+            None
+        };
+        if let Some(stats) = gauges {
             let now = shared.store.now_ms();
             for q in stats {
                 for state in crate::JobState::ALL {
