@@ -259,6 +259,20 @@ fn parse_age(s: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Subcommand)]
 enum OtherDemo {
+    /// The checkout saga on durable workflows (embedded SQLite): reserve stock, charge the
+    /// card, create the shipment, send the email; one order goes through, one fails at an
+    /// injected step and is rolled back (release, refund, cancel — latest first).
+    Checkout {
+        /// The step at which the second order fails.
+        #[arg(long, value_enum, default_value_t = demo::checkout::FailAt::Ship)]
+        fail_at: demo::checkout::FailAt,
+        /// Keep the runs in this SQLite file (default: a fresh temporary file).
+        #[arg(long)]
+        db: Option<std::path::PathBuf>,
+        /// Print JSON instead of the story.
+        #[arg(long)]
+        json: bool,
+    },
     /// The thumbnail pipeline — fetch, thumbnail (CPU), upload — sequential, unbounded,
     /// bounded, and streaming with CPU offload.
     Pipeline {
@@ -284,6 +298,17 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     match cli.command {
+        Command::Demo {
+            other: Some(OtherDemo::Checkout { fail_at, db, json }),
+            ..
+        } => {
+            let report = runtime.block_on(demo::checkout::run(db, fail_at))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", demo::checkout::table(&report));
+            }
+        }
         Command::Demo {
             other:
                 Some(OtherDemo::Pipeline {

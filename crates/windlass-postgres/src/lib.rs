@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+mod flow;
 mod limits;
 mod listen;
 mod ops;

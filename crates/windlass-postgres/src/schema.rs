@@ -11,9 +11,10 @@ use windlass_queue::StoreError;
 use crate::pg_error;
 
 /// `(version, sql)`, in order. Never edit a released entry: add one.
-pub(crate) const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE windlass_jobs (
+pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE windlass_jobs (
         id BIGSERIAL PRIMARY KEY,
         kind TEXT NOT NULL,
         queue TEXT NOT NULL,
@@ -56,7 +57,38 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[(
         tokens DOUBLE PRECISION NOT NULL,
         at_ms BIGINT NOT NULL
     );",
-)];
+    ),
+    (
+        2,
+        "-- Durable workflows (windlass-flow): one row per run, and each run's journal of
+    -- finished steps, timers and compensations. The journal is insert-only; (run_id, key)
+    -- is unique, so the first writer of an entry wins.
+    CREATE TABLE windlass_flow_runs (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        input JSONB NOT NULL,
+        status TEXT NOT NULL,
+        output JSONB,
+        error TEXT,
+        job_id BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        finished_at BIGINT
+    );
+    CREATE INDEX windlass_flow_runs_kind ON windlass_flow_runs (kind, id);
+    CREATE TABLE windlass_flow_journal (
+        seq BIGSERIAL PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        output JSONB,
+        error TEXT,
+        attempts INTEGER NOT NULL,
+        started_at BIGINT NOT NULL,
+        finished_at BIGINT NOT NULL,
+        UNIQUE (run_id, key)
+    );",
+    ),
+];
 
 /// Creates the schema if needed and applies every migration newer than its version.
 pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<i32, StoreError> {

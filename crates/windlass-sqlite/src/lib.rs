@@ -52,6 +52,7 @@
 //! ```
 
 mod commit_watch;
+mod flow;
 mod limits;
 mod ops;
 mod schema;

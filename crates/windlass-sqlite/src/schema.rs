@@ -76,6 +76,36 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX windlass_jobs_running ON windlass_jobs (queue, limit_key, lease_until)
         WHERE state = 'running';",
     ),
+    (
+        3,
+        "-- Durable workflows (windlass-flow): one row per run, and each run's journal of
+    -- finished steps, timers and compensations. The journal is insert-only; (run_id, key)
+    -- is unique, so the first writer of an entry wins.
+    CREATE TABLE windlass_flow_runs (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        input TEXT NOT NULL,
+        status TEXT NOT NULL,
+        output TEXT,
+        error TEXT,
+        job_id INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        finished_at INTEGER
+    );
+    CREATE INDEX windlass_flow_runs_kind ON windlass_flow_runs (kind, id);
+    CREATE TABLE windlass_flow_journal (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        output TEXT,
+        error TEXT,
+        attempts INTEGER NOT NULL,
+        started_at INTEGER NOT NULL,
+        finished_at INTEGER NOT NULL,
+        UNIQUE (run_id, key)
+    );",
+    ),
 ];
 
 /// Applies every migration newer than the database's version. Returns the version after.

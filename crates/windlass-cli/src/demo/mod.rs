@@ -3,6 +3,7 @@
 //! Starts a fault-injecting upstream on loopback and sends it the same workload three ways —
 //! no controls, naive retries, and a Windlass pipeline — then prints what each achieved.
 
+pub mod checkout;
 pub mod client;
 pub mod measure;
 pub mod pipeline;

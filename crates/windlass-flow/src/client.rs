@@ -1,0 +1,325 @@
+//! The client: register workflows, start runs (idempotently, by id), and follow them.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use windlass_policy::{Backoff, Jitter, RetrySchedule};
+use windlass_queue::{JobOptions, JobState, NewJob, Queue, Unique};
+
+use crate::driver::{DRIVER_KIND, FlowDriver, RunPayload};
+use crate::error::{StartError, WaitError};
+use crate::store::{FlowStore, JournalEntry, NewRun, RunRecord, RunStatus};
+use crate::workflow::{Erased, ErasedWorkflow, Workflow};
+
+/// The longest run id, in bytes.
+pub const MAX_RUN_ID_BYTES: usize = 256;
+
+/// Sets up [`Flows`]: the workflows, and the queue their runs' jobs go to.
+pub struct FlowsBuilder<S> {
+    queue: Queue<S>,
+    workflows: HashMap<&'static str, Arc<dyn ErasedWorkflow>>,
+    duplicate: Option<&'static str>,
+    job_queue: String,
+    attempt_timeout: Duration,
+}
+
+impl<S: FlowStore> FlowsBuilder<S> {
+    /// Registers a workflow.
+    pub fn register<W: Workflow>(mut self, workflow: W) -> Self {
+        if self
+            .workflows
+            .insert(W::KIND, Arc::new(Erased(Arc::new(workflow))))
+            .is_some()
+        {
+            self.duplicate = Some(W::KIND);
+        }
+        self
+    }
+
+    /// The queue the runs' jobs go to (default `"flows"`): give workers of this queue the
+    /// [`driver`](Flows::driver).
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.job_queue = queue.into();
+        self
+    }
+
+    /// The longest one resumption of a run may take before the queue stops it and tries
+    /// again (default 1 hour). Durable sleeps do not count: a sleeping run holds no worker.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// Checks the setup.
+    pub fn build(self) -> Result<Flows<S>, StartError> {
+        if let Some(kind) = self.duplicate {
+            return Err(StartError::InvalidOption {
+                field: "register",
+                reason: format!("workflow `{kind}` is registered twice"),
+            });
+        }
+        let options = self.job_options(None);
+        options.validate().map_err(|e| StartError::InvalidOption {
+            field: "queue/attempt_timeout",
+            reason: e.to_string(),
+        })?;
+        Ok(Flows {
+            driver: FlowDriver {
+                store: Arc::clone(self.queue.store()),
+                workflows: Arc::new(self.workflows),
+            },
+            queue: self.queue,
+            job_queue: self.job_queue,
+            attempt_timeout: self.attempt_timeout,
+        })
+    }
+
+    fn job_options(&self, unique: Option<Unique>) -> JobOptions {
+        job_options(&self.job_queue, self.attempt_timeout, unique, None)
+    }
+}
+
+fn job_options(
+    queue: &str,
+    timeout: Duration,
+    unique: Option<Unique>,
+    limit_key: Option<String>,
+) -> JobOptions {
+    JobOptions {
+        queue: queue.to_owned(),
+        // A run's job is retried only for infrastructure failures (the store, a
+        // compensation that keeps failing): keep at it, backing off to 5 minutes.
+        retry: RetrySchedule {
+            max_attempts: 1000,
+            backoff: Backoff::exponential(Duration::from_millis(500)),
+            jitter: Jitter::Full,
+            max_delay: Duration::from_secs(300),
+        },
+        timeout,
+        unique,
+        limit_key,
+        ..JobOptions::default()
+    }
+}
+
+/// Workflows over one store: start runs, follow them, and hand workers the
+/// [`driver`](Self::driver) that runs them.
+pub struct Flows<S> {
+    queue: Queue<S>,
+    driver: FlowDriver<S>,
+    job_queue: String,
+    attempt_timeout: Duration,
+}
+
+impl<S> Clone for Flows<S> {
+    fn clone(&self) -> Self {
+        Flows {
+            queue: self.queue.clone(),
+            driver: self.driver.clone(),
+            job_queue: self.job_queue.clone(),
+            attempt_timeout: self.attempt_timeout,
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for Flows<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flows")
+            .field("queue", &self.job_queue)
+            .field("driver", &self.driver)
+            .finish()
+    }
+}
+
+impl<S: FlowStore> Flows<S> {
+    /// A builder over `queue`'s store.
+    pub fn builder(queue: &Queue<S>) -> FlowsBuilder<S> {
+        FlowsBuilder {
+            queue: queue.clone(),
+            workflows: HashMap::new(),
+            duplicate: None,
+            job_queue: "flows".into(),
+            attempt_timeout: Duration::from_secs(3600),
+        }
+    }
+
+    /// The queue job that runs this `Flows`' workflows: register it with the workers of
+    /// [`queue_name`](Self::queue_name).
+    pub fn driver(&self) -> FlowDriver<S> {
+        self.driver.clone()
+    }
+
+    /// The queue the runs' jobs go to.
+    pub fn queue_name(&self) -> &str {
+        &self.job_queue
+    }
+
+    /// Starts a run of `W` with this id, or returns the existing run's handle when one has
+    /// it (an idempotent start: the input given now is ignored, the run's own kept). Runs
+    /// of a workflow kind count against the queue's per-key limits under the key
+    /// `workflow:<kind>`, so [`QueueLimits::max_running_per_key`](windlass_queue::QueueLimits)
+    /// on the flows queue limits how many runs of each kind execute at once.
+    pub async fn start<W: Workflow>(
+        &self,
+        id: impl Into<String>,
+        input: &W::Input,
+    ) -> Result<RunHandle<S, W::Output>, StartError> {
+        let id = id.into();
+        if id.is_empty() || id.len() > MAX_RUN_ID_BYTES {
+            return Err(StartError::InvalidId {
+                id,
+                reason: "must be 1 to 256 bytes",
+            });
+        }
+        if !self.driver.workflows.contains_key(W::KIND) {
+            return Err(StartError::Unregistered(W::KIND.into()));
+        }
+        let store = self.queue.store();
+        if let Some(run) = store.run(id.clone()).await? {
+            return self.existing(run, W::KIND);
+        }
+        let input = serde_json::to_value(input).map_err(|e| StartError::Input {
+            kind: W::KIND.into(),
+            message: e.to_string(),
+        })?;
+        let payload = RunPayload {
+            run: id.clone(),
+            workflow: W::KIND.into(),
+            input: input.clone(),
+        };
+        let payload = serde_json::to_value(&payload).map_err(|e| StartError::Input {
+            kind: W::KIND.into(),
+            message: e.to_string(),
+        })?;
+        // Unique in every state: one job per run id, ever. If this process dies before the
+        // run's row is stored, the job's payload lets the driver store it.
+        let unique = Unique::key(format!("run:{id}")).in_states(JobState::ALL);
+        let options = job_options(
+            &self.job_queue,
+            self.attempt_timeout,
+            Some(unique),
+            Some(format!("workflow:{}", W::KIND)),
+        );
+        let job =
+            NewJob::new(DRIVER_KIND, payload, options).map_err(windlass_queue::QueueError::from)?;
+        let enqueued = self.queue.enqueue_raw(vec![job]).await?;
+        let Some(enqueued) = enqueued.first() else {
+            return Err(StartError::Store(windlass_queue::StoreError::Database(
+                "enqueue returned no id".into(),
+            )));
+        };
+        let run = store
+            .insert_run(NewRun {
+                id: id.clone(),
+                kind: W::KIND.into(),
+                input,
+                job: enqueued.id,
+                created_at_ms: store.now_ms(),
+            })
+            .await?;
+        self.existing(run, W::KIND)
+    }
+
+    fn existing<O>(&self, run: RunRecord, kind: &str) -> Result<RunHandle<S, O>, StartError> {
+        if run.kind != kind {
+            return Err(StartError::IdTaken {
+                id: run.id,
+                existing: run.kind,
+                asked: kind.into(),
+            });
+        }
+        Ok(RunHandle {
+            store: Arc::clone(self.queue.store()),
+            id: run.id,
+            _out: PhantomData,
+        })
+    }
+
+    /// A handle on an existing run, whatever its kind (its output read as JSON).
+    pub async fn handle(
+        &self,
+        id: impl Into<String>,
+    ) -> Result<Option<RunHandle<S, serde_json::Value>>, StartError> {
+        let id = id.into();
+        Ok(self
+            .queue
+            .store()
+            .run(id.clone())
+            .await?
+            .map(|run| RunHandle {
+                store: Arc::clone(self.queue.store()),
+                id: run.id,
+                _out: PhantomData,
+            }))
+    }
+}
+
+/// A handle on one run: await its result, read its status and journal.
+pub struct RunHandle<S, O> {
+    store: Arc<S>,
+    id: String,
+    _out: PhantomData<fn() -> O>,
+}
+
+impl<S, O> std::fmt::Debug for RunHandle<S, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunHandle").field("id", &self.id).finish()
+    }
+}
+
+impl<S: FlowStore, O: DeserializeOwned> RunHandle<S, O> {
+    /// The run's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The run as stored now.
+    pub async fn record(&self) -> Result<RunRecord, WaitError> {
+        self.store
+            .run(self.id.clone())
+            .await?
+            .ok_or_else(|| WaitError::NotFound(self.id.clone()))
+    }
+
+    /// Where the run is.
+    pub async fn status(&self) -> Result<RunStatus, WaitError> {
+        Ok(self.record().await?.status)
+    }
+
+    /// The run's journal: its finished steps, timers and compensations, in order.
+    pub async fn journal(&self) -> Result<Vec<JournalEntry>, WaitError> {
+        Ok(self.store.journal(self.id.clone()).await?)
+    }
+
+    /// Waits up to `timeout` for the run to finish, reading it every `poll`; returns its
+    /// output, or why there is none.
+    pub async fn result(&self, timeout: Duration, poll: Duration) -> Result<O, WaitError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let run = self.record().await?;
+            match run.status {
+                RunStatus::Completed => {
+                    let output = run.output.unwrap_or(serde_json::Value::Null);
+                    return serde_json::from_value(output).map_err(|e| WaitError::Output {
+                        run: self.id.clone(),
+                        message: e.to_string(),
+                    });
+                }
+                RunStatus::Failed => {
+                    return Err(WaitError::Failed(run.error.unwrap_or_default()));
+                }
+                RunStatus::Halted => {
+                    return Err(WaitError::Halted(run.error.unwrap_or_default()));
+                }
+                RunStatus::Running | RunStatus::Compensating => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(WaitError::Timeout(self.id.clone()));
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+}

@@ -1,0 +1,812 @@
+//! The workflow conformance suite: the behaviour every [`FlowStore`] backend must show, run
+//! by each backend's tests with real workers.
+//!
+//! A backend's test file supplies an `async fn(ManualClock) -> Option<FlowDb<S>>` that opens
+//! a fresh, empty database on that clock and says how to open another store on the same
+//! database (`None` skips the suite, after printing why), then invokes
+//! [`flow_conformance_tests!`](crate::flow_conformance_tests).
+//!
+//! A **crash** is a worker whose whole runtime is dropped mid-step: its tasks vanish without
+//! a word to the store, its lease stays behind, exactly as when the process is killed. The
+//! test then moves the manual clock past the lease, and a second worker, on another store
+//! connected to the same database, takes the run over. Cases wait for events (a step
+//! entered, a status reached), never for wall-clock time.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use windlass_queue::{ManualClock, Queue, Worker, WorkerConfig, WorkerHandle};
+use windlass_test_support::Peak;
+
+use crate::{EntryKind, StartError};
+use crate::{FlowContext, FlowError, FlowStore, Flows, RunStatus, WaitError, Workflow};
+
+pub use windlass_queue::conformance::T0;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A fresh database, and how to open another store on it.
+pub struct FlowDb<S> {
+    /// A store on the database.
+    pub store: S,
+    /// Opens another store on the same database (another process's view), on the same
+    /// clock. Called from inside a tokio runtime.
+    pub reopen: Arc<dyn Fn() -> BoxFuture<S> + Send + Sync>,
+}
+
+/// Defines one `#[tokio::test]` per case, each on a fresh database from `$fresh`.
+#[macro_export]
+macro_rules! flow_conformance_tests {
+    ($fresh:path) => {
+        $crate::flow_conformance_tests!(@cases $fresh;
+            a_run_started_twice_returns_the_recorded_result,
+            a_crash_between_steps_resumes_without_rerunning_finished_steps,
+            a_failed_saga_compensates_in_reverse_order,
+            a_crash_during_compensation_resumes_the_rollback,
+            a_fan_out_runs_concurrently_within_its_bound,
+            a_durable_sleep_survives_a_restart,
+            a_replay_that_contradicts_the_journal_halts_the_run,
+            the_journal_keeps_the_first_entry,
+        );
+    };
+    (@cases $fresh:path; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::conformance::run_case($fresh, $crate::conformance::$case);
+            }
+        )*
+    };
+}
+
+/// Runs one case on a fresh database, on a multi-threaded runtime of its own (a crashed
+/// worker gets another).
+pub fn run_case<S, Fr, FrFut, C, CFut>(fresh: Fr, case: C)
+where
+    S: FlowStore,
+    Fr: FnOnce(ManualClock) -> FrFut,
+    FrFut: Future<Output = Option<FlowDb<S>>>,
+    C: FnOnce(FlowDb<S>, ManualClock) -> CFut,
+    CFut: Future<Output = ()>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a test runtime");
+    rt.block_on(async {
+        let clock = ManualClock::new(T0);
+        let Some(db) = fresh(clock.clone()).await else {
+            return;
+        };
+        case(db, clock).await;
+    });
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(5);
+
+fn config() -> WorkerConfig {
+    WorkerConfig {
+        queues: vec!["flows".into()],
+        poll: Duration::from_millis(20),
+        rescue_every: Duration::from_millis(20),
+        ..WorkerConfig::default()
+    }
+}
+
+async fn start_worker<S: FlowStore>(queue: &Queue<S>, flows: &Flows<S>) -> WorkerHandle {
+    Worker::builder(queue)
+        .register(flows.driver())
+        .config(config())
+        .build()
+        .expect("a valid worker")
+        .start()
+        .await
+        .expect("the worker starts")
+}
+
+/// Waits until `check` holds, for up to 30 s of real time (the store's clock is manual).
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Runs `flows_of(store)`'s worker on a runtime of its own until `crash_when` holds, then
+/// drops that runtime: the worker dies mid-run, its lease left behind.
+fn crash_worker<S, F>(
+    reopen: &Arc<dyn Fn() -> BoxFuture<S> + Send + Sync>,
+    flows_of: F,
+    crash_when: impl Fn() -> bool + Send + 'static,
+) where
+    S: FlowStore,
+    F: FnOnce(&Queue<S>) -> Flows<S> + Send + 'static,
+{
+    let reopen = Arc::clone(reopen);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime for the doomed worker");
+        rt.block_on(async {
+            let queue = Queue::new(reopen().await);
+            let flows = flows_of(&queue);
+            let _worker = start_worker(&queue, &flows).await;
+            until("the moment to crash", crash_when).await;
+        });
+        // Dropping the runtime drops every task: nothing more reaches the store.
+        drop(rt);
+    })
+    .join()
+    .expect("the doomed worker's thread");
+}
+
+/// How often each step and compensation ran, by name.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn push(&self, what: &str) {
+        self.0.lock().expect("log").push(what.to_owned());
+    }
+    fn all(&self) -> Vec<String> {
+        self.0.lock().expect("log").clone()
+    }
+}
+
+/// Three steps, each logged; `b` hangs on its first run when `hang` is set.
+struct Three {
+    log: Log,
+    hang_b_once: bool,
+    b_runs: Arc<AtomicU32>,
+}
+
+impl Workflow for Three {
+    const KIND: &'static str = "three";
+    type Input = u32;
+    type Output = String;
+    async fn run(&self, ctx: FlowContext, n: u32) -> Result<String, FlowError> {
+        let log = self.log.clone();
+        let a: u32 = ctx
+            .step("a", || {
+                let log = log.clone();
+                async move {
+                    log.push("a");
+                    Ok::<_, String>(n + 1)
+                }
+            })
+            .await?;
+        let (hang, b_runs) = (self.hang_b_once, Arc::clone(&self.b_runs));
+        let b: u32 = ctx
+            .step("b", || {
+                let (log, b_runs) = (log.clone(), Arc::clone(&b_runs));
+                async move {
+                    log.push("b");
+                    if hang && b_runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, String>(a * 10)
+                }
+            })
+            .await?;
+        let c: String = ctx
+            .step("c", || {
+                let log = log.clone();
+                async move {
+                    log.push("c");
+                    Ok::<_, String>(format!("{a}-{b}"))
+                }
+            })
+            .await?;
+        Ok(c)
+    }
+}
+
+/// Another workflow, to be refused a taken id.
+struct Other;
+impl Workflow for Other {
+    const KIND: &'static str = "other";
+    type Input = u32;
+    type Output = u32;
+    async fn run(&self, _ctx: FlowContext, n: u32) -> Result<u32, FlowError> {
+        Ok(n)
+    }
+}
+
+/// Case: starting a run twice with one id returns the recorded result; no step runs again,
+/// and another workflow cannot take the id.
+pub async fn a_run_started_twice_returns_the_recorded_result<S: FlowStore>(
+    db: FlowDb<S>,
+    _clock: ManualClock,
+) {
+    let queue = Queue::new(db.store);
+    let log = Log::default();
+    let flows = Flows::builder(&queue)
+        .register(Three {
+            log: log.clone(),
+            hang_b_once: false,
+            b_runs: Arc::default(),
+        })
+        .register(Other)
+        .build()
+        .expect("flows");
+    let worker = start_worker(&queue, &flows).await;
+    let first = flows.start::<Three>("order-1", &1).await.expect("start");
+    assert_eq!(first.result(WAIT, POLL).await.expect("result"), "2-20");
+    let again = flows
+        .start::<Three>("order-1", &7)
+        .await
+        .expect("start again");
+    assert_eq!(again.id(), "order-1");
+    assert_eq!(
+        again.result(WAIT, POLL).await.expect("result"),
+        "2-20",
+        "the first run's result, not a run of the new input"
+    );
+    let stats = queue.stats().await.expect("stats");
+    let jobs: u64 = stats.iter().map(|s| s.counts.iter().sum::<u64>()).sum();
+    assert_eq!(jobs, 1, "one job for one run id");
+    assert_eq!(log.all(), ["a", "b", "c"], "every step ran exactly once");
+    let journal = first.journal().await.expect("journal");
+    let keys: Vec<_> = journal.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["a", "b", "c"]);
+    assert!(
+        journal
+            .iter()
+            .all(|e| e.kind == EntryKind::Step && e.attempts == 1)
+    );
+    match flows.start::<Other>("order-1", &1).await {
+        Err(StartError::IdTaken { existing, .. }) => assert_eq!(existing, "three"),
+        other => panic!("another workflow took a used id: {other:?}"),
+    }
+    match flows.start::<Three>("", &1).await {
+        Err(StartError::InvalidId { .. }) => {}
+        other => panic!("an empty id was accepted: {other:?}"),
+    }
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Case: a worker killed while step `b` runs; another worker resumes the run: `a` is not run
+/// again, `b` (unfinished) is, `c` runs once.
+pub async fn a_crash_between_steps_resumes_without_rerunning_finished_steps<S: FlowStore>(
+    db: FlowDb<S>,
+    clock: ManualClock,
+) {
+    let log = Log::default();
+    let b_runs = Arc::new(AtomicU32::new(0));
+    let three = {
+        let (log, b_runs) = (log.clone(), Arc::clone(&b_runs));
+        move |queue: &Queue<S>| {
+            Flows::builder(queue)
+                .register(Three {
+                    log,
+                    hang_b_once: true,
+                    b_runs,
+                })
+                .build()
+                .expect("flows")
+        }
+    };
+    let queue = Queue::new(db.store);
+    let run = three.clone()(&queue)
+        .start::<Three>("crash-1", &4)
+        .await
+        .expect("start");
+    {
+        let b_runs = Arc::clone(&b_runs);
+        crash_worker(&db.reopen, three.clone(), move || {
+            b_runs.load(Ordering::SeqCst) >= 1
+        });
+    }
+    assert_eq!(log.all(), ["a", "b"], "the doomed worker got as far as b");
+    assert_eq!(run.status().await.expect("status"), RunStatus::Running);
+    clock.advance(config().lease + Duration::from_secs(1));
+    let flows = three(&queue);
+    let worker = start_worker(&queue, &flows).await;
+    assert_eq!(run.result(WAIT, POLL).await.expect("result"), "5-50");
+    assert_eq!(
+        log.all(),
+        ["a", "b", "b", "c"],
+        "a not re-run; b re-run (it never finished); c once"
+    );
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A four-step saga whose last step fails; compensation 2 hangs once when asked.
+struct Saga {
+    log: Log,
+    hang_undo_b_once: bool,
+    undo_b_runs: Arc<AtomicU32>,
+}
+
+impl Workflow for Saga {
+    const KIND: &'static str = "saga";
+    type Input = ();
+    type Output = ();
+    async fn run(&self, ctx: FlowContext, _: ()) -> Result<(), FlowError> {
+        let log = self.log.clone();
+        for (i, name) in ["reserve", "charge", "ship"].into_iter().enumerate() {
+            let (hang, undo_runs) = (
+                self.hang_undo_b_once && name == "charge",
+                Arc::clone(&self.undo_b_runs),
+            );
+            let undo_log = log.clone();
+            let step_log = log.clone();
+            let _: u32 = ctx
+                .step(name, move || {
+                    let log = step_log.clone();
+                    async move {
+                        log.push(name);
+                        Ok::<_, String>(i as u32 + 1)
+                    }
+                })
+                .compensate_with(move |out: u32| {
+                    let (log, undo_runs) = (undo_log.clone(), Arc::clone(&undo_runs));
+                    async move {
+                        log.push(&format!("undo {name} {out}"));
+                        if hang && undo_runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                            std::future::pending::<()>().await;
+                        }
+                        Ok::<_, String>(())
+                    }
+                })
+                .await?;
+        }
+        let email_log = log.clone();
+        ctx.step("email", move || {
+            let log = email_log.clone();
+            async move {
+                log.push("email");
+                Err::<(), _>("mail server said no")
+            }
+        })
+        .compensate_with(|_: ()| async { Err::<(), _>("a failed step must never be compensated") })
+        .await?;
+        Ok(())
+    }
+}
+
+fn saga_flows<S: FlowStore>(
+    log: Log,
+    hang: bool,
+    undo_b_runs: Arc<AtomicU32>,
+) -> impl Fn(&Queue<S>) -> Flows<S> + Clone + Send + 'static {
+    move |queue: &Queue<S>| {
+        Flows::builder(queue)
+            .register(Saga {
+                log: log.clone(),
+                hang_undo_b_once: hang,
+                undo_b_runs: Arc::clone(&undo_b_runs),
+            })
+            .build()
+            .expect("flows")
+    }
+}
+
+/// Case: a 4-step saga failing at step 4 compensates 3, 2, 1 in that order, never 4, and
+/// ends `failed` naming the failed step.
+pub async fn a_failed_saga_compensates_in_reverse_order<S: FlowStore>(
+    db: FlowDb<S>,
+    _clock: ManualClock,
+) {
+    let log = Log::default();
+    let queue = Queue::new(db.store);
+    let flows = saga_flows(log.clone(), false, Arc::default())(&queue);
+    let worker = start_worker(&queue, &flows).await;
+    let run = flows.start::<Saga>("saga-1", &()).await.expect("start");
+    match run.result(WAIT, POLL).await {
+        Err(WaitError::Failed(message)) => {
+            assert!(
+                message.contains("`email`") && message.contains("mail server said no"),
+                "{message}"
+            );
+        }
+        other => panic!("the saga did not fail: {other:?}"),
+    }
+    assert_eq!(
+        log.all(),
+        [
+            "reserve",
+            "charge",
+            "ship",
+            "email",
+            "undo ship 3",
+            "undo charge 2",
+            "undo reserve 1"
+        ]
+    );
+    let journal = run.journal().await.expect("journal");
+    let undone: Vec<_> = journal
+        .iter()
+        .filter(|e| e.kind == EntryKind::Compensation)
+        .map(|e| e.key.as_str())
+        .collect();
+    assert_eq!(undone, ["~undo:ship", "~undo:charge", "~undo:reserve"]);
+    assert_eq!(run.status().await.expect("status"), RunStatus::Failed);
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Case: a worker killed while compensating step 2; another resumes the rollback: step 3's
+/// compensation is not run again, step 2's is, then step 1's.
+pub async fn a_crash_during_compensation_resumes_the_rollback<S: FlowStore>(
+    db: FlowDb<S>,
+    clock: ManualClock,
+) {
+    let log = Log::default();
+    let undo_b_runs = Arc::new(AtomicU32::new(0));
+    let make = saga_flows::<S>(log.clone(), true, Arc::clone(&undo_b_runs));
+    let queue = Queue::new(db.store);
+    let run = make(&queue)
+        .start::<Saga>("saga-2", &())
+        .await
+        .expect("start");
+    {
+        let undo_b_runs = Arc::clone(&undo_b_runs);
+        crash_worker(&db.reopen, make.clone(), move || {
+            undo_b_runs.load(Ordering::SeqCst) >= 1
+        });
+    }
+    assert_eq!(run.status().await.expect("status"), RunStatus::Compensating);
+    clock.advance(config().lease + Duration::from_secs(1));
+    let flows = make(&queue);
+    let worker = start_worker(&queue, &flows).await;
+    assert!(matches!(
+        run.result(WAIT, POLL).await,
+        Err(WaitError::Failed(_))
+    ));
+    assert_eq!(
+        log.all(),
+        [
+            "reserve",
+            "charge",
+            "ship",
+            "email",
+            "undo ship 3",
+            "undo charge 2",
+            "undo charge 2",
+            "undo reserve 1"
+        ],
+        "the rollback resumed at step 2's compensation; no step re-ran"
+    );
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Eight independent steps, at most three at a time.
+struct FanOut {
+    probe: Peak,
+}
+
+impl Workflow for FanOut {
+    const KIND: &'static str = "fan_out";
+    type Input = u32;
+    type Output = Vec<u32>;
+    async fn run(&self, ctx: FlowContext, n: u32) -> Result<Vec<u32>, FlowError> {
+        let steps = (0..n).map(|i| {
+            let probe = self.probe.clone();
+            ctx.step("square", move || {
+                let probe = probe.clone();
+                async move {
+                    let _inside = probe.enter();
+                    // Let the other branches in while this one is inside.
+                    for _ in 0..3 {
+                        tokio::task::yield_now().await;
+                    }
+                    Ok::<_, String>(i * i)
+                }
+            })
+            .key(i)
+        });
+        ctx.all(3, steps).await
+    }
+}
+
+/// Case: a fan-out runs its independent steps concurrently (three inside at once, measured
+/// by the probe) and never more than its bound; outputs come back in order.
+pub async fn a_fan_out_runs_concurrently_within_its_bound<S: FlowStore>(
+    db: FlowDb<S>,
+    _clock: ManualClock,
+) {
+    let queue = Queue::new(db.store);
+    let probe = Peak::new();
+    let flows = Flows::builder(&queue)
+        .register(FanOut {
+            probe: probe.clone(),
+        })
+        .build()
+        .expect("flows");
+    let worker = start_worker(&queue, &flows).await;
+    let run = flows.start::<FanOut>("fan-1", &8).await.expect("start");
+    assert_eq!(
+        run.result(WAIT, POLL).await.expect("result"),
+        [0, 1, 4, 9, 16, 25, 36, 49]
+    );
+    assert_eq!(probe.max(), 3, "three steps ran at once, never more");
+    let journal = run.journal().await.expect("journal");
+    assert_eq!(journal.len(), 8);
+    assert!(journal.iter().any(|e| e.key == "square[7]"));
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A step, an hour's durable sleep, a step.
+struct Nap {
+    log: Log,
+}
+
+impl Workflow for Nap {
+    const KIND: &'static str = "nap";
+    type Input = ();
+    type Output = i64;
+    async fn run(&self, ctx: FlowContext, _: ()) -> Result<i64, FlowError> {
+        let log = self.log.clone();
+        let before: i64 = ctx
+            .step("before", || {
+                let (log, ctx) = (log.clone(), ctx.clone());
+                async move {
+                    log.push("before");
+                    Ok::<_, String>(ctx.now_ms())
+                }
+            })
+            .await?;
+        ctx.sleep("nap", Duration::from_secs(3600)).await;
+        let after: i64 = ctx
+            .step("after", || {
+                let (log, ctx) = (log.clone(), ctx.clone());
+                async move {
+                    log.push("after");
+                    Ok::<_, String>(ctx.now_ms())
+                }
+            })
+            .await?;
+        Ok(after - before)
+    }
+}
+
+/// Case: a run sleeping for an hour holds no worker, is not resumed early, and survives a
+/// restart: a new worker on a new store finishes it once the hour has passed.
+pub async fn a_durable_sleep_survives_a_restart<S: FlowStore>(db: FlowDb<S>, clock: ManualClock) {
+    let log = Log::default();
+    let make = {
+        let log = log.clone();
+        move |queue: &Queue<S>| {
+            Flows::builder(queue)
+                .register(Nap { log: log.clone() })
+                .build()
+                .expect("flows")
+        }
+    };
+    let queue = Queue::new(db.store);
+    let flows = make(&queue);
+    let worker = start_worker(&queue, &flows).await;
+    let run = flows.start::<Nap>("nap-1", &()).await.expect("start");
+    let journal_has_timer = || async {
+        run.journal()
+            .await
+            .expect("journal")
+            .iter()
+            .any(|e| e.kind == EntryKind::Sleep)
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !journal_has_timer().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the timer was never journaled"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    // The snoozed job holds no worker: it is waiting, not running.
+    let job = run.record().await.expect("record").job;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let state = queue
+            .get(job)
+            .await
+            .expect("job")
+            .expect("the run's job")
+            .state;
+        if state == windlass_queue::JobState::Scheduled {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run's job never went to sleep: {state:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    worker.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(log.all(), ["before"]);
+    assert_eq!(run.status().await.expect("status"), RunStatus::Running);
+
+    // The restart: another store on the same database, another worker.
+    let queue = Queue::new((db.reopen)().await);
+    let flows = make(&queue);
+    let worker = start_worker(&queue, &flows).await;
+    clock.advance(Duration::from_secs(1800));
+    let run = flows
+        .handle("nap-1")
+        .await
+        .expect("handle")
+        .expect("the run");
+    assert!(
+        matches!(
+            run.result(Duration::from_millis(200), POLL).await,
+            Err(WaitError::Timeout(_))
+        ),
+        "half an hour in, the run still sleeps"
+    );
+    assert_eq!(log.all(), ["before"]);
+    clock.advance(Duration::from_secs(1800));
+    let slept = run.result(WAIT, POLL).await.expect("result");
+    assert_eq!(
+        slept.as_i64(),
+        Some(3_600_000),
+        "resumed exactly when the timer expired"
+    );
+    assert_eq!(log.all(), ["before", "after"], "nothing ran twice");
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Version 1 journals `x` as a string; version 2 (same kind) asks for a number.
+struct V1;
+impl Workflow for V1 {
+    const KIND: &'static str = "versioned";
+    type Input = ();
+    type Output = ();
+    async fn run(&self, ctx: FlowContext, _: ()) -> Result<(), FlowError> {
+        let _: String = ctx
+            .step("x", || async { Ok::<_, String>("text".into()) })
+            .await?;
+        ctx.sleep("wait", Duration::from_secs(60)).await;
+        Ok(())
+    }
+}
+struct V2;
+impl Workflow for V2 {
+    const KIND: &'static str = "versioned";
+    type Input = ();
+    type Output = ();
+    async fn run(&self, ctx: FlowContext, _: ()) -> Result<(), FlowError> {
+        let _: u64 = ctx.step("x", || async { Ok::<_, String>(7) }).await?;
+        Ok(())
+    }
+}
+
+/// Case: code that contradicts its run's journal (a step's type changed under a run in
+/// flight) halts the run with an error naming both, without running or compensating.
+pub async fn a_replay_that_contradicts_the_journal_halts_the_run<S: FlowStore>(
+    db: FlowDb<S>,
+    clock: ManualClock,
+) {
+    let queue = Queue::new(db.store);
+    let v1 = Flows::builder(&queue).register(V1).build().expect("flows");
+    let worker1 = start_worker(&queue, &v1).await;
+    let run = v1.start::<V1>("v-1", &()).await.expect("start");
+    let job = run.record().await.expect("record").job;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while queue.get(job).await.expect("job").map(|j| j.state)
+        != Some(windlass_queue::JobState::Scheduled)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "v1 never went to sleep"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    worker1.shutdown(Duration::from_secs(5)).await;
+    let v2 = Flows::builder(&queue).register(V2).build().expect("flows");
+    let worker2 = start_worker(&queue, &v2).await;
+    clock.advance(Duration::from_secs(61));
+    match run.result(WAIT, POLL).await {
+        Err(WaitError::Halted(message)) => {
+            assert!(message.contains("step `x` of type u64"), "{message}");
+            assert!(message.contains("\"text\""), "{message}");
+        }
+        other => panic!("a contradicting replay was not halted: {other:?}"),
+    }
+    assert_eq!(run.status().await.expect("status"), RunStatus::Halted);
+    worker2.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Case (store): the journal keeps the first entry under a key and hands it to a later
+/// writer; runs are unique by id and listed by kind and status; a finished run's status
+/// does not change.
+pub async fn the_journal_keeps_the_first_entry<S: FlowStore>(db: FlowDb<S>, _clock: ManualClock) {
+    use crate::{JournalEntry, NewRun, RunFilter};
+    use serde_json::json;
+    let store = db.store;
+    let entry = |outcome: Result<serde_json::Value, String>| JournalEntry {
+        seq: 0,
+        key: "charge".into(),
+        kind: EntryKind::Step,
+        outcome,
+        attempts: 2,
+        started_at_ms: T0,
+        finished_at_ms: T0 + 5,
+    };
+    let first = store
+        .record("r1".into(), entry(Ok(json!({"receipt": 1}))))
+        .await
+        .expect("record");
+    assert!(first.seq > 0);
+    let second = store
+        .record("r1".into(), entry(Err("a zombie's late result".into())))
+        .await
+        .expect("record again");
+    assert_eq!(second, first, "the first writer's entry stands");
+    let other_run = store
+        .record("r2".into(), entry(Err("boom".into())))
+        .await
+        .expect("another run's entry");
+    assert_eq!(other_run.outcome, Err("boom".to_string()));
+    assert_eq!(store.journal("r1".into()).await.expect("journal"), [first]);
+
+    let new_run = |id: &str, kind: &str| NewRun {
+        id: id.into(),
+        kind: kind.into(),
+        input: json!([1, 2]),
+        job: windlass_queue::JobId(7),
+        created_at_ms: T0,
+    };
+    let a = store.insert_run(new_run("a", "k1")).await.expect("insert");
+    let again = store
+        .insert_run(new_run("a", "k2"))
+        .await
+        .expect("insert again");
+    assert_eq!(again, a, "the first run with an id stands");
+    store
+        .insert_run(new_run("b", "k2"))
+        .await
+        .expect("insert b");
+    store
+        .insert_run(new_run("c", "k1"))
+        .await
+        .expect("insert c");
+    assert!(
+        store
+            .set_run_status("c".into(), RunStatus::Completed, Some(json!("out")), None)
+            .await
+            .expect("complete")
+    );
+    assert!(
+        !store
+            .set_run_status("nope".into(), RunStatus::Completed, None, None)
+            .await
+            .expect("missing run")
+    );
+    store
+        .set_run_status("c".into(), RunStatus::Failed, None, Some("late".into()))
+        .await
+        .expect("late failure");
+    let c = store.run("c".into()).await.expect("run").expect("c");
+    assert_eq!(
+        (c.status, c.output, c.error),
+        (RunStatus::Completed, Some(json!("out")), None)
+    );
+    assert!(c.finished_at_ms.is_some());
+    let ids = |runs: Vec<crate::RunRecord>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let k1 = RunFilter {
+        kind: Some("k1".into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(ids(store.runs(k1).await.expect("runs")), ["a", "c"]);
+    let running = RunFilter {
+        statuses: vec![RunStatus::Running],
+        ..RunFilter::default()
+    };
+    assert_eq!(ids(store.runs(running).await.expect("runs")), ["a", "b"]);
+    let page = RunFilter {
+        after: Some("a".into()),
+        limit: 1,
+        ..RunFilter::default()
+    };
+    assert_eq!(ids(store.runs(page).await.expect("runs")), ["b"]);
+}

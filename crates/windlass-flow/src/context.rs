@@ -1,0 +1,623 @@
+//! The context a workflow runs in: journaled steps, durable timers, bounded fan-out.
+//!
+//! Every resumption of a run executes the workflow's code from the top with a fresh
+//! [`FlowContext`] that holds the run's journal. A step already in the journal returns its
+//! journaled result without running; the first step that is not runs, and its result is
+//! journaled before the code sees it. So the code must reach its steps the same way on every
+//! replay: branch on step results, the input and [`FlowContext::now_ms`] of a journaled step,
+//! not on the wall clock or randomness outside a step.
+//!
+//! Internal stops never reach the workflow's code: when a timer must wait, when the journal
+//! cannot be written, or when the code contradicts its journal, the step or timer simply never
+//! completes and the driver ends this resumption (see [`crate::driver`]).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::Notify;
+use windlass_policy::{PolicyExt, Retry};
+use windlass_queue::StoreError;
+
+use crate::error::{FlowError, ReplayMismatch};
+use crate::store::{EntryKind, FlowStore, JournalEntry};
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The longest step name or explicit key, in bytes.
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// What the context needs of a store, without its type.
+pub(crate) trait Journal: Send + Sync {
+    fn record(
+        &self,
+        run: String,
+        entry: JournalEntry,
+    ) -> BoxFuture<'static, Result<JournalEntry, StoreError>>;
+    fn now_ms(&self) -> i64;
+}
+
+impl<S: FlowStore> Journal for Arc<S> {
+    fn record(
+        &self,
+        run: String,
+        entry: JournalEntry,
+    ) -> BoxFuture<'static, Result<JournalEntry, StoreError>> {
+        let store = Arc::clone(self);
+        Box::pin(async move { FlowStore::record(&*store, run, entry).await })
+    }
+    fn now_ms(&self) -> i64 {
+        windlass_queue::Store::now_ms(&**self)
+    }
+}
+
+/// Why a resumption must end before the workflow's code returns.
+#[derive(Debug, Clone)]
+pub(crate) enum Halt {
+    /// The journal could not be written: retry the resumption later.
+    Store(StoreError),
+    /// The code contradicts the journal, or misuses the context: stop the run.
+    Replay(String),
+}
+
+/// How a resumption ended early.
+#[derive(Debug, Clone)]
+pub(crate) enum Stop {
+    Halt(Halt),
+    /// Every branch waits for a timer: resume at this time (ms since the Unix epoch).
+    Suspend {
+        wake_at_ms: i64,
+    },
+}
+
+/// A compensation, ready to run.
+pub(crate) type Undo = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+pub(crate) struct Registered {
+    /// The step's journal order: compensations run in reverse.
+    pub(crate) seq: i64,
+    pub(crate) key: String,
+    pub(crate) undo: Undo,
+}
+
+struct State {
+    journal: HashMap<String, JournalEntry>,
+    occurrences: HashMap<String, u32>,
+    used: HashSet<String>,
+    compensations: Vec<Registered>,
+    in_flight: usize,
+    halt: Option<Halt>,
+    wake_at_ms: Option<i64>,
+}
+
+struct Inner {
+    run: String,
+    store: Arc<dyn Journal>,
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+/// What a workflow's code is given: journaled [`step`](Self::step)s, durable
+/// [`sleep`](Self::sleep)s and bounded fan-out ([`all`](Self::all)). Cheap to clone.
+#[derive(Clone)]
+pub struct FlowContext {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for FlowContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlowContext")
+            .field("run", &self.inner.run)
+            .finish()
+    }
+}
+
+fn valid_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "step and timer names must be 1 to {MAX_NAME_BYTES} bytes, got {name:?}"
+        ));
+    }
+    if name.starts_with(['$', '~']) || name.contains(['#', '[', ']']) {
+        return Err(format!(
+            "step and timer names must not start with `$` or `~` nor contain `#`, `[` or `]` (they build journal keys), got {name:?}"
+        ));
+    }
+    Ok(())
+}
+
+impl FlowContext {
+    pub(crate) fn new(run: String, journal: Vec<JournalEntry>, store: Arc<dyn Journal>) -> Self {
+        FlowContext {
+            inner: Arc::new(Inner {
+                run,
+                store,
+                state: Mutex::new(State {
+                    journal: journal.into_iter().map(|e| (e.key.clone(), e)).collect(),
+                    occurrences: HashMap::new(),
+                    used: HashSet::new(),
+                    compensations: Vec::new(),
+                    in_flight: 0,
+                    halt: None,
+                    wake_at_ms: None,
+                }),
+                changed: Notify::new(),
+            }),
+        }
+    }
+
+    /// The run's id.
+    pub fn run_id(&self) -> &str {
+        &self.inner.run
+    }
+
+    /// The store's clock (ms since the Unix epoch). Not journaled: to branch on time, read
+    /// it inside a step so replays see the same value.
+    pub fn now_ms(&self) -> i64 {
+        self.inner.store.now_ms()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves plain data behind; carry on with it.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A step: `run` is called (again, for each retry) until it succeeds or its policy
+    /// gives up, and its result is journaled before it is returned. If the run's journal
+    /// already holds this step, its journaled result is returned and `run` is not called.
+    ///
+    /// **Matching.** Steps are matched by name, not position, so a step added to the code
+    /// does not disturb runs already in flight. A name used again in one run is told apart
+    /// by its occurrence: the first `charge` is journaled as `charge`, the second as
+    /// `charge#2`, and so on, counted when the step is awaited (or handed to
+    /// [`all`](Self::all)). Where the order of calls may differ between replays (steps
+    /// started from concurrent branches of your own), give each an explicit
+    /// [`key`](Step::key) instead: journaled as `name[key]`. A journal entry under the
+    /// step's key that is not a step, or whose output does not decode into `T`, halts the
+    /// run with a [`ReplayMismatch`] naming both — never a silent re-run.
+    ///
+    /// **Failure.** A step whose attempts all fail is journaled as failed and returns
+    /// [`FlowError::StepFailed`]; a replay returns the same failure without running it.
+    ///
+    /// **Compensation.** See [`Step::compensate_with`]. A step that failed is never
+    /// compensated: it has no output to undo with, so a step that can fail part-way must
+    /// clean up after itself before it returns its error.
+    pub fn step<'a, T, E, F, Fut>(&self, name: impl Into<String>, run: F) -> Step<'a, T, F>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        E: fmt::Display + Send + 'static,
+        F: Fn() -> Fut + Send + Sync,
+        Fut: Future<Output = Result<T, E>> + Send,
+    {
+        Step {
+            ctx: self.clone(),
+            name: name.into(),
+            key: None,
+            run,
+            retry: None,
+            timeout: None,
+            undo: None,
+            _out: PhantomData,
+        }
+    }
+
+    /// A durable timer: the run sleeps until `duration` after this timer was first
+    /// reached, without holding a worker — the resumption ends, its job is snoozed until
+    /// then, and any worker resumes it, across restarts. Timers are matched by name like
+    /// steps (journaled as kind `sleep`).
+    ///
+    /// The timer starts the first time it is reached; a replay after it expired returns at
+    /// once. A workflow whose branches all wait for timers is suspended until the earliest;
+    /// a branch running a step meanwhile is let finish first.
+    pub async fn sleep(&self, name: impl Into<String>, duration: Duration) {
+        let name = name.into();
+        let key = match self.claim_key(&name, None) {
+            Ok(key) => key,
+            Err(message) => return self.halt(Halt::Replay(message)).await,
+        };
+        let existing = self.lock().journal.get(&key).cloned();
+        let entry = match existing {
+            Some(entry) => entry,
+            None => {
+                let now = self.now_ms();
+                let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+                let entry = JournalEntry {
+                    seq: 0,
+                    key: key.clone(),
+                    kind: EntryKind::Sleep,
+                    outcome: Ok(Value::from(now.saturating_add(millis))),
+                    attempts: 0,
+                    started_at_ms: now,
+                    finished_at_ms: now,
+                };
+                match self.inner.store.record(self.inner.run.clone(), entry).await {
+                    Ok(stored) => {
+                        self.lock().journal.insert(key.clone(), stored.clone());
+                        stored
+                    }
+                    Err(e) => return self.halt(Halt::Store(e)).await,
+                }
+            }
+        };
+        let wake_at = match (&entry.kind, &entry.outcome) {
+            (EntryKind::Sleep, Ok(v)) if v.is_i64() => v.as_i64().unwrap_or(i64::MAX),
+            _ => {
+                let mismatch = self.mismatch(format!("timer `{key}`"), &entry);
+                return self.halt(Halt::Replay(mismatch.to_string())).await;
+            }
+        };
+        if self.now_ms() >= wake_at {
+            return;
+        }
+        {
+            let mut state = self.lock();
+            state.wake_at_ms = Some(state.wake_at_ms.map_or(wake_at, |w| w.min(wake_at)));
+        }
+        self.inner.changed.notify_waiters();
+        std::future::pending::<()>().await
+    }
+
+    /// Runs `steps` concurrently, at most `limit` at a time, and waits until every one has
+    /// settled; then returns their outputs in order, or the first error in order. Every
+    /// started step finishes (and is journaled) before this returns, so a failure leaves
+    /// no step half-run behind the saga's back. Steps get their journal keys in the order
+    /// given, before any runs. A `limit` of 0 halts the run (it would wait forever).
+    pub async fn all<T, I>(&self, limit: usize, steps: I) -> Result<Vec<T>, FlowError>
+    where
+        I: IntoIterator,
+        I::Item: IntoFuture<Output = Result<T, FlowError>>,
+        <I::Item as IntoFuture>::IntoFuture: Send,
+    {
+        self.all_settled(limit, steps).await.into_iter().collect()
+    }
+
+    /// Like [`all`](Self::all), but returns every step's result.
+    pub async fn all_settled<T, I>(&self, limit: usize, steps: I) -> Vec<Result<T, FlowError>>
+    where
+        I: IntoIterator,
+        I::Item: IntoFuture<Output = Result<T, FlowError>>,
+        <I::Item as IntoFuture>::IntoFuture: Send,
+    {
+        if limit == 0 {
+            return self
+                .halt(Halt::Replay(
+                    "FlowContext::all needs a limit of at least 1".into(),
+                ))
+                .await;
+        }
+        let futures: Vec<_> = steps.into_iter().map(IntoFuture::into_future).collect();
+        futures_util::stream::iter(futures)
+            .buffered(limit)
+            .collect()
+            .await
+    }
+
+    /// The journal key for the next use of `name` (with an explicit key, if given), or why
+    /// it cannot have one.
+    fn claim_key(&self, name: &str, explicit: Option<&str>) -> Result<String, String> {
+        valid_name(name)?;
+        let mut state = self.lock();
+        let key = match explicit {
+            Some(k) => {
+                if k.is_empty() || k.len() > MAX_NAME_BYTES || k.contains(['[', ']']) {
+                    return Err(format!(
+                        "explicit step keys must be 1 to {MAX_NAME_BYTES} bytes without `[` or `]`, got {k:?} for step `{name}`"
+                    ));
+                }
+                format!("{name}[{k}]")
+            }
+            None => {
+                let n = state.occurrences.entry(name.to_owned()).or_insert(0);
+                *n += 1;
+                if *n == 1 {
+                    name.to_owned()
+                } else {
+                    format!("{name}#{n}")
+                }
+            }
+        };
+        if !state.used.insert(key.clone()) {
+            return Err(format!(
+                "the journal key `{key}` was used twice in one run of `{}`: give each use its own explicit key",
+                self.inner.run
+            ));
+        }
+        Ok(key)
+    }
+
+    fn mismatch(&self, asked: String, entry: &JournalEntry) -> ReplayMismatch {
+        let journaled = match &entry.outcome {
+            Ok(v) => format!("a {} `{}` with output {v}", entry.kind.as_str(), entry.key),
+            Err(e) => format!("a failed {} `{}` ({e})", entry.kind.as_str(), entry.key),
+        };
+        ReplayMismatch {
+            run: self.inner.run.clone(),
+            asked,
+            journaled,
+        }
+    }
+
+    /// Records why this resumption must end, and never returns: the driver drops the
+    /// workflow's future.
+    async fn halt<T>(&self, halt: Halt) -> T {
+        {
+            let mut state = self.lock();
+            if state.halt.is_none() {
+                state.halt = Some(halt);
+            }
+        }
+        self.inner.changed.notify_waiters();
+        std::future::pending::<T>().await
+    }
+
+    /// Resolves when this resumption must end: at once on a halt, or once every branch
+    /// waits for a timer and no step is running.
+    pub(crate) async fn stopped(&self) -> Stop {
+        loop {
+            let notified = self.inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let state = self.lock();
+                if let Some(halt) = &state.halt {
+                    return Stop::Halt(halt.clone());
+                }
+                if let (Some(wake_at_ms), 0) = (state.wake_at_ms, state.in_flight) {
+                    return Stop::Suspend { wake_at_ms };
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// A halt recorded while the workflow's code went on (it swallowed a step's error).
+    pub(crate) fn halted(&self) -> Option<Halt> {
+        self.lock().halt.clone()
+    }
+
+    /// The compensations registered by completed steps, latest completed first.
+    pub(crate) fn take_compensations(&self) -> Vec<Registered> {
+        let mut regs = std::mem::take(&mut self.lock().compensations);
+        regs.sort_by_key(|r| std::cmp::Reverse(r.seq));
+        regs
+    }
+
+    pub(crate) fn journaled(&self, key: &str) -> Option<JournalEntry> {
+        self.lock().journal.get(key).cloned()
+    }
+
+    pub(crate) async fn record(&self, entry: JournalEntry) -> Result<JournalEntry, StoreError> {
+        let stored = self
+            .inner
+            .store
+            .record(self.inner.run.clone(), entry)
+            .await?;
+        self.lock()
+            .journal
+            .insert(stored.key.clone(), stored.clone());
+        Ok(stored)
+    }
+}
+
+/// What a [`Step`] outputs, and how long what it borrows must live.
+type StepMarker<'a, T> = (fn() -> T, &'a ());
+
+/// A step being set up: see [`FlowContext::step`]. Await it to run it.
+#[must_use = "a step does nothing until awaited"]
+pub struct Step<'a, T, F> {
+    ctx: FlowContext,
+    name: String,
+    key: Option<String>,
+    run: F,
+    retry: Option<Retry>,
+    timeout: Option<Duration>,
+    undo: Option<Box<dyn FnOnce(Value) -> Undo + Send>>,
+    _out: PhantomData<StepMarker<'a, T>>,
+}
+
+impl<T, F> fmt::Debug for Step<'_, T, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Step")
+            .field("name", &self.name)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+/// One attempt's failure: the step's own error, or its timeout.
+#[derive(Debug)]
+enum AttemptError<E> {
+    Failed(E),
+    TimedOut(Duration),
+}
+
+impl<E: fmt::Display> fmt::Display for AttemptError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttemptError::Failed(e) => e.fmt(f),
+            AttemptError::TimedOut(d) => write!(f, "attempt timed out after {d:?}"),
+        }
+    }
+}
+
+impl<'a, T, E, F, Fut> Step<'a, T, F>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+    E: fmt::Display + Send + 'static,
+    F: Fn() -> Fut + Send + Sync,
+    Fut: Future<Output = Result<T, E>> + Send,
+{
+    /// Journals this step as `name[key]` instead of by occurrence.
+    pub fn key(mut self, key: impl fmt::Display) -> Self {
+        self.key = Some(key.to_string());
+        self
+    }
+
+    /// Retries failed attempts with this policy (the policy layer's [`Retry`]: backoff,
+    /// jitter, error classes, a deadline). Without one, a step makes one attempt.
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// Fails an attempt that takes longer than this (a transient failure: retried).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Registers how to undo this step: if the run later fails, `undo` is called with this
+    /// step's output. Compensations run in the reverse order of their steps' completion,
+    /// each retried (5 attempts, exponential backoff from 100 ms) and then, if still
+    /// failing, retried with the whole rollback by the queue (the run's job fails
+    /// transiently and is resumed with its backoff). Each finished compensation is
+    /// journaled, so a crash mid-rollback resumes the rollback without undoing anything
+    /// twice. A step that never ran, or failed, is never compensated.
+    pub fn compensate_with<G, GFut, GE>(mut self, undo: G) -> Self
+    where
+        G: Fn(T) -> GFut + Send + Sync + 'static,
+        GFut: Future<Output = Result<(), GE>> + Send + 'static,
+        GE: fmt::Display + Send + 'static,
+    {
+        let undo = Arc::new(undo);
+        self.undo = Some(Box::new(move |output: Value| -> Undo {
+            Arc::new(move || {
+                let undo = Arc::clone(&undo);
+                let output = output.clone();
+                Box::pin(async move {
+                    let output: T = serde_json::from_value(output)
+                        .map_err(|e| format!("the step's output does not decode: {e}"))?;
+                    undo(output).await.map_err(|e| e.to_string())
+                })
+            })
+        }));
+        self
+    }
+
+    async fn execute(self, key: Result<String, String>) -> Result<T, FlowError> {
+        let Step {
+            ctx,
+            run,
+            retry,
+            timeout,
+            undo,
+            ..
+        } = self;
+        let key = match key {
+            Ok(key) => key,
+            Err(message) => return ctx.halt(Halt::Replay(message)).await,
+        };
+        let asked = || format!("step `{key}` of type {}", std::any::type_name::<T>());
+        let journaled = ctx.journaled(&key);
+        let entry = match journaled {
+            Some(entry) => entry,
+            None => {
+                if ctx.halted().is_some() {
+                    // The resumption is ending: start nothing new.
+                    return std::future::pending().await;
+                }
+                ctx.lock().in_flight += 1;
+                let started = ctx.now_ms();
+                let attempts = AtomicU32::new(0);
+                let attempt = || {
+                    attempts.fetch_add(1, Ordering::Relaxed);
+                    let fut = run();
+                    async move {
+                        match timeout {
+                            Some(d) => match tokio::time::timeout(d, fut).await {
+                                Ok(r) => r.map_err(AttemptError::Failed),
+                                Err(_) => Err(AttemptError::TimedOut(d)),
+                            },
+                            None => fut.await.map_err(AttemptError::Failed),
+                        }
+                    }
+                };
+                let result = match &retry {
+                    Some(retry) => retry.call(attempt).await.map_err(|e| e.to_string()),
+                    None => attempt().await.map_err(|e| e.to_string()),
+                };
+                let outcome = match result {
+                    Ok(v) => serde_json::to_value(&v)
+                        .map_err(|e| format!("the step's output does not serialise: {e}")),
+                    Err(e) => Err(e),
+                };
+                let entry = JournalEntry {
+                    seq: 0,
+                    key: key.clone(),
+                    kind: EntryKind::Step,
+                    outcome,
+                    attempts: attempts.load(Ordering::Relaxed),
+                    started_at_ms: started,
+                    finished_at_ms: ctx.now_ms(),
+                };
+                let stored = ctx.record(entry).await;
+                ctx.lock().in_flight -= 1;
+                ctx.inner.changed.notify_waiters();
+                match stored {
+                    Ok(stored) => stored,
+                    Err(e) => return ctx.halt(Halt::Store(e)).await,
+                }
+            }
+        };
+        if entry.kind != EntryKind::Step {
+            let mismatch = ctx.mismatch(asked(), &entry);
+            return ctx.halt(Halt::Replay(mismatch.to_string())).await;
+        }
+        match &entry.outcome {
+            Ok(value) => {
+                let output: T = match serde_json::from_value(value.clone()) {
+                    Ok(output) => output,
+                    Err(e) => {
+                        let mut mismatch = ctx.mismatch(asked(), &entry);
+                        mismatch
+                            .journaled
+                            .push_str(&format!(", which does not decode: {e}"));
+                        return ctx.halt(Halt::Replay(mismatch.to_string())).await;
+                    }
+                };
+                if let Some(undo) = undo {
+                    ctx.lock().compensations.push(Registered {
+                        seq: entry.seq,
+                        key: key.clone(),
+                        undo: undo(value.clone()),
+                    });
+                }
+                Ok(output)
+            }
+            Err(message) => Err(FlowError::StepFailed {
+                step: key,
+                attempts: entry.attempts,
+                message: message.clone(),
+            }),
+        }
+    }
+}
+
+impl<'a, T, E, F, Fut> IntoFuture for Step<'a, T, F>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+    E: fmt::Display + Send + 'static,
+    F: Fn() -> Fut + Send + Sync + 'a,
+    Fut: Future<Output = Result<T, E>> + Send + 'a,
+{
+    type Output = Result<T, FlowError>;
+    type IntoFuture = BoxFuture<'a, Result<T, FlowError>>;
+
+    /// Claims the step's journal key now, in program order, then runs it when polled.
+    fn into_future(self) -> Self::IntoFuture {
+        let key = self.ctx.claim_key(&self.name, self.key.as_deref());
+        Box::pin(self.execute(key))
+    }
+}

@@ -1,0 +1,251 @@
+//! The driver: the queue job that runs (and resumes) workflow runs.
+//!
+//! Every run has one queue job of kind [`DRIVER_KIND`], unique by run id. A worker that
+//! claims it executes the workflow's code with the run's journal; the attempt then ends one
+//! of these ways:
+//!
+//! | the resumption | the run | the job |
+//! |---|---|---|
+//! | the code returns `Ok` | `completed`, with its output | completed |
+//! | the code returns `Err` | the failure is journaled (once), `compensating`, compensations run latest first, then `failed` | completed |
+//! | every branch waits for a timer | unchanged | snoozed until the earliest timer (the attempt is not counted) |
+//! | the journal cannot be written, or a compensation keeps failing | unchanged | retried with its backoff: the next attempt resumes where this one stopped |
+//! | the code contradicts its journal | `halted`, nothing compensated | completed |
+//! | the worker crashes | unchanged | its lease expires; another worker resumes it |
+//!
+//! So leases, fencing and crash recovery are the queue's; this module adds only the journal.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::Instrument;
+use windlass_policy::{Backoff, Jitter, PolicyExt, Retry};
+use windlass_queue::{Job, JobContext, JobError};
+
+use crate::context::{FlowContext, Halt, Journal, Stop};
+use crate::store::{EntryKind, FlowStore, JournalEntry, NewRun, RunStatus};
+use crate::workflow::{ErasedWorkflow, Failure};
+
+/// The queue job kind that drives workflow runs.
+pub const DRIVER_KIND: &str = "windlass.flow";
+
+/// The journal key of a run's failure.
+pub(crate) const FAILURE_KEY: &str = "$failure";
+
+/// The driver job's payload: enough to re-create the run's row if the starter crashed
+/// between enqueuing the job and storing the run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunPayload {
+    /// The run's id.
+    pub run: String,
+    /// Its workflow's kind.
+    pub workflow: String,
+    /// Its input.
+    pub input: Value,
+}
+
+/// The queue job that runs workflows: register it with a [`Worker`](windlass_queue::Worker)
+/// (see [`Flows::driver`](crate::Flows::driver)).
+pub struct FlowDriver<S> {
+    pub(crate) store: Arc<S>,
+    pub(crate) workflows: Arc<HashMap<&'static str, Arc<dyn ErasedWorkflow>>>,
+}
+
+impl<S> Clone for FlowDriver<S> {
+    fn clone(&self) -> Self {
+        FlowDriver {
+            store: Arc::clone(&self.store),
+            workflows: Arc::clone(&self.workflows),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for FlowDriver<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowDriver")
+            .field("workflows", &self.workflows.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn store_failed(e: impl std::fmt::Display) -> JobError {
+    JobError::failed(format!("workflow store: {e}"))
+}
+
+/// The retry of each compensation within one resumption.
+fn compensation_retry() -> Option<Retry> {
+    Retry::builder()
+        .name("windlass.flow.compensation")
+        .max_attempts(5)
+        .backoff(Backoff::exponential(Duration::from_millis(100)))
+        .jitter(Jitter::Full)
+        .build()
+        .ok()
+}
+
+impl<S: FlowStore> Job for FlowDriver<S> {
+    const KIND: &'static str = DRIVER_KIND;
+    type Payload = RunPayload;
+
+    async fn run(&self, job: JobContext, payload: RunPayload) -> Result<(), JobError> {
+        let store = &self.store;
+        let run = match store.run(payload.run.clone()).await.map_err(store_failed)? {
+            Some(run) => run,
+            None => store
+                .insert_run(NewRun {
+                    id: payload.run.clone(),
+                    kind: payload.workflow.clone(),
+                    input: payload.input.clone(),
+                    job: job.id(),
+                    created_at_ms: store.now_ms(),
+                })
+                .await
+                .map_err(store_failed)?,
+        };
+        if run.status.is_terminal() {
+            return Ok(());
+        }
+        let Some(workflow) = self.workflows.get(run.kind.as_str()) else {
+            return Err(JobError::permanent(format!(
+                "workflow `{}` is not registered with this worker's Flows",
+                run.kind
+            )));
+        };
+        let journal = store.journal(run.id.clone()).await.map_err(store_failed)?;
+        let ctx = FlowContext::new(
+            run.id.clone(),
+            journal,
+            Arc::new(Arc::clone(store)) as Arc<dyn Journal>,
+        );
+        let span =
+            tracing::info_span!("workflow", run = %run.id, kind = %run.kind, job = %job.id());
+        let code = workflow
+            .run(ctx.clone(), run.input.clone())
+            .instrument(span);
+        let ended = tokio::select! {
+            biased;
+            out = code => match ctx.halted() {
+                // The code swallowed a halted step's error: the halt decides.
+                Some(halt) => Err(Stop::Halt(halt)),
+                None => Ok(out),
+            },
+            stop = ctx.stopped() => Err(stop),
+        };
+        match ended {
+            Ok(Ok(output)) => {
+                store
+                    .set_run_status(run.id.clone(), RunStatus::Completed, Some(output), None)
+                    .await
+                    .map_err(store_failed)?;
+                Ok(())
+            }
+            Ok(Err(failure)) => {
+                let message = match failure {
+                    Failure::Flow(e) => e.to_string(),
+                    Failure::Serde(m) => m,
+                };
+                self.roll_back(&ctx, &run.id, message).await
+            }
+            Err(Stop::Suspend { wake_at_ms }) => {
+                let wait = wake_at_ms.saturating_sub(store.now_ms()).max(0);
+                Err(JobError::snooze(Duration::from_millis(
+                    u64::try_from(wait).unwrap_or(0),
+                )))
+            }
+            Err(Stop::Halt(Halt::Store(e))) => Err(store_failed(e)),
+            Err(Stop::Halt(Halt::Replay(message))) => {
+                tracing::error!(run = %run.id, error = %message, "workflow run halted");
+                store
+                    .set_run_status(run.id.clone(), RunStatus::Halted, None, Some(message))
+                    .await
+                    .map_err(store_failed)?;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<S: FlowStore> FlowDriver<S> {
+    /// Journals the failure (the first one stands), then runs every registered compensation
+    /// not yet journaled, latest step first.
+    async fn roll_back(
+        &self,
+        ctx: &FlowContext,
+        run: &str,
+        message: String,
+    ) -> Result<(), JobError> {
+        let store = &self.store;
+        let now = store.now_ms();
+        let failure = match ctx.journaled(FAILURE_KEY) {
+            Some(entry) => entry,
+            None => ctx
+                .record(JournalEntry {
+                    seq: 0,
+                    key: FAILURE_KEY.into(),
+                    kind: EntryKind::Failure,
+                    outcome: Err(message.clone()),
+                    attempts: 0,
+                    started_at_ms: now,
+                    finished_at_ms: now,
+                })
+                .await
+                .map_err(store_failed)?,
+        };
+        let message = failure.outcome.err().unwrap_or(message);
+        store
+            .set_run_status(
+                run.to_owned(),
+                RunStatus::Compensating,
+                None,
+                Some(message.clone()),
+            )
+            .await
+            .map_err(store_failed)?;
+        let retry = compensation_retry();
+        for reg in ctx.take_compensations() {
+            let key = format!("~undo:{}", reg.key);
+            if ctx
+                .journaled(&key)
+                .is_some_and(|e| e.kind == EntryKind::Compensation && e.outcome.is_ok())
+            {
+                continue;
+            }
+            let started = store.now_ms();
+            let attempts = std::sync::atomic::AtomicU32::new(0);
+            let attempt = || {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (reg.undo)()
+            };
+            let result = match &retry {
+                Some(r) => r.call(attempt).await.map_err(|e| e.to_string()),
+                None => attempt().await,
+            };
+            if let Err(e) = result {
+                tracing::warn!(run, step = %reg.key, error = %e, "compensation failed; the rollback resumes with the run's next attempt");
+                return Err(JobError::failed(format!(
+                    "compensation of step `{}` failed: {e}",
+                    reg.key
+                )));
+            }
+            ctx.record(JournalEntry {
+                seq: 0,
+                key,
+                kind: EntryKind::Compensation,
+                outcome: Ok(Value::Null),
+                attempts: attempts.load(std::sync::atomic::Ordering::Relaxed),
+                started_at_ms: started,
+                finished_at_ms: store.now_ms(),
+            })
+            .await
+            .map_err(store_failed)?;
+        }
+        store
+            .set_run_status(run.to_owned(), RunStatus::Failed, None, Some(message))
+            .await
+            .map_err(store_failed)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,230 @@
+//! The storage trait: runs and their journals, beside the job queue's tables.
+//!
+//! A backend (`windlass-sqlite`, `windlass-postgres`) implements [`FlowStore`] on the same
+//! store that implements the queue's [`Store`]: a workflow run is driven by a queue job, so
+//! its leases, fencing and crash recovery are the queue's. What this trait adds is two
+//! tables — one row per run, and the run's **journal**, one entry per finished step, timer
+//! or compensation.
+//!
+//! The journal is **insert-only, first writer wins**: [`record`](FlowStore::record) stores an
+//! entry unless the run already has one under that key, and returns whichever is stored. Two
+//! workers that both ran a step (a zombie whose lease expired, and the worker that took the
+//! run over) therefore agree on one result, and every later replay reads that one.
+//!
+//! **When not to use it directly:** to start and run workflows, use
+//! [`Flows`](crate::Flows); this trait is for backend authors and tools.
+
+use std::future::Future;
+
+use serde_json::Value;
+use windlass_queue::{JobId, Store, StoreError};
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunStatus {
+    /// Started, not finished (running, sleeping or waiting to be resumed).
+    Running,
+    /// Failed; its compensations are running (or will resume after a crash).
+    Compensating,
+    /// Finished with an output.
+    Completed,
+    /// Failed, and every compensation of its completed steps has run.
+    Failed,
+    /// Stopped without compensation because its code contradicts its journal (a replay
+    /// mismatch): an operator must look at it.
+    Halted,
+}
+
+impl RunStatus {
+    /// Every status, in declaration order.
+    pub const ALL: [RunStatus; 5] = [
+        RunStatus::Running,
+        RunStatus::Compensating,
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Halted,
+    ];
+
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Compensating => "compensating",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Halted => "halted",
+        }
+    }
+
+    /// The status named `s`, if any.
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        RunStatus::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Whether the run is over.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Halted
+        )
+    }
+}
+
+/// One run of a workflow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    /// Its id: chosen by the starter, unique among all runs.
+    pub id: String,
+    /// The workflow's kind ([`Workflow::KIND`](crate::Workflow::KIND)).
+    pub kind: String,
+    /// Its input.
+    pub input: Value,
+    /// Where it is.
+    pub status: RunStatus,
+    /// Its output, once completed.
+    pub output: Option<Value>,
+    /// Why it failed, once failed or halted.
+    pub error: Option<String>,
+    /// The queue job that drives it.
+    pub job: JobId,
+    /// When it was started (ms since the Unix epoch).
+    pub created_at_ms: i64,
+    /// When it finished.
+    pub finished_at_ms: Option<i64>,
+}
+
+/// A run to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    /// Its id.
+    pub id: String,
+    /// Its workflow's kind.
+    pub kind: String,
+    /// Its input.
+    pub input: Value,
+    /// The queue job that drives it.
+    pub job: JobId,
+    /// When it was started.
+    pub created_at_ms: i64,
+}
+
+/// What a journal entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// A step's result.
+    Step,
+    /// A durable timer: its output is the wake-up time (ms since the Unix epoch).
+    Sleep,
+    /// A completed step's compensation, done.
+    Compensation,
+    /// The run's failure, recorded once before its compensations start.
+    Failure,
+}
+
+impl EntryKind {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Step => "step",
+            EntryKind::Sleep => "sleep",
+            EntryKind::Compensation => "compensation",
+            EntryKind::Failure => "failure",
+        }
+    }
+
+    /// The kind named `s`, if any.
+    pub fn parse(s: &str) -> Option<EntryKind> {
+        [
+            EntryKind::Step,
+            EntryKind::Sleep,
+            EntryKind::Compensation,
+            EntryKind::Failure,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// One finished thing in a run's journal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalEntry {
+    /// The order in which entries were stored (set by the store; ignored on insert).
+    pub seq: i64,
+    /// Unique within the run: a step's name, with its occurrence or explicit key (see
+    /// [`FlowContext::step`](crate::FlowContext::step)).
+    pub key: String,
+    /// What it records.
+    pub kind: EntryKind,
+    /// Its output (`Ok`) or error message (`Err`).
+    pub outcome: Result<Value, String>,
+    /// Attempts made (0 for a timer).
+    pub attempts: u32,
+    /// When its first attempt started (ms since the Unix epoch).
+    pub started_at_ms: i64,
+    /// When it finished.
+    pub finished_at_ms: i64,
+}
+
+/// Which runs to list.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only these statuses (empty: all).
+    pub statuses: Vec<RunStatus>,
+    /// Only ids after this one (paging, in id order).
+    pub after: Option<String>,
+    /// At most this many (0: 100).
+    pub limit: usize,
+}
+
+/// A database that stores workflow runs, beside the queue's jobs.
+///
+/// The invariants a backend keeps:
+/// - **Runs are unique by id.** [`insert_run`](FlowStore::insert_run) stores a run only if no
+///   run has its id, and returns the stored one either way.
+/// - **The journal is insert-only, first writer wins.** [`record`](FlowStore::record) never
+///   overwrites an entry; it returns the stored entry, which a caller must use instead of
+///   its own.
+/// - **Nothing is acknowledged before it is durable.**
+/// - [`journal`](FlowStore::journal) returns entries in the order they were stored.
+pub trait FlowStore: Store {
+    /// Stores `run` unless a run with its id exists; returns the stored run.
+    fn insert_run(&self, run: NewRun)
+    -> impl Future<Output = Result<RunRecord, StoreError>> + Send;
+
+    /// The run with this id.
+    fn run(&self, id: String)
+    -> impl Future<Output = Result<Option<RunRecord>, StoreError>> + Send;
+
+    /// Moves a run to `status`, with its output or error; a terminal status also sets its
+    /// finish time. A run already in a terminal status is left as it is. Returns whether the
+    /// run exists.
+    fn set_run_status(
+        &self,
+        id: String,
+        status: RunStatus,
+        output: Option<Value>,
+        error: Option<String>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Runs matching a filter, in id order.
+    fn runs(
+        &self,
+        filter: RunFilter,
+    ) -> impl Future<Output = Result<Vec<RunRecord>, StoreError>> + Send;
+
+    /// A run's journal, in the order its entries were stored.
+    fn journal(
+        &self,
+        run: String,
+    ) -> impl Future<Output = Result<Vec<JournalEntry>, StoreError>> + Send;
+
+    /// Stores `entry` in `run`'s journal unless it already has one under the same key;
+    /// returns the stored entry (with its `seq`).
+    fn record(
+        &self,
+        run: String,
+        entry: JournalEntry,
+    ) -> impl Future<Output = Result<JournalEntry, StoreError>> + Send;
+}

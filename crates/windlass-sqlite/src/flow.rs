@@ -1,0 +1,247 @@
+//! The workflow layer's tables in the same file: runs and their journals
+//! ([`FlowStore`]). Each operation goes through the writer thread like the queue's, so a
+//! journal write shares a group commit with other runs' writes and with the jobs' claims and
+//! completions, and is acknowledged only once committed.
+
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use serde_json::Value;
+use windlass_flow::{EntryKind, FlowStore, JournalEntry, NewRun, RunFilter, RunRecord, RunStatus};
+use windlass_queue::{JobId, StoreError};
+
+use crate::{SqliteStore, sql_error};
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn to_text(v: &Value) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| corrupt("a value to store", e))
+}
+
+fn from_text(what: &str, s: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(s).map_err(|e| corrupt(what, e))
+}
+
+const RUN_COLUMNS: &str = "id, kind, input, status, output, error, job_id, created_at, finished_at";
+
+fn run_from(row: &Row<'_>) -> rusqlite::Result<Result<RunRecord, StoreError>> {
+    let id: String = row.get(0)?;
+    let input: String = row.get(2)?;
+    let status: String = row.get(3)?;
+    let output: Option<String> = row.get(4)?;
+    Ok((|| {
+        Ok(RunRecord {
+            kind: row.get(1).map_err(sql_error)?,
+            input: from_text("a run's input", &input)?,
+            status: RunStatus::parse(&status).ok_or_else(|| corrupt("a run's status", &status))?,
+            output: output
+                .map(|o| from_text("a run's output", &o))
+                .transpose()?,
+            error: row.get(5).map_err(sql_error)?,
+            job: JobId(row.get(6).map_err(sql_error)?),
+            created_at_ms: row.get(7).map_err(sql_error)?,
+            finished_at_ms: row.get(8).map_err(sql_error)?,
+            id,
+        })
+    })())
+}
+
+fn get_run(conn: &Connection, id: &str) -> Result<Option<RunRecord>, StoreError> {
+    conn.prepare_cached(&format!(
+        "SELECT {RUN_COLUMNS} FROM windlass_flow_runs WHERE id = ?1"
+    ))
+    .map_err(sql_error)?
+    .query_row([id], run_from)
+    .optional()
+    .map_err(sql_error)?
+    .transpose()
+}
+
+fn entry_from(row: &Row<'_>) -> rusqlite::Result<Result<JournalEntry, StoreError>> {
+    let kind: String = row.get(2)?;
+    let output: Option<String> = row.get(3)?;
+    let error: Option<String> = row.get(4)?;
+    let seq: i64 = row.get(0)?;
+    let key: String = row.get(1)?;
+    let attempts: u32 = row.get(5)?;
+    let started_at_ms: i64 = row.get(6)?;
+    let finished_at_ms: i64 = row.get(7)?;
+    Ok((|| {
+        let outcome = match (output, error) {
+            (Some(o), None) => Ok(from_text("a journal entry's output", &o)?),
+            (None, Some(e)) => Err(e),
+            _ => {
+                return Err(corrupt(
+                    "a journal entry",
+                    "neither or both of output and error",
+                ));
+            }
+        };
+        Ok(JournalEntry {
+            seq,
+            key,
+            kind: EntryKind::parse(&kind)
+                .ok_or_else(|| corrupt("a journal entry's kind", &kind))?,
+            outcome,
+            attempts,
+            started_at_ms,
+            finished_at_ms,
+        })
+    })())
+}
+
+const ENTRY_COLUMNS: &str = "seq, key, kind, output, error, attempts, started_at, finished_at";
+
+impl FlowStore for SqliteStore {
+    async fn insert_run(&self, run: NewRun) -> Result<RunRecord, StoreError> {
+        let input = to_text(&run.input)?;
+        self.writer
+            .call(
+                move |c| {
+                    c.prepare_cached(
+                        "INSERT INTO windlass_flow_runs (id, kind, input, status, job_id, created_at)
+                         VALUES (?1, ?2, ?3, 'running', ?4, ?5) ON CONFLICT (id) DO NOTHING",
+                    )
+                    .map_err(sql_error)?
+                    .execute(params![run.id, run.kind, input, run.job.0, run.created_at_ms])
+                    .map_err(sql_error)?;
+                    get_run(c, &run.id)?.ok_or_else(|| {
+                        StoreError::Database(format!("run `{}` vanished on insert", run.id))
+                    })
+                },
+                None,
+            )
+            .await
+    }
+
+    async fn run(&self, id: String) -> Result<Option<RunRecord>, StoreError> {
+        self.writer.call(move |c| get_run(c, &id), None).await
+    }
+
+    async fn set_run_status(
+        &self,
+        id: String,
+        status: RunStatus,
+        output: Option<Value>,
+        error: Option<String>,
+    ) -> Result<bool, StoreError> {
+        let output = output.as_ref().map(to_text).transpose()?;
+        let now = self.clock.now_ms();
+        let finished = status.is_terminal().then_some(now);
+        self.writer
+            .call(
+                move |c| {
+                    c.prepare_cached(
+                        "UPDATE windlass_flow_runs
+                         SET status = ?2, output = COALESCE(?3, output), error = COALESCE(?4, error),
+                             finished_at = COALESCE(?5, finished_at)
+                         WHERE id = ?1 AND status NOT IN ('completed', 'failed', 'halted')",
+                    )
+                    .map_err(sql_error)?
+                    .execute(params![id, status.as_str(), output, error, finished])
+                    .map_err(sql_error)?;
+                    Ok(get_run(c, &id)?.is_some())
+                },
+                None,
+            )
+            .await
+    }
+
+    async fn runs(&self, filter: RunFilter) -> Result<Vec<RunRecord>, StoreError> {
+        self.writer
+            .call(
+                move |c| {
+                    let mut sql = format!("SELECT {RUN_COLUMNS} FROM windlass_flow_runs WHERE 1=1");
+                    let mut args: Vec<String> = Vec::new();
+                    if let Some(kind) = &filter.kind {
+                        args.push(kind.clone());
+                        sql.push_str(&format!(" AND kind = ?{}", args.len()));
+                    }
+                    if let Some(after) = &filter.after {
+                        args.push(after.clone());
+                        sql.push_str(&format!(" AND id > ?{}", args.len()));
+                    }
+                    if !filter.statuses.is_empty() {
+                        let first = args.len() + 1;
+                        args.extend(filter.statuses.iter().map(|s| s.as_str().to_owned()));
+                        sql.push_str(&format!(
+                            " AND status IN ({})",
+                            crate::ops::placeholders(filter.statuses.len(), first)
+                        ));
+                    }
+                    let limit = if filter.limit == 0 { 100 } else { filter.limit };
+                    sql.push_str(&format!(" ORDER BY id LIMIT {limit}"));
+                    let mut stmt = c.prepare(&sql).map_err(sql_error)?;
+                    let rows = stmt
+                        .query_map(params_from_iter(args.iter()), run_from)
+                        .map_err(sql_error)?;
+                    let mut out = Vec::new();
+                    for row in rows {
+                        out.push(row.map_err(sql_error)??);
+                    }
+                    Ok(out)
+                },
+                None,
+            )
+            .await
+    }
+
+    async fn journal(&self, run: String) -> Result<Vec<JournalEntry>, StoreError> {
+        self.writer
+            .call(
+                move |c| {
+                    let mut stmt = c
+                        .prepare_cached(&format!(
+                            "SELECT {ENTRY_COLUMNS} FROM windlass_flow_journal WHERE run_id = ?1 ORDER BY seq"
+                        ))
+                        .map_err(sql_error)?;
+                    let rows = stmt.query_map([&run], entry_from).map_err(sql_error)?;
+                    let mut out = Vec::new();
+                    for row in rows {
+                        out.push(row.map_err(sql_error)??);
+                    }
+                    Ok(out)
+                },
+                None,
+            )
+            .await
+    }
+
+    async fn record(&self, run: String, entry: JournalEntry) -> Result<JournalEntry, StoreError> {
+        let (output, error) = match &entry.outcome {
+            Ok(v) => (Some(to_text(v)?), None),
+            Err(e) => (None, Some(e.clone())),
+        };
+        self.writer
+            .call(
+                move |c| {
+                    c.prepare_cached(
+                        "INSERT INTO windlass_flow_journal
+                            (run_id, key, kind, output, error, attempts, started_at, finished_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                         ON CONFLICT (run_id, key) DO NOTHING",
+                    )
+                    .map_err(sql_error)?
+                    .execute(params![
+                        run,
+                        entry.key,
+                        entry.kind.as_str(),
+                        output,
+                        error,
+                        entry.attempts,
+                        entry.started_at_ms,
+                        entry.finished_at_ms
+                    ])
+                    .map_err(sql_error)?;
+                    c.prepare_cached(&format!(
+                        "SELECT {ENTRY_COLUMNS} FROM windlass_flow_journal WHERE run_id = ?1 AND key = ?2"
+                    ))
+                    .map_err(sql_error)?
+                    .query_row(params![run, entry.key], entry_from)
+                    .map_err(sql_error)?
+                },
+                None,
+            )
+            .await
+    }
+}
