@@ -2,4 +2,5 @@
 //! examples and tests can run them too. The binary (`src/main.rs`) only parses arguments and prints.
 
 pub mod demo;
+pub mod flows;
 pub mod queue;

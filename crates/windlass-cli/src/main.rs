@@ -7,10 +7,12 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use windlass_cli::demo;
+use windlass_cli::flows::FlowAction;
 use windlass_cli::queue::admin::Action;
 use windlass_cli::queue::bench::{self, BenchOptions};
 use windlass_cli::queue::limits;
 use windlass_cli::queue::{AnyStore, Database};
+use windlass_flow::RunFilter;
 use windlass_queue::{JobFilter, JobId, JobState};
 
 /// Runs an admin action against the store `db` names and prints its output.
@@ -95,6 +97,13 @@ enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Workflow runs: list, show one run's steps, export its graph.
+    Flows {
+        #[command(subcommand)]
+        command: FlowsCommand,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -158,6 +167,40 @@ enum JobsCommand {
         /// Job ids.
         #[arg(required = true)]
         ids: Vec<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FlowsCommand {
+    /// Runs, by id.
+    List {
+        /// Only runs of this workflow kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only runs in these statuses (comma-separated: running, compensating, completed,
+        /// failed, halted).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only ids after this one (paging).
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One run: its input, status, result, and every step with its attempts, duration and
+    /// error.
+    Show {
+        /// The run's id.
+        id: String,
+    },
+    /// One run's recorded dependency graph.
+    Graph {
+        /// The run's id.
+        id: String,
+        /// Mermaid or Graphviz DOT.
+        #[arg(long, value_enum, default_value_t = windlass_cli::flows::GraphFormat::Mermaid)]
+        format: windlass_cli::flows::GraphFormat,
     },
 }
 
@@ -384,6 +427,38 @@ fn main() -> anyhow::Result<()> {
                 JobsCommand::Retry { ids } => Action::Retry(ids.into_iter().map(JobId).collect()),
             };
             admin(&runtime, &db, action)?
+        }
+        Command::Flows { command, db } => {
+            let action = match command {
+                FlowsCommand::List {
+                    kind,
+                    status,
+                    after,
+                    limit,
+                } => FlowAction::List(RunFilter {
+                    kind,
+                    statuses: status
+                        .as_deref()
+                        .map(windlass_cli::flows::parse_statuses)
+                        .transpose()?
+                        .unwrap_or_default(),
+                    after,
+                    limit,
+                }),
+                FlowsCommand::Show { id } => FlowAction::Show(id),
+                FlowsCommand::Graph { id, format } => FlowAction::Graph { id, format },
+            };
+            let database = Database::parse(&db.database_url)?;
+            let out = runtime.block_on(async {
+                match AnyStore::open(&database, &db.schema).await? {
+                    AnyStore::Sqlite(s) => windlass_cli::flows::run(&s, action, db.json).await,
+                    AnyStore::Postgres(s) => windlass_cli::flows::run(&s, action, db.json).await,
+                }
+            })?;
+            print!("{out}");
+            if db.json {
+                println!();
+            }
         }
         Command::Limits { command, db } => {
             let (queue, change) = match command {

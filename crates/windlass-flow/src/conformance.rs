@@ -50,6 +50,8 @@ macro_rules! flow_conformance_tests {
             a_durable_sleep_survives_a_restart,
             a_replay_that_contradicts_the_journal_halts_the_run,
             the_journal_keeps_the_first_entry,
+            a_timer_waits_for_the_steps_beside_it,
+            a_panicking_run_is_retried_not_stranded,
         );
     };
     (@cases $fresh:path; $($case:ident),* $(,)?) => {
@@ -809,4 +811,173 @@ pub async fn the_journal_keeps_the_first_entry<S: FlowStore>(db: FlowDb<S>, _clo
         ..RunFilter::default()
     };
     assert_eq!(ids(store.runs(page).await.expect("runs")), ["b"]);
+}
+
+/// One branch sleeps while the other runs a step.
+struct SleepBeside {
+    log: Log,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl Workflow for SleepBeside {
+    const KIND: &'static str = "sleep_beside";
+    type Input = ();
+    type Output = ();
+    async fn run(&self, ctx: FlowContext, _: ()) -> Result<(), FlowError> {
+        let (log, release) = (self.log.clone(), Arc::clone(&self.release));
+        let work = ctx.step("work", move || {
+            let (log, release) = (log.clone(), Arc::clone(&release));
+            async move {
+                // Still running when the timer is journaled: the test lets it finish.
+                release.notified().await;
+                log.push("work");
+                Ok::<_, String>(())
+            }
+        });
+        let (_, worked) = tokio::join!(ctx.sleep("pause", Duration::from_secs(60)), work);
+        worked
+    }
+}
+
+/// Case: a run suspends for a timer only once no step is running: a step beside the timer
+/// finishes and is journaled first, and does not run again when the timer wakes the run.
+pub async fn a_timer_waits_for_the_steps_beside_it<S: FlowStore>(
+    db: FlowDb<S>,
+    clock: ManualClock,
+) {
+    let log = Log::default();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let queue = Queue::new(db.store);
+    let flows = Flows::builder(&queue)
+        .register(SleepBeside {
+            log: log.clone(),
+            release: Arc::clone(&release),
+        })
+        .build()
+        .expect("flows");
+    let worker = start_worker(&queue, &flows).await;
+    let run = flows
+        .start::<SleepBeside>("beside-1", &())
+        .await
+        .expect("start");
+    let job = run.record().await.expect("record").job;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !run
+        .journal()
+        .await
+        .expect("journal")
+        .iter()
+        .any(|e| e.key == "pause")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the timer was never journaled"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    // Give a wrongly suspended run time to be snoozed: its job would leave `running`.
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(POLL).await;
+    }
+    let state = queue.get(job).await.expect("job").map(|j| j.state);
+    assert_eq!(
+        state,
+        Some(windlass_queue::JobState::Running),
+        "the run stays on its worker while a step beside the timer runs"
+    );
+    release.notify_one();
+    while queue.get(job).await.expect("job").map(|j| j.state)
+        != Some(windlass_queue::JobState::Scheduled)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never slept"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let keys: Vec<_> = run
+        .journal()
+        .await
+        .expect("journal")
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert!(
+        keys.contains(&"work".to_string()),
+        "the step beside the timer was journaled before the run slept: {keys:?}"
+    );
+    clock.advance(Duration::from_secs(61));
+    run.result(WAIT, POLL).await.expect("result");
+    assert_eq!(log.all(), ["work"], "the step ran once");
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A step, then code that panics on its first execution.
+struct Panicky {
+    log: Log,
+    panics: Arc<AtomicU32>,
+}
+
+impl Workflow for Panicky {
+    const KIND: &'static str = "panicky";
+    type Input = ();
+    type Output = u32;
+    async fn run(&self, ctx: FlowContext, _: ()) -> Result<u32, FlowError> {
+        let log = self.log.clone();
+        let n: u32 = ctx
+            .step("before", move || {
+                let log = log.clone();
+                async move {
+                    log.push("before");
+                    Ok::<_, String>(41)
+                }
+            })
+            .await?;
+        if self.panics.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("a bug in the workflow");
+        }
+        Ok(n + 1)
+    }
+}
+
+/// Case: a panic in a workflow's code fails that attempt transiently: the run is retried
+/// with the job's backoff (not stranded, not compensated) and its journaled steps stand.
+pub async fn a_panicking_run_is_retried_not_stranded<S: FlowStore>(
+    db: FlowDb<S>,
+    clock: ManualClock,
+) {
+    let log = Log::default();
+    let panics = Arc::new(AtomicU32::new(0));
+    let queue = Queue::new(db.store);
+    let flows = Flows::builder(&queue)
+        .register(Panicky {
+            log: log.clone(),
+            panics: Arc::clone(&panics),
+        })
+        .build()
+        .expect("flows");
+    let worker = start_worker(&queue, &flows).await;
+    let run = flows.start::<Panicky>("panic-1", &()).await.expect("start");
+    let job = run.record().await.expect("record").job;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while queue.get(job).await.expect("job").map(|j| j.state)
+        != Some(windlass_queue::JobState::Retryable)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the panic did not fail the attempt"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(run.status().await.expect("status"), RunStatus::Running);
+    clock.advance(Duration::from_secs(600)); // past any first backoff
+    assert_eq!(run.result(WAIT, POLL).await.expect("result"), 42);
+    assert_eq!(
+        log.all(),
+        ["before"],
+        "the journaled step did not run again"
+    );
+    assert_eq!(panics.load(Ordering::SeqCst), 2);
+    worker.shutdown(Duration::from_secs(5)).await;
 }

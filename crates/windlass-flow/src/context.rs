@@ -274,6 +274,10 @@ impl FlowContext {
     /// started step finishes (and is journaled) before this returns, so a failure leaves
     /// no step half-run behind the saga's back. Steps get their journal keys in the order
     /// given, before any runs. A `limit` of 0 halts the run (it would wait forever).
+    ///
+    /// The steps' closures should own what they use (`move` in clones): a workflow's
+    /// future must be `Send`, and the compiler cannot yet prove that for a collection of
+    /// futures that borrow from the workflow (a step awaited on its own may borrow).
     pub async fn all<T, I>(&self, limit: usize, steps: I) -> Result<Vec<T>, FlowError>
     where
         I: IntoIterator,
@@ -411,6 +415,24 @@ impl FlowContext {
     }
 }
 
+/// A running step, counted until it ends — or its future is dropped (a `select!` that
+/// took another branch), so a timer beside it is not kept waiting for it.
+struct InFlight(FlowContext);
+
+impl InFlight {
+    fn enter(ctx: &FlowContext) -> Self {
+        ctx.lock().in_flight += 1;
+        InFlight(ctx.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lock().in_flight -= 1;
+        self.0.inner.changed.notify_waiters();
+    }
+}
+
 /// What a [`Step`] outputs, and how long what it borrows must live.
 type StepMarker<'a, T> = (fn() -> T, &'a ());
 
@@ -465,8 +487,11 @@ where
         self
     }
 
-    /// Retries failed attempts with this policy (the policy layer's [`Retry`]: backoff,
-    /// jitter, error classes, a deadline). Without one, a step makes one attempt.
+    /// Retries failed attempts with this policy (the policy layer's [`Retry`]: attempts,
+    /// backoff, jitter, a deadline). Every error of the step is retried as transient (the
+    /// step's error type is only displayed); a step that must not be retried on some errors
+    /// should return `Ok` of an outcome type for them. Without a policy, a step makes one
+    /// attempt.
     pub fn retry(mut self, retry: Retry) -> Self {
         self.retry = Some(retry);
         self
@@ -483,8 +508,10 @@ where
     /// each retried (5 attempts, exponential backoff from 100 ms) and then, if still
     /// failing, retried with the whole rollback by the queue (the run's job fails
     /// transiently and is resumed with its backoff). Each finished compensation is
-    /// journaled, so a crash mid-rollback resumes the rollback without undoing anything
-    /// twice. A step that never ran, or failed, is never compensated.
+    /// journaled, so a crash mid-rollback resumes the rollback and skips what was undone;
+    /// like a step, a compensation's effect can repeat if the process dies between the
+    /// effect and its journal write, so make it idempotent. A step that never ran, or
+    /// failed, is never compensated.
     pub fn compensate_with<G, GFut, GE>(mut self, undo: G) -> Self
     where
         G: Fn(T) -> GFut + Send + Sync + 'static,
@@ -528,7 +555,16 @@ where
                     // The resumption is ending: start nothing new.
                     return std::future::pending().await;
                 }
-                ctx.lock().in_flight += 1;
+                if ctx.journaled(crate::driver::FAILURE_KEY).is_some() {
+                    // The run failed in an earlier attempt and is rolling back: its code is
+                    // replayed only to register compensations, and starts nothing new.
+                    return Err(FlowError::StepFailed {
+                        step: key,
+                        attempts: 0,
+                        message: "not run: the run is rolling back".into(),
+                    });
+                }
+                let in_flight = InFlight::enter(&ctx);
                 let started = ctx.now_ms();
                 let attempts = AtomicU32::new(0);
                 let attempt = || {
@@ -563,8 +599,7 @@ where
                     finished_at_ms: ctx.now_ms(),
                 };
                 let stored = ctx.record(entry).await;
-                ctx.lock().in_flight -= 1;
-                ctx.inner.changed.notify_waiters();
+                drop(in_flight);
                 match stored {
                     Ok(stored) => stored,
                     Err(e) => return ctx.halt(Halt::Store(e)).await,

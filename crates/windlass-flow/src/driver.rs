@@ -7,7 +7,9 @@
 //! | the resumption | the run | the job |
 //! |---|---|---|
 //! | the code returns `Ok` | `completed`, with its output | completed |
-//! | the code returns `Err` | the failure is journaled (once), `compensating`, compensations run latest first, then `failed` | completed |
+//! | the code returns `Err` (or had failed in an earlier attempt) | the failure is journaled (once), `compensating`, compensations run latest first, then `failed` | completed |
+//! | the code panics | unchanged | retried with its backoff |
+//! | no workflow of the run's kind is registered here | unchanged | retried with its backoff (another worker may have it) |
 //! | every branch waits for a timer | unchanged | snoozed until the earliest timer (the attempt is not counted) |
 //! | the journal cannot be written, or a compensation keeps failing | unchanged | retried with its backoff: the next attempt resumes where this one stopped |
 //! | the code contradicts its journal | `halted`, nothing compensated | completed |
@@ -19,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::Instrument;
@@ -33,7 +36,7 @@ use crate::workflow::{ErasedWorkflow, Failure};
 pub const DRIVER_KIND: &str = "windlass.flow";
 
 /// The journal key of a run's failure.
-pub(crate) const FAILURE_KEY: &str = "$failure";
+pub const FAILURE_KEY: &str = "$failure";
 
 /// The driver job's payload: enough to re-create the run's row if the starter crashed
 /// between enqueuing the job and storing the run.
@@ -108,8 +111,16 @@ impl<S: FlowStore> Job for FlowDriver<S> {
         if run.status.is_terminal() {
             return Ok(());
         }
+        if run.job != job.id() {
+            // Another job drives this run (a second start of the id through another
+            // queue): only the run's own job may, so this one ends without touching it.
+            tracing::warn!(run = %run.id, job = %job.id(), driver = %run.job, "a second job for a run was ignored");
+            return Ok(());
+        }
         let Some(workflow) = self.workflows.get(run.kind.as_str()) else {
-            return Err(JobError::permanent(format!(
+            // Transient, not permanent: during a rolling deploy another worker (or this
+            // one, upgraded) will have it. A permanent failure would strand the run.
+            return Err(JobError::failed(format!(
                 "workflow `{}` is not registered with this worker's Flows",
                 run.kind
             )));
@@ -120,21 +131,44 @@ impl<S: FlowStore> Job for FlowDriver<S> {
             journal,
             Arc::new(Arc::clone(store)) as Arc<dyn Journal>,
         );
+        let rolling_back = ctx.journaled(FAILURE_KEY);
         let span =
             tracing::info_span!("workflow", run = %run.id, kind = %run.kind, job = %job.id());
-        let code = workflow
-            .run(ctx.clone(), run.input.clone())
-            .instrument(span);
+        // A panic in the workflow's code (or a step) fails this attempt, transiently: the
+        // queue retries it with its backoff, and the journal keeps what finished.
+        let code = std::panic::AssertUnwindSafe(
+            workflow
+                .run(ctx.clone(), run.input.clone())
+                .instrument(span),
+        )
+        .catch_unwind();
         let ended = tokio::select! {
             biased;
-            out = code => match ctx.halted() {
+            out = code => match (ctx.halted(), out) {
                 // The code swallowed a halted step's error: the halt decides.
-                Some(halt) => Err(Stop::Halt(halt)),
-                None => Ok(out),
+                (Some(halt), _) => Err(Stop::Halt(halt)),
+                (None, Ok(out)) => Ok(out),
+                (None, Err(panic)) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a non-string panic".into());
+                    tracing::error!(run = %run.id, panic = %message, "workflow code panicked");
+                    return Err(JobError::failed(format!("the workflow's code panicked: {message}")));
+                }
             },
             stop = ctx.stopped() => Err(stop),
         };
         match ended {
+            // A run whose failure is journaled rolls back even if its code now succeeds
+            // (steps it had not run are refused while rolling back; see `FlowContext`).
+            Ok(Ok(_)) if rolling_back.is_some() => {
+                let message = rolling_back
+                    .and_then(|f| f.outcome.err())
+                    .unwrap_or_default();
+                self.roll_back(&ctx, &run.id, message).await
+            }
             Ok(Ok(output)) => {
                 store
                     .set_run_status(run.id.clone(), RunStatus::Completed, Some(output), None)

@@ -23,9 +23,6 @@ pub enum FlowError {
     /// The workflow's own code gave up ([`FlowError::failed`]).
     #[error("{0}")]
     Failed(String),
-    /// The run's deadline passed before it finished.
-    #[error("the run's deadline passed")]
-    DeadlineExceeded,
 }
 
 impl FlowError {

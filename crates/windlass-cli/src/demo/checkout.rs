@@ -2,9 +2,10 @@
 //! through, once with a failure injected at one step — showing the rollback undo what was
 //! done, latest first, and leave the shop's books as they were.
 //!
-//! The shop (stock, card balances, shipments, outbox) is in memory; the runs, their journals
-//! and the jobs that drive them are in the file, so a killed demo resumes where it stopped
-//! when run again with the same `--db`.
+//! The shop (stock, card balances, shipments, emails) is in memory, standing in for other
+//! services; the runs, their journals and the jobs that drive them are in the SQLite file
+//! (a fresh temporary one unless `--db` names one; with `--db`, finished runs are not run
+//! again: their ids are taken).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
