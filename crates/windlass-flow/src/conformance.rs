@@ -123,6 +123,27 @@ async fn until(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until the run's job `job` is in `state`, for up to 30 s of real time.
+async fn until_job_in<S: FlowStore>(
+    queue: &Queue<S>,
+    job: windlass_queue::JobId,
+    state: windlass_queue::JobState,
+    what: &str,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = queue.get(job).await.expect("job").map(|j| j.state);
+        if now == Some(state) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: the run's job is {now:?}, not {state:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Runs `flows_of(store)`'s worker on a runtime of its own until `crash_when` holds, then
 /// drops that runtime: the worker dies mid-run, its lease left behind.
 fn crash_worker<S, F>(
@@ -607,23 +628,13 @@ pub async fn a_durable_sleep_survives_a_restart<S: FlowStore>(db: FlowDb<S>, clo
     }
     // The snoozed job holds no worker: it is waiting, not running.
     let job = run.record().await.expect("record").job;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let state = queue
-            .get(job)
-            .await
-            .expect("job")
-            .expect("the run's job")
-            .state;
-        if state == windlass_queue::JobState::Scheduled {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run's job never went to sleep: {state:?}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    until_job_in(
+        &queue,
+        job,
+        windlass_queue::JobState::Scheduled,
+        "the run's job never went to sleep",
+    )
+    .await;
     worker.shutdown(Duration::from_secs(5)).await;
     assert_eq!(log.all(), ["before"]);
     assert_eq!(run.status().await.expect("status"), RunStatus::Running);
@@ -693,16 +704,13 @@ pub async fn a_replay_that_contradicts_the_journal_halts_the_run<S: FlowStore>(
     let worker1 = start_worker(&queue, &v1).await;
     let run = v1.start::<V1>("v-1", &()).await.expect("start");
     let job = run.record().await.expect("record").job;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while queue.get(job).await.expect("job").map(|j| j.state)
-        != Some(windlass_queue::JobState::Scheduled)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "v1 never went to sleep"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    until_job_in(
+        &queue,
+        job,
+        windlass_queue::JobState::Scheduled,
+        "v1 never went to sleep",
+    )
+    .await;
     worker1.shutdown(Duration::from_secs(5)).await;
     let v2 = Flows::builder(&queue).register(V2).build().expect("flows");
     let worker2 = start_worker(&queue, &v2).await;
@@ -887,15 +895,13 @@ pub async fn a_timer_waits_for_the_steps_beside_it<S: FlowStore>(
         "the run stays on its worker while a step beside the timer runs"
     );
     release.notify_one();
-    while queue.get(job).await.expect("job").map(|j| j.state)
-        != Some(windlass_queue::JobState::Scheduled)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run never slept"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    until_job_in(
+        &queue,
+        job,
+        windlass_queue::JobState::Scheduled,
+        "the run never slept",
+    )
+    .await;
     let keys: Vec<_> = run
         .journal()
         .await
@@ -960,16 +966,13 @@ pub async fn a_panicking_run_is_retried_not_stranded<S: FlowStore>(
     let worker = start_worker(&queue, &flows).await;
     let run = flows.start::<Panicky>("panic-1", &()).await.expect("start");
     let job = run.record().await.expect("record").job;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while queue.get(job).await.expect("job").map(|j| j.state)
-        != Some(windlass_queue::JobState::Retryable)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the panic did not fail the attempt"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    until_job_in(
+        &queue,
+        job,
+        windlass_queue::JobState::Retryable,
+        "the panic did not fail the attempt",
+    )
+    .await;
     assert_eq!(run.status().await.expect("status"), RunStatus::Running);
     clock.advance(Duration::from_secs(600)); // past any first backoff
     assert_eq!(run.result(WAIT, POLL).await.expect("result"), 42);
