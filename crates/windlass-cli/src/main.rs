@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use windlass_cli::demo;
 use windlass_cli::flows::FlowAction;
+use windlass_cli::flows::bench::{self as flow_bench, FlowBenchOptions};
 use windlass_cli::queue::admin::Action;
 use windlass_cli::queue::bench::{self, BenchOptions};
 use windlass_cli::queue::limits;
@@ -294,6 +295,33 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The workflow layer's standard workloads (WF1-WF3 of ../shared/peer-bench).
+    Flow {
+        /// `sqlite` or `postgres`.
+        #[arg(long, default_value = "sqlite")]
+        backend: String,
+        /// PostgreSQL URL (for `--backend postgres`).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+        /// Directory for the SQLite files.
+        #[arg(long, default_value = "target/windlass-bench")]
+        dir: std::path::PathBuf,
+        /// Workflows per workload (WF1, WF2).
+        #[arg(long, default_value_t = 5_000)]
+        n: usize,
+        /// Starters in flight (WF1) and worker concurrency (WF2).
+        #[arg(long, default_value_t = 16)]
+        c: usize,
+        /// Samples in WF3.
+        #[arg(long, default_value_t = 200)]
+        lat_n: usize,
+        /// Workloads to run (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "wf1,wf2,wf3")]
+        workloads: Vec<String>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_age(s: &str) -> Result<std::time::Duration, String> {
@@ -552,6 +580,57 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 print!("{}", bench::table(&report));
+            }
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Flow {
+                    backend,
+                    database_url,
+                    dir,
+                    n,
+                    c,
+                    lat_n,
+                    workloads,
+                    json,
+                },
+        } => {
+            let opts = FlowBenchOptions {
+                n,
+                concurrency: c,
+                lat_n,
+                workloads,
+            };
+            let report = runtime.block_on(async {
+                match backend.as_str() {
+                    "sqlite" => {
+                        flow_bench::run(
+                            "sqlite",
+                            "SQLite WAL, synchronous=NORMAL: a step's result is durable against a process crash once its step returns (the journal write committed); a power loss may lose the last commits",
+                            || bench::fresh_sqlite(&dir),
+                            &opts,
+                        )
+                        .await
+                    }
+                    "postgres" => {
+                        let url = database_url.ok_or_else(|| {
+                            anyhow::anyhow!("--backend postgres needs --database-url or DATABASE_URL")
+                        })?;
+                        flow_bench::run(
+                            "postgres",
+                            "PostgreSQL with its server settings (stock: fsync and synchronous_commit on): a step's result is durable once its step returns",
+                            || bench::fresh_postgres(&url),
+                            &opts,
+                        )
+                        .await
+                    }
+                    other => anyhow::bail!("unknown backend `{other}`: use sqlite or postgres"),
+                }
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", flow_bench::table(&report));
             }
         }
     }

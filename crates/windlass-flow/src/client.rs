@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use windlass_policy::{Backoff, Jitter, RetrySchedule};
-use windlass_queue::{JobOptions, JobState, NewJob, Queue, Unique};
+use windlass_queue::{JobOptions, MAX_DURATION, NewJob, Queue, Unique, run_claimed};
 
-use crate::driver::{DRIVER_KIND, FlowDriver, RunPayload};
-use crate::error::{StartError, WaitError};
-use crate::store::{FlowStore, JournalEntry, NewRun, RunRecord, RunStatus};
+use crate::driver::{DRIVER_KIND, FlowDriver, RunEnd, RunPayload};
+use crate::error::{RunError, StartError, WaitError};
+use crate::store::{FlowStore, InlineClaim, JournalEntry, RunRecord, RunStart, RunStatus, Started};
 use crate::workflow::{Erased, ErasedWorkflow, Workflow};
 
 /// The longest run id, in bytes.
@@ -24,9 +24,26 @@ pub struct FlowsBuilder<S> {
     duplicate: Option<&'static str>,
     job_queue: String,
     attempt_timeout: Duration,
+    inline_lease: Duration,
+    poll: Duration,
 }
 
 impl<S: FlowStore> FlowsBuilder<S> {
+    /// The lease of a run started with [`Flows::run`] while it executes in the caller
+    /// (default 30 s, heartbeated every third of it): how long after this process dies a
+    /// worker may take the run over.
+    pub fn inline_lease(mut self, lease: Duration) -> Self {
+        self.inline_lease = lease;
+        self
+    }
+
+    /// How often a caller waiting for a run it does not execute reads the run's status
+    /// (default 50 ms).
+    pub fn poll(mut self, every: Duration) -> Self {
+        self.poll = every;
+        self
+    }
+
     /// Registers a workflow.
     pub fn register<W: Workflow>(mut self, workflow: W) -> Self {
         if self
@@ -61,6 +78,18 @@ impl<S: FlowStore> FlowsBuilder<S> {
                 reason: format!("workflow `{kind}` is registered twice"),
             });
         }
+        if self.inline_lease < Duration::from_millis(3) || self.inline_lease > MAX_DURATION {
+            return Err(StartError::InvalidOption {
+                field: "inline_lease",
+                reason: format!("must be 3 ms to {MAX_DURATION:?}"),
+            });
+        }
+        if self.poll.is_zero() || self.poll > MAX_DURATION {
+            return Err(StartError::InvalidOption {
+                field: "poll",
+                reason: format!("must be more than zero and at most {MAX_DURATION:?}"),
+            });
+        }
         let options = self.job_options(None);
         options.validate().map_err(|e| StartError::InvalidOption {
             field: "queue/attempt_timeout",
@@ -74,6 +103,13 @@ impl<S: FlowStore> FlowsBuilder<S> {
             queue: self.queue,
             job_queue: self.job_queue,
             attempt_timeout: self.attempt_timeout,
+            inline_worker: Arc::from(format!(
+                "inline-{}-{:012x}",
+                std::process::id(),
+                fastrand::u64(..) >> 16
+            )),
+            inline_lease: self.inline_lease,
+            poll: self.poll,
         })
     }
 
@@ -112,6 +148,10 @@ pub struct Flows<S> {
     driver: FlowDriver<S>,
     job_queue: String,
     attempt_timeout: Duration,
+    /// The worker id of this `Flows`' inline runs (per boot, like a worker's).
+    inline_worker: Arc<str>,
+    inline_lease: Duration,
+    poll: Duration,
 }
 
 impl<S> Clone for Flows<S> {
@@ -121,6 +161,9 @@ impl<S> Clone for Flows<S> {
             driver: self.driver.clone(),
             job_queue: self.job_queue.clone(),
             attempt_timeout: self.attempt_timeout,
+            inline_worker: Arc::clone(&self.inline_worker),
+            inline_lease: self.inline_lease,
+            poll: self.poll,
         }
     }
 }
@@ -143,6 +186,8 @@ impl<S: FlowStore> Flows<S> {
             duplicate: None,
             job_queue: "flows".into(),
             attempt_timeout: Duration::from_secs(3600),
+            inline_lease: Duration::from_secs(30),
+            poll: Duration::from_millis(50),
         }
     }
 
@@ -168,59 +213,132 @@ impl<S: FlowStore> Flows<S> {
         input: &W::Input,
     ) -> Result<RunHandle<S, W::Output>, StartError> {
         let id = id.into();
+        self.check::<W>(&id)?;
+        let started = self.start_run(W::KIND, id, input, None).await?;
+        self.existing(started.run, W::KIND)
+    }
+
+    fn check<W: Workflow>(&self, id: &str) -> Result<(), StartError> {
         if id.is_empty() || id.len() > MAX_RUN_ID_BYTES {
             return Err(StartError::InvalidId {
-                id,
+                id: id.to_owned(),
                 reason: "must be 1 to 256 bytes",
             });
         }
         if !self.driver.workflows.contains_key(W::KIND) {
             return Err(StartError::Unregistered(W::KIND.into()));
         }
-        let store = self.queue.store();
-        if let Some(run) = store.run(id.clone()).await? {
-            return self.existing(run, W::KIND);
-        }
+        Ok(())
+    }
+
+    async fn start_run<I: serde::Serialize>(
+        &self,
+        kind: &'static str,
+        id: String,
+        input: &I,
+        claim: Option<InlineClaim>,
+    ) -> Result<Started, StartError> {
         let input = serde_json::to_value(input).map_err(|e| StartError::Input {
-            kind: W::KIND.into(),
+            kind: kind.into(),
             message: e.to_string(),
         })?;
         let payload = RunPayload {
             run: id.clone(),
-            workflow: W::KIND.into(),
+            workflow: kind.into(),
             input: input.clone(),
         };
         let payload = serde_json::to_value(&payload).map_err(|e| StartError::Input {
-            kind: W::KIND.into(),
+            kind: kind.into(),
             message: e.to_string(),
         })?;
-        // Unique in every state: one job per run id, ever. If this process dies before the
-        // run's row is stored, the job's payload lets the driver store it.
-        let unique = Unique::key(format!("run:{id}")).in_states(JobState::ALL);
+        // The run's primary key makes the start idempotent: the run and its job are stored
+        // together, in one transaction, or not at all (so the job needs no unique key of
+        // its own, and no index entry for one).
         let options = job_options(
             &self.job_queue,
             self.attempt_timeout,
-            Some(unique),
-            Some(format!("workflow:{}", W::KIND)),
+            None,
+            Some(format!("workflow:{kind}")),
         );
         let job =
             NewJob::new(DRIVER_KIND, payload, options).map_err(windlass_queue::QueueError::from)?;
-        let enqueued = self.queue.enqueue_raw(vec![job]).await?;
-        let Some(enqueued) = enqueued.first() else {
-            return Err(StartError::Store(windlass_queue::StoreError::Database(
-                "enqueue returned no id".into(),
-            )));
-        };
-        let run = store
-            .insert_run(NewRun {
-                id: id.clone(),
-                kind: W::KIND.into(),
+        let store = self.queue.store();
+        Ok(store
+            .start_run(RunStart {
+                id,
+                kind: kind.into(),
                 input,
-                job: enqueued.id,
                 created_at_ms: store.now_ms(),
+                job,
+                claim,
             })
-            .await?;
-        self.existing(run, W::KIND)
+            .await?)
+    }
+
+    /// Runs a workflow **here and now**, in the calling task, and returns its output: the
+    /// direct start. The run and its job are stored in one transaction with the job already
+    /// claimed by this process (no trip through the queue), then the run executes inline
+    /// under that job's lease, heartbeated while it runs. If this process dies mid-run, the
+    /// lease expires and any worker of the flows queue resumes the run from its journal;
+    /// if the run sleeps or must be retried, the queue's workers take it from there and this
+    /// call waits for its result (reading the run every `poll`, see [`Flows::poll`]).
+    ///
+    /// An id that already has a run is not started again: the call waits for that run's
+    /// result instead (an idempotent start). Inline runs are not held back by the flows
+    /// queue's limits (they never wait in it), but they count against them while running.
+    pub async fn run<W: Workflow>(
+        &self,
+        id: impl Into<String>,
+        input: &W::Input,
+    ) -> Result<W::Output, RunError> {
+        let id = id.into();
+        self.check::<W>(&id)?;
+        let claim = InlineClaim {
+            worker: self.inline_worker.to_string(),
+            lease_for: self.inline_lease,
+        };
+        let started = self.start_run(W::KIND, id, input, Some(claim)).await?;
+        let fresh = started.created.then(|| started.run.clone());
+        let handle: RunHandle<S, W::Output> = self.existing(started.run, W::KIND)?;
+        if let Some(job) = started.claimed {
+            let payload =
+                serde_json::from_value::<RunPayload>(job.payload.clone()).map_err(|e| {
+                    StartError::Input {
+                        kind: W::KIND.into(),
+                        message: e.to_string(),
+                    }
+                })?;
+            let mut end = None;
+            let store = self.queue.store();
+            run_claimed(
+                &**store,
+                &job,
+                self.inline_lease,
+                Duration::from_secs(5),
+                |_ctx| async {
+                    let ended = self.driver.drive(job.lease.job, payload, fresh).await;
+                    if let Ok(e) = &ended {
+                        end.clone_from(e);
+                    }
+                    ended.map(|_| ())
+                },
+            )
+            .await;
+            match end {
+                Some(RunEnd::Completed(output)) => {
+                    return serde_json::from_value(output).map_err(|e| {
+                        RunError::Wait(WaitError::Output {
+                            run: handle.id.clone(),
+                            message: e.to_string(),
+                        })
+                    });
+                }
+                Some(RunEnd::Failed(message)) => return Err(WaitError::Failed(message).into()),
+                Some(RunEnd::Halted(message)) => return Err(WaitError::Halted(message).into()),
+                None => {}
+            }
+        }
+        Ok(handle.result(Duration::MAX, self.poll).await?)
     }
 
     fn existing<O>(&self, run: RunRecord, kind: &str) -> Result<RunHandle<S, O>, StartError> {
@@ -297,7 +415,7 @@ impl<S: FlowStore, O: DeserializeOwned> RunHandle<S, O> {
     /// Waits up to `timeout` for the run to finish, reading it every `poll`; returns its
     /// output, or why there is none.
     pub async fn result(&self, timeout: Duration, poll: Duration) -> Result<O, WaitError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = windlass_policy::time::saturating_add(tokio::time::Instant::now(), timeout);
         loop {
             let run = self.record().await?;
             match run.status {

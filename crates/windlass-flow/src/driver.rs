@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::Instrument;
 use windlass_policy::{Backoff, Jitter, PolicyExt, Retry};
-use windlass_queue::{Job, JobContext, JobError};
+use windlass_queue::{Job, JobContext, JobError, JobId};
 
 use crate::context::{FlowContext, Halt, Journal, Stop};
 use crate::store::{EntryKind, FlowStore, JournalEntry, NewRun, RunStatus};
@@ -94,28 +94,69 @@ impl<S: FlowStore> Job for FlowDriver<S> {
     type Payload = RunPayload;
 
     async fn run(&self, job: JobContext, payload: RunPayload) -> Result<(), JobError> {
+        self.drive(job.id(), payload, None).await.map(|_| ())
+    }
+}
+
+/// How a resumption left a run that it finished (or found finished).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RunEnd {
+    Completed(Value),
+    Failed(String),
+    Halted(String),
+}
+
+impl RunEnd {
+    fn of(run: &crate::store::RunRecord) -> Option<RunEnd> {
+        match run.status {
+            RunStatus::Completed => {
+                Some(RunEnd::Completed(run.output.clone().unwrap_or(Value::Null)))
+            }
+            RunStatus::Failed => Some(RunEnd::Failed(run.error.clone().unwrap_or_default())),
+            RunStatus::Halted => Some(RunEnd::Halted(run.error.clone().unwrap_or_default())),
+            RunStatus::Running | RunStatus::Compensating => None,
+        }
+    }
+}
+
+impl<S: FlowStore> FlowDriver<S> {
+    /// One resumption of a run by its job `job`: `Ok(Some(end))` when the run is over,
+    /// `Ok(None)` when it ended without finishing the run (a second job, a run left alone),
+    /// `Err` for the job's fate (snooze, retry). `fresh` is a run this process has just
+    /// created (so its journal is empty): it is not read back.
+    pub(crate) async fn drive(
+        &self,
+        job: JobId,
+        payload: RunPayload,
+        fresh: Option<crate::store::RunRecord>,
+    ) -> Result<Option<RunEnd>, JobError> {
         let store = &self.store;
-        let run = match store.run(payload.run.clone()).await.map_err(store_failed)? {
+        let is_fresh = fresh.is_some();
+        let stored = match fresh {
+            Some(run) => Some(run),
+            None => store.run(payload.run.clone()).await.map_err(store_failed)?,
+        };
+        let run = match stored {
             Some(run) => run,
             None => store
                 .insert_run(NewRun {
                     id: payload.run.clone(),
                     kind: payload.workflow.clone(),
                     input: payload.input.clone(),
-                    job: job.id(),
+                    job,
                     created_at_ms: store.now_ms(),
                 })
                 .await
                 .map_err(store_failed)?,
         };
         if run.status.is_terminal() {
-            return Ok(());
+            return Ok(RunEnd::of(&run));
         }
-        if run.job != job.id() {
+        if run.job != job {
             // Another job drives this run (a second start of the id through another
             // queue): only the run's own job may, so this one ends without touching it.
-            tracing::warn!(run = %run.id, job = %job.id(), driver = %run.job, "a second job for a run was ignored");
-            return Ok(());
+            tracing::warn!(run = %run.id, job = %job, driver = %run.job, "a second job for a run was ignored");
+            return Ok(None);
         }
         let Some(workflow) = self.workflows.get(run.kind.as_str()) else {
             // Transient, not permanent: during a rolling deploy another worker (or this
@@ -125,15 +166,18 @@ impl<S: FlowStore> Job for FlowDriver<S> {
                 run.kind
             )));
         };
-        let journal = store.journal(run.id.clone()).await.map_err(store_failed)?;
+        let journal = if is_fresh {
+            Vec::new()
+        } else {
+            store.journal(run.id.clone()).await.map_err(store_failed)?
+        };
         let ctx = FlowContext::new(
             run.id.clone(),
             journal,
             Arc::new(Arc::clone(store)) as Arc<dyn Journal>,
         );
         let rolling_back = ctx.journaled(FAILURE_KEY);
-        let span =
-            tracing::info_span!("workflow", run = %run.id, kind = %run.kind, job = %job.id());
+        let span = tracing::info_span!("workflow", run = %run.id, kind = %run.kind, job = %job);
         // A panic in the workflow's code (or a step) fails this attempt, transiently: the
         // queue retries it with its backoff, and the journal keeps what finished.
         let code = std::panic::AssertUnwindSafe(
@@ -171,10 +215,15 @@ impl<S: FlowStore> Job for FlowDriver<S> {
             }
             Ok(Ok(output)) => {
                 store
-                    .set_run_status(run.id.clone(), RunStatus::Completed, Some(output), None)
+                    .set_run_status(
+                        run.id.clone(),
+                        RunStatus::Completed,
+                        Some(output.clone()),
+                        None,
+                    )
                     .await
                     .map_err(store_failed)?;
-                Ok(())
+                Ok(Some(RunEnd::Completed(output)))
             }
             Ok(Err(failure)) => {
                 let message = match failure {
@@ -193,16 +242,19 @@ impl<S: FlowStore> Job for FlowDriver<S> {
             Err(Stop::Halt(Halt::Replay(message))) => {
                 tracing::error!(run = %run.id, error = %message, "workflow run halted");
                 store
-                    .set_run_status(run.id.clone(), RunStatus::Halted, None, Some(message))
+                    .set_run_status(
+                        run.id.clone(),
+                        RunStatus::Halted,
+                        None,
+                        Some(message.clone()),
+                    )
                     .await
                     .map_err(store_failed)?;
-                Ok(())
+                Ok(Some(RunEnd::Halted(message)))
             }
         }
     }
-}
 
-impl<S: FlowStore> FlowDriver<S> {
     /// Journals the failure (the first one stands), then runs every registered compensation
     /// not yet journaled, latest step first.
     async fn roll_back(
@@ -210,7 +262,7 @@ impl<S: FlowStore> FlowDriver<S> {
         ctx: &FlowContext,
         run: &str,
         message: String,
-    ) -> Result<(), JobError> {
+    ) -> Result<Option<RunEnd>, JobError> {
         let store = &self.store;
         let now = store.now_ms();
         let failure = match ctx.journaled(FAILURE_KEY) {
@@ -277,9 +329,14 @@ impl<S: FlowStore> FlowDriver<S> {
             .map_err(store_failed)?;
         }
         store
-            .set_run_status(run.to_owned(), RunStatus::Failed, None, Some(message))
+            .set_run_status(
+                run.to_owned(),
+                RunStatus::Failed,
+                None,
+                Some(message.clone()),
+            )
             .await
             .map_err(store_failed)?;
-        Ok(())
+        Ok(Some(RunEnd::Failed(message)))
     }
 }

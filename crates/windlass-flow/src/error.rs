@@ -125,3 +125,15 @@ pub enum WaitError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// Why [`Flows::run`](crate::Flows::run) returned no output.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The run could not be started.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The run was started (or existed) but did not produce an output.
+    #[error(transparent)]
+    Wait(#[from] WaitError),
+}

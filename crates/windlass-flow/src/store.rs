@@ -17,7 +17,9 @@
 use std::future::Future;
 
 use serde_json::Value;
-use windlass_queue::{JobId, Store, StoreError};
+use std::time::Duration;
+
+use windlass_queue::{ClaimedJob, JobId, NewJob, Store, StoreError};
 
 /// Where a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,6 +110,45 @@ pub struct NewRun {
     pub created_at_ms: i64,
 }
 
+/// A run to start together with the queue job that drives it (see
+/// [`FlowStore::start_run`]).
+#[derive(Debug, Clone)]
+pub struct RunStart {
+    /// Its id.
+    pub id: String,
+    /// Its workflow's kind.
+    pub kind: String,
+    /// Its input.
+    pub input: Value,
+    /// When it was started.
+    pub created_at_ms: i64,
+    /// The job that drives it (kind [`DRIVER_KIND`](crate::DRIVER_KIND)).
+    pub job: NewJob,
+    /// Store the job already `running` under a lease for this caller, who runs its first
+    /// attempt itself ([`windlass_queue::run_claimed`]); `None` leaves it for the workers.
+    pub claim: Option<InlineClaim>,
+}
+
+/// Who holds the lease of an inline-started run's job, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlineClaim {
+    /// The caller's per-boot worker id.
+    pub worker: String,
+    /// The lease's length (the caller heartbeats it while the attempt runs).
+    pub lease_for: Duration,
+}
+
+/// What [`FlowStore::start_run`] did.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The run as stored: the new one, or the one that already had the id.
+    pub run: RunRecord,
+    /// Whether this call created it (and its job).
+    pub created: bool,
+    /// The job's claim, when this call created the run with an [`InlineClaim`].
+    pub claimed: Option<ClaimedJob>,
+}
+
 /// What a journal entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EntryKind {
@@ -192,6 +233,15 @@ pub trait FlowStore: Store {
     /// Stores `run` unless a run with its id exists; returns the stored run.
     fn insert_run(&self, run: NewRun)
     -> impl Future<Output = Result<RunRecord, StoreError>> + Send;
+
+    /// Starts a run **in one transaction**: stores the run and the job that drives it
+    /// (whose id the run row names), unless a run with this id exists, in which case nothing
+    /// is written and the existing run is returned (`created: false`). With a claim, the job
+    /// is stored `running` (attempt 1, a lease for the claimer) and never queued.
+    fn start_run(
+        &self,
+        start: RunStart,
+    ) -> impl Future<Output = Result<Started, StoreError>> + Send;
 
     /// The run with this id.
     fn run(&self, id: String)

@@ -6,8 +6,10 @@
 use serde_json::Value;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use windlass_flow::{EntryKind, FlowStore, JournalEntry, NewRun, RunFilter, RunRecord, RunStatus};
-use windlass_queue::{JobId, StoreError};
+use windlass_flow::{
+    EntryKind, FlowStore, JournalEntry, NewRun, RunFilter, RunRecord, RunStart, RunStatus, Started,
+};
+use windlass_queue::{ClaimedJob, JobId, JobState, Lease, StoreError, duration_ms};
 
 use crate::{PostgresStore, pg_error};
 
@@ -60,7 +62,135 @@ fn entry_from(row: &Row) -> Result<JournalEntry, StoreError> {
     })
 }
 
+/// A run and its job in one statement (one commit): the job's id is drawn first so the run
+/// row can name it; on a conflict on the run's id neither row is written.
+const START_RUN: &str = "WITH jid AS (SELECT nextval('windlass_jobs_id_seq') AS id),
+r AS (
+    INSERT INTO windlass_flow_runs (id, kind, input, status, job_id, created_at)
+    SELECT $1, $2, $3, 'running', jid.id, $4 FROM jid
+    ON CONFLICT (id) DO NOTHING
+    RETURNING job_id),
+j AS (
+    INSERT INTO windlass_jobs (id, kind, queue, payload, state, priority, max_attempts, retry,
+        timeout_ms, tags, unique_key, created_at, run_at, limit_key, trace_context,
+        attempt, lease_token, locked_by, lease_until)
+    SELECT r.job_id, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $4, $15, $16, $17,
+        $18, $19, $20, $21
+    FROM r
+    RETURNING id)
+SELECT j.id, (SELECT pg_notify($22, '') WHERE $23) FROM j";
+
 impl FlowStore for PostgresStore {
+    async fn start_run(&self, start: RunStart) -> Result<Started, StoreError> {
+        let now = self.clock.now_ms();
+        let o = start.job.options();
+        let delay = duration_ms(o.delay);
+        let state = match (&start.claim, delay > 0) {
+            (Some(_), _) => JobState::Running,
+            (None, true) => JobState::Scheduled,
+            (None, false) => JobState::Available,
+        }
+        .as_str();
+        let run_at = now.saturating_add(delay);
+        let max_attempts = i32::try_from(o.retry.max_attempts).unwrap_or(i32::MAX);
+        let retry = serde_json::to_value(o.retry).map_err(|e| corrupt("a retry schedule", e))?;
+        let tags = serde_json::to_value(&o.tags).map_err(|e| corrupt("a job's tags", e))?;
+        let timeout_ms = duration_ms(o.timeout);
+        let unique_key = o.unique.as_ref().map(|u| u.key.as_str());
+        let attempt: i32 = i32::from(start.claim.is_some());
+        let token: i64 = i64::from(start.claim.is_some());
+        let locked_by = start.claim.as_ref().map(|c| c.worker.as_str());
+        let lease_until = start
+            .claim
+            .as_ref()
+            .map(|c| now.saturating_add(duration_ms(c.lease_for)));
+        let queued = start.claim.is_none();
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(START_RUN).await.map_err(pg_error)?;
+        let row = client
+            .query_opt(
+                &stmt,
+                &[
+                    &start.id,
+                    &start.kind,
+                    &start.input,
+                    &start.created_at_ms,
+                    &start.job.kind(),
+                    &o.queue,
+                    start.job.payload(),
+                    &state,
+                    &o.priority,
+                    &max_attempts,
+                    &retry,
+                    &timeout_ms,
+                    &tags,
+                    &unique_key,
+                    &run_at,
+                    &o.limit_key,
+                    &o.trace_context,
+                    &attempt,
+                    &token,
+                    &locked_by,
+                    &lease_until,
+                    &&*self.channel,
+                    &queued,
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        drop(client);
+        let Some(row) = row else {
+            // The id is taken (possibly by a start that committed after this statement's
+            // snapshot: it waited for it): read the run with a new snapshot.
+            let run = self.run(start.id.clone()).await?.ok_or_else(|| {
+                StoreError::Unavailable(format!(
+                    "run `{}` was being started concurrently; try again",
+                    start.id
+                ))
+            })?;
+            return Ok(Started {
+                run,
+                created: false,
+                claimed: None,
+            });
+        };
+        let job = JobId(row.try_get(0).map_err(pg_error)?);
+        if queued {
+            self.wake();
+        }
+        let claimed = start.claim.as_ref().map(|claim| ClaimedJob {
+            lease: Lease {
+                job,
+                token: 1,
+                worker: claim.worker.clone(),
+            },
+            kind: start.job.kind().to_owned(),
+            queue: o.queue.clone(),
+            payload: start.job.payload().clone(),
+            attempt: 1,
+            retry: o.retry,
+            timeout: o.timeout,
+            run_at_ms: run_at,
+            created_at_ms: now,
+            trace_context: o.trace_context.clone(),
+        });
+        Ok(Started {
+            run: RunRecord {
+                id: start.id,
+                kind: start.kind,
+                input: start.input,
+                status: RunStatus::Running,
+                output: None,
+                error: None,
+                job,
+                created_at_ms: start.created_at_ms,
+                finished_at_ms: None,
+            },
+            created: true,
+            claimed,
+        })
+    }
+
     async fn insert_run(&self, run: NewRun) -> Result<RunRecord, StoreError> {
         let client = self.client().await?;
         // Insert, or read the existing row, in one statement.

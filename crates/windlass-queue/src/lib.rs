@@ -53,6 +53,7 @@ pub use store::{
     ClaimRequest, ClaimedJob, Fenced, Finish, Heartbeat, JobFilter, Lease, NextState, QueueStats,
     Rescued, Store, StoreError,
 };
+pub use worker::inline::{InlineEnd, run_claimed};
 pub use worker::{
     ShutdownReport, Worker, WorkerBuilder, WorkerConfig, WorkerCounts, WorkerError, WorkerHandle,
 };

@@ -5,7 +5,10 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use serde_json::Value;
-use windlass_flow::{EntryKind, FlowStore, JournalEntry, NewRun, RunFilter, RunRecord, RunStatus};
+use windlass_flow::{
+    EntryKind, FlowStore, JournalEntry, NewRun, RunFilter, RunRecord, RunStart, RunStatus, Started,
+};
+use windlass_queue::duration_ms;
 use windlass_queue::{JobId, StoreError};
 
 use crate::{SqliteStore, sql_error};
@@ -93,6 +96,63 @@ fn entry_from(row: &Row<'_>) -> rusqlite::Result<Result<JournalEntry, StoreError
 const ENTRY_COLUMNS: &str = "seq, key, kind, output, error, attempts, started_at, finished_at";
 
 impl FlowStore for SqliteStore {
+    async fn start_run(&self, start: RunStart) -> Result<Started, StoreError> {
+        let input = to_text(&start.input)?;
+        let now = self.clock.now_ms();
+        let queued = start.claim.is_none();
+        self.writer
+            .call(
+                move |c| {
+                    let inserted = c
+                        .prepare_cached(
+                            "INSERT INTO windlass_flow_runs (id, kind, input, status, job_id, created_at)
+                             VALUES (?1, ?2, ?3, 'running', 0, ?4) ON CONFLICT (id) DO NOTHING",
+                        )
+                        .map_err(sql_error)?
+                        .execute(params![start.id, start.kind, input, start.created_at_ms])
+                        .map_err(sql_error)?;
+                    if inserted == 0 {
+                        let run = get_run(c, &start.id)?.ok_or_else(|| {
+                            StoreError::Database(format!("run `{}` vanished on insert", start.id))
+                        })?;
+                        return Ok(Started {
+                            run,
+                            created: false,
+                            claimed: None,
+                        });
+                    }
+                    let claim = start.claim.as_ref().map(|claim| {
+                        (
+                            claim.worker.as_str(),
+                            now.saturating_add(duration_ms(claim.lease_for)),
+                        )
+                    });
+                    let (job, claimed) = crate::ops::insert_job(c, &start.job, now, claim)?;
+                    c.prepare_cached("UPDATE windlass_flow_runs SET job_id = ?2 WHERE id = ?1")
+                        .map_err(sql_error)?
+                        .execute(params![start.id, job.0])
+                        .map_err(sql_error)?;
+                    Ok(Started {
+                        run: RunRecord {
+                            id: start.id,
+                            kind: start.kind,
+                            input: start.input,
+                            status: RunStatus::Running,
+                            output: None,
+                            error: None,
+                            job,
+                            created_at_ms: start.created_at_ms,
+                            finished_at_ms: None,
+                        },
+                        created: true,
+                        claimed,
+                    })
+                },
+                if queued { self.wake() } else { None },
+            )
+            .await
+    }
+
     async fn insert_run(&self, run: NewRun) -> Result<RunRecord, StoreError> {
         let input = to_text(&run.input)?;
         self.writer

@@ -104,6 +104,71 @@ pub(crate) fn enqueue(
     Ok(out)
 }
 
+/// Inserts one job without its unique-key check (the caller guarantees uniqueness, e.g. a
+/// workflow run's primary key). With `claim = Some((worker, lease_until))` the job is
+/// stored `running`, attempt 1, under lease token 1 for `worker`, and the claim is
+/// returned; otherwise it is queued like any enqueue.
+pub(crate) fn insert_job(
+    conn: &Connection,
+    job: &NewJob,
+    now: i64,
+    claim: Option<(&str, i64)>,
+) -> Result<(JobId, Option<ClaimedJob>), StoreError> {
+    let o = job.options();
+    let delay = duration_ms(o.delay);
+    let state = match (claim, delay > 0) {
+        (Some(_), _) => JobState::Running,
+        (None, true) => JobState::Scheduled,
+        (None, false) => JobState::Available,
+    };
+    let run_at = now.saturating_add(delay);
+    conn.prepare_cached(
+        "INSERT INTO windlass_jobs (kind, queue, payload, state, priority, max_attempts, retry,
+            timeout_ms, tags, unique_key, created_at, run_at, limit_key, trace_context,
+            attempt, lease_token, locked_by, lease_until)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16, ?17)",
+    )
+    .map_err(sql_error)?
+    .execute(params![
+        job.kind(),
+        o.queue,
+        json_text(job.payload())?,
+        state.as_str(),
+        o.priority,
+        o.retry.max_attempts,
+        json_text(&o.retry)?,
+        duration_ms(o.timeout),
+        json_text(&o.tags)?,
+        o.unique.as_ref().map(|u| u.key.as_str()),
+        now,
+        run_at,
+        o.limit_key,
+        o.trace_context,
+        i64::from(claim.is_some()),
+        claim.map(|(w, _)| w),
+        claim.map(|(_, until)| until),
+    ])
+    .map_err(sql_error)?;
+    let id = JobId(conn.last_insert_rowid());
+    let claimed = claim.map(|(worker, _)| ClaimedJob {
+        lease: Lease {
+            job: id,
+            token: 1,
+            worker: worker.to_owned(),
+        },
+        kind: job.kind().to_owned(),
+        queue: o.queue.clone(),
+        payload: job.payload().clone(),
+        attempt: 1,
+        retry: o.retry,
+        timeout: o.timeout,
+        run_at_ms: run_at,
+        created_at_ms: now,
+        trace_context: o.trace_context.clone(),
+    });
+    Ok((id, claimed))
+}
+
 pub(crate) fn claim(
     conn: &Connection,
     req: &ClaimRequest,

@@ -112,7 +112,7 @@ impl Job for Noop {
 
 /// What a user gets from `Worker::builder(..).concurrency(c)`: `c` handlers, `3c` jobs
 /// prefetched, claims of up to `4c`.
-fn worker_config(c: usize) -> WorkerConfig {
+pub(crate) fn worker_config(c: usize) -> WorkerConfig {
     WorkerConfig {
         concurrency: c,
         prefetch: 3 * c,

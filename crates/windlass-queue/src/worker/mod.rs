@@ -22,6 +22,7 @@
 //! See the `windlass-sqlite` crate for a runnable example with a real store.
 
 mod attempt;
+pub mod inline;
 mod run;
 
 use std::collections::HashMap;

@@ -26,7 +26,13 @@ use crate::{FlowContext, FlowError, FlowStore, Flows, RunStatus, WaitError, Work
 
 pub use windlass_queue::conformance::T0;
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+mod inline;
+pub use inline::{
+    a_direct_run_executes_in_the_caller, a_direct_run_killed_mid_step_is_resumed_by_a_worker,
+    a_direct_run_that_sleeps_is_finished_by_the_workers,
+};
+
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A fresh database, and how to open another store on it.
 pub struct FlowDb<S> {
@@ -52,6 +58,9 @@ macro_rules! flow_conformance_tests {
             the_journal_keeps_the_first_entry,
             a_timer_waits_for_the_steps_beside_it,
             a_panicking_run_is_retried_not_stranded,
+            a_direct_run_executes_in_the_caller,
+            a_direct_run_killed_mid_step_is_resumed_by_a_worker,
+            a_direct_run_that_sleeps_is_finished_by_the_workers,
         );
     };
     (@cases $fresh:path; $($case:ident),* $(,)?) => {
@@ -88,8 +97,8 @@ where
     });
 }
 
-const WAIT: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(5);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const POLL: Duration = Duration::from_millis(5);
 
 fn config() -> WorkerConfig {
     WorkerConfig {
@@ -100,7 +109,7 @@ fn config() -> WorkerConfig {
     }
 }
 
-async fn start_worker<S: FlowStore>(queue: &Queue<S>, flows: &Flows<S>) -> WorkerHandle {
+pub(crate) async fn start_worker<S: FlowStore>(queue: &Queue<S>, flows: &Flows<S>) -> WorkerHandle {
     Worker::builder(queue)
         .register(flows.driver())
         .config(config())
@@ -112,7 +121,7 @@ async fn start_worker<S: FlowStore>(queue: &Queue<S>, flows: &Flows<S>) -> Worke
 }
 
 /// Waits until `check` holds, for up to 30 s of real time (the store's clock is manual).
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
+pub(crate) async fn until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !check() {
         assert!(
@@ -124,7 +133,7 @@ async fn until(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 /// Waits until the run's job `job` is in `state`, for up to 30 s of real time.
-async fn until_job_in<S: FlowStore>(
+pub(crate) async fn until_job_in<S: FlowStore>(
     queue: &Queue<S>,
     job: windlass_queue::JobId,
     state: windlass_queue::JobState,
@@ -176,7 +185,7 @@ fn crash_worker<S, F>(
 
 /// How often each step and compensation ran, by name.
 #[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<String>>>);
+pub(crate) struct Log(Arc<Mutex<Vec<String>>>);
 
 impl Log {
     fn push(&self, what: &str) {
@@ -188,7 +197,7 @@ impl Log {
 }
 
 /// Three steps, each logged; `b` hangs on its first run when `hang` is set.
-struct Three {
+pub(crate) struct Three {
     log: Log,
     hang_b_once: bool,
     b_runs: Arc<AtomicU32>,
@@ -561,7 +570,7 @@ pub async fn a_fan_out_runs_concurrently_within_its_bound<S: FlowStore>(
 }
 
 /// A step, an hour's durable sleep, a step.
-struct Nap {
+pub(crate) struct Nap {
     log: Log,
 }
 

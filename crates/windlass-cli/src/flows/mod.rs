@@ -1,6 +1,8 @@
 //! `windlass flows …`: look at workflow runs — list them, show one run's steps (status,
 //! attempts, durations, errors), and export its recorded graph (Mermaid or DOT).
 
+pub mod bench;
+
 use std::fmt::Write as _;
 
 use anyhow::{Context as _, bail};
