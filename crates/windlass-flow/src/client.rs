@@ -2,12 +2,12 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use windlass_policy::{Backoff, Jitter, RetrySchedule};
-use windlass_queue::{JobOptions, MAX_DURATION, NewJob, Queue, Unique, run_claimed};
+use windlass_queue::{JobOptions, MAX_DURATION, NewJob, Queue, Unique, run_claimed_then};
 
 use crate::driver::{DRIVER_KIND, FlowDriver, RunEnd, RunPayload};
 use crate::error::{RunError, StartError, WaitError};
@@ -281,7 +281,7 @@ impl<S: FlowStore> Flows<S> {
     /// under that job's lease, heartbeated while it runs. If this process dies mid-run, the
     /// lease expires and any worker of the flows queue resumes the run from its journal;
     /// if the run sleeps or must be retried, the queue's workers take it from there and this
-    /// call waits for its result (reading the run every `poll`, see [`Flows::poll`]).
+    /// call waits for its result (reading the run every `poll`, see [`FlowsBuilder::poll`]).
     ///
     /// An id that already has a run is not started again: the call waits for that run's
     /// result instead (an idempotent start). Inline runs are not held back by the flows
@@ -308,22 +308,45 @@ impl<S: FlowStore> Flows<S> {
                         message: e.to_string(),
                     }
                 })?;
-            let mut end = None;
+            // The run's end, once the code has produced one: written together with the
+            // job's end in one transaction (`end_run`) when the attempt is stored.
+            let end: std::sync::Mutex<Option<RunEnd>> = std::sync::Mutex::new(None);
             let store = self.queue.store();
-            run_claimed(
+            let run_id = handle.id.clone();
+            run_claimed_then(
                 &**store,
                 &job,
                 self.inline_lease,
                 Duration::from_secs(5),
                 |_ctx| async {
-                    let ended = self.driver.drive(job.lease.job, payload, fresh).await;
+                    let ended = self.driver.drive(job.lease.job, payload, fresh, true).await;
                     if let Ok(e) = &ended {
-                        end.clone_from(e);
+                        end.lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .clone_from(e);
                     }
                     ended.map(|_| ())
                 },
+                |finish| {
+                    let ending = end.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                    let run_id = run_id.clone();
+                    async move {
+                        match ending {
+                            Some(e) => {
+                                let (status, output, error) = e.parts();
+                                store.end_run(run_id, status, output, error, finish).await
+                            }
+                            None => store.finish(vec![finish]).await.map(|f| {
+                                f.first()
+                                    .copied()
+                                    .unwrap_or(windlass_queue::Fenced::Rejected)
+                            }),
+                        }
+                    }
+                },
             )
             .await;
+            let end = end.into_inner().unwrap_or_else(PoisonError::into_inner);
             match end {
                 Some(RunEnd::Completed(output)) => {
                     return serde_json::from_value(output).map_err(|e| {

@@ -94,7 +94,7 @@ impl<S: FlowStore> Job for FlowDriver<S> {
     type Payload = RunPayload;
 
     async fn run(&self, job: JobContext, payload: RunPayload) -> Result<(), JobError> {
-        self.drive(job.id(), payload, None).await.map(|_| ())
+        self.drive(job.id(), payload, None, false).await.map(|_| ())
     }
 }
 
@@ -107,6 +107,15 @@ pub(crate) enum RunEnd {
 }
 
 impl RunEnd {
+    /// The run's terminal status, output and error.
+    pub(crate) fn parts(&self) -> (RunStatus, Option<Value>, Option<String>) {
+        match self {
+            RunEnd::Completed(v) => (RunStatus::Completed, Some(v.clone()), None),
+            RunEnd::Failed(e) => (RunStatus::Failed, None, Some(e.clone())),
+            RunEnd::Halted(e) => (RunStatus::Halted, None, Some(e.clone())),
+        }
+    }
+
     fn of(run: &crate::store::RunRecord) -> Option<RunEnd> {
         match run.status {
             RunStatus::Completed => {
@@ -123,12 +132,15 @@ impl<S: FlowStore> FlowDriver<S> {
     /// One resumption of a run by its job `job`: `Ok(Some(end))` when the run is over,
     /// `Ok(None)` when it ended without finishing the run (a second job, a run left alone),
     /// `Err` for the job's fate (snooze, retry). `fresh` is a run this process has just
-    /// created (so its journal is empty): it is not read back.
+    /// created (so its journal is empty): it is not read back. With `defer_end`, a run's
+    /// terminal status is not written here: the caller writes it with the job's end
+    /// ([`FlowStore::end_run`]).
     pub(crate) async fn drive(
         &self,
         job: JobId,
         payload: RunPayload,
         fresh: Option<crate::store::RunRecord>,
+        defer_end: bool,
     ) -> Result<Option<RunEnd>, JobError> {
         let store = &self.store;
         let is_fresh = fresh.is_some();
@@ -211,18 +223,20 @@ impl<S: FlowStore> FlowDriver<S> {
                 let message = rolling_back
                     .and_then(|f| f.outcome.err())
                     .unwrap_or_default();
-                self.roll_back(&ctx, &run.id, message).await
+                self.roll_back(&ctx, &run.id, message, defer_end).await
             }
             Ok(Ok(output)) => {
-                store
-                    .set_run_status(
-                        run.id.clone(),
-                        RunStatus::Completed,
-                        Some(output.clone()),
-                        None,
-                    )
-                    .await
-                    .map_err(store_failed)?;
+                if !defer_end {
+                    store
+                        .set_run_status(
+                            run.id.clone(),
+                            RunStatus::Completed,
+                            Some(output.clone()),
+                            None,
+                        )
+                        .await
+                        .map_err(store_failed)?;
+                }
                 Ok(Some(RunEnd::Completed(output)))
             }
             Ok(Err(failure)) => {
@@ -230,7 +244,7 @@ impl<S: FlowStore> FlowDriver<S> {
                     Failure::Flow(e) => e.to_string(),
                     Failure::Serde(m) => m,
                 };
-                self.roll_back(&ctx, &run.id, message).await
+                self.roll_back(&ctx, &run.id, message, defer_end).await
             }
             Err(Stop::Suspend { wake_at_ms }) => {
                 let wait = wake_at_ms.saturating_sub(store.now_ms()).max(0);
@@ -262,6 +276,7 @@ impl<S: FlowStore> FlowDriver<S> {
         ctx: &FlowContext,
         run: &str,
         message: String,
+        defer_end: bool,
     ) -> Result<Option<RunEnd>, JobError> {
         let store = &self.store;
         let now = store.now_ms();
@@ -328,15 +343,17 @@ impl<S: FlowStore> FlowDriver<S> {
             .await
             .map_err(store_failed)?;
         }
-        store
-            .set_run_status(
-                run.to_owned(),
-                RunStatus::Failed,
-                None,
-                Some(message.clone()),
-            )
-            .await
-            .map_err(store_failed)?;
+        if !defer_end {
+            store
+                .set_run_status(
+                    run.to_owned(),
+                    RunStatus::Failed,
+                    None,
+                    Some(message.clone()),
+                )
+                .await
+                .map_err(store_failed)?;
+        }
         Ok(Some(RunEnd::Failed(message)))
     }
 }

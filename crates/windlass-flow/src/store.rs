@@ -19,7 +19,7 @@ use std::future::Future;
 use serde_json::Value;
 use std::time::Duration;
 
-use windlass_queue::{ClaimedJob, JobId, NewJob, Store, StoreError};
+use windlass_queue::{ClaimedJob, Fenced, Finish, JobId, NewJob, Store, StoreError};
 
 /// Where a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -257,6 +257,20 @@ pub trait FlowStore: Store {
         output: Option<Value>,
         error: Option<String>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Ends a run (a terminal `status`, with its output or error) **and** stores its job's
+    /// attempt end in one transaction: the finish is fenced by its lease exactly as
+    /// [`Store::finish`] fences it, and the run's status is written only if the finish was
+    /// applied. The direct start's last write ([`Flows::run`](crate::Flows::run)): one
+    /// commit instead of two.
+    fn end_run(
+        &self,
+        id: String,
+        status: RunStatus,
+        output: Option<Value>,
+        error: Option<String>,
+        finish: Finish,
+    ) -> impl Future<Output = Result<Fenced, StoreError>> + Send;
 
     /// Runs matching a filter, in id order.
     fn runs(

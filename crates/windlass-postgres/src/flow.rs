@@ -4,12 +4,16 @@
 //! agree on the first.
 
 use serde_json::Value;
+use tokio::sync::mpsc;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use windlass_flow::{
     EntryKind, FlowStore, JournalEntry, NewRun, RunFilter, RunRecord, RunStart, RunStatus, Started,
 };
-use windlass_queue::{ClaimedJob, JobId, JobState, Lease, StoreError, duration_ms};
+use windlass_queue::{
+    ClaimedJob, Fenced, Finish, JobId, JobState, Lease, NextState, Store as _, StoreError,
+    duration_ms,
+};
 
 use crate::{PostgresStore, pg_error};
 
@@ -34,13 +38,15 @@ fn run_from(row: &Row) -> Result<RunRecord, StoreError> {
     })
 }
 
-const ENTRY_COLUMNS: &str = "seq, key, kind, output, error, attempts, started_at, finished_at";
+pub(crate) const ENTRY_COLUMNS: &str =
+    "seq, key, kind, output, error, attempts, started_at, finished_at";
 
-fn entry_from(row: &Row) -> Result<JournalEntry, StoreError> {
-    let kind: String = row.try_get(2).map_err(pg_error)?;
-    let output: Option<Value> = row.try_get(3).map_err(pg_error)?;
-    let error: Option<String> = row.try_get(4).map_err(pg_error)?;
-    let attempts: i32 = row.try_get(5).map_err(pg_error)?;
+/// The entry in `row`'s columns from `at` on (in [`ENTRY_COLUMNS`] order).
+pub(crate) fn entry_from(row: &Row, at: usize) -> Result<JournalEntry, StoreError> {
+    let kind: String = row.try_get(at + 2).map_err(pg_error)?;
+    let output: Option<Value> = row.try_get(at + 3).map_err(pg_error)?;
+    let error: Option<String> = row.try_get(at + 4).map_err(pg_error)?;
+    let attempts: i32 = row.try_get(at + 5).map_err(pg_error)?;
     let outcome = match (output, error) {
         (Some(o), None) => Ok(o),
         (None, Some(e)) => Err(e),
@@ -52,13 +58,13 @@ fn entry_from(row: &Row) -> Result<JournalEntry, StoreError> {
         }
     };
     Ok(JournalEntry {
-        seq: row.try_get(0).map_err(pg_error)?,
-        key: row.try_get(1).map_err(pg_error)?,
+        seq: row.try_get(at).map_err(pg_error)?,
+        key: row.try_get(at + 1).map_err(pg_error)?,
         kind: EntryKind::parse(&kind).ok_or_else(|| corrupt("a journal entry's kind", &kind))?,
         outcome,
         attempts: u32::try_from(attempts).map_err(|e| corrupt("a journal entry's attempts", e))?,
-        started_at_ms: row.try_get(6).map_err(pg_error)?,
-        finished_at_ms: row.try_get(7).map_err(pg_error)?,
+        started_at_ms: row.try_get(at + 6).map_err(pg_error)?,
+        finished_at_ms: row.try_get(at + 7).map_err(pg_error)?,
     })
 }
 
@@ -78,7 +84,9 @@ j AS (
         $18, $19, $20, $21
     FROM r
     RETURNING id)
-SELECT j.id, (SELECT pg_notify($22, '') WHERE $23) FROM j";
+SELECT j.id, (SELECT pg_notify($22, '') WHERE $23),
+    (SELECT set_config('synchronous_commit', 'off', true) WHERE NOT $23)
+FROM j";
 
 impl FlowStore for PostgresStore {
     async fn start_run(&self, start: RunStart) -> Result<Started, StoreError> {
@@ -275,6 +283,77 @@ impl FlowStore for PostgresStore {
         row.try_get(0).map_err(pg_error)
     }
 
+    async fn end_run(
+        &self,
+        id: String,
+        status: RunStatus,
+        output: Option<Value>,
+        error: Option<String>,
+        finish: Finish,
+    ) -> Result<Fenced, StoreError> {
+        if finish.next != NextState::Completed {
+            // Not the direct start's ending: two writes, the run's only if the finish applied.
+            let fenced = self
+                .finish(vec![finish])
+                .await?
+                .first()
+                .copied()
+                .unwrap_or(Fenced::Rejected);
+            if fenced == Fenced::Applied {
+                self.set_run_status(id, status, output, error).await?;
+            }
+            return Ok(fenced);
+        }
+        let now = self.clock.now_ms();
+        let finished = status.is_terminal().then_some(now);
+        let record =
+            serde_json::to_value(&finish.record).map_err(|e| corrupt("an attempt record", e))?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "WITH f AS (
+                    UPDATE windlass_jobs j SET state = 'completed', finished_at = $3,
+                        locked_by = NULL, lease_until = NULL, cancel_requested = false,
+                        attempts = j.attempts || jsonb_build_array($5::jsonb)
+                    WHERE j.id = $1 AND j.state = 'running' AND j.lease_token = $2
+                      AND j.locked_by = $4
+                    RETURNING j.id),
+                 r AS (
+                    UPDATE windlass_flow_runs
+                    SET status = $7, output = COALESCE($8, output), error = COALESCE($9, error),
+                        finished_at = COALESCE($10, finished_at)
+                    WHERE id = $6 AND status NOT IN ('completed', 'failed', 'halted')
+                      AND EXISTS (SELECT 1 FROM f))
+                 SELECT count(*) FROM f",
+            )
+            .await
+            .map_err(pg_error)?;
+        let row = client
+            .query_one(
+                &stmt,
+                &[
+                    &finish.lease.job.0,
+                    &finish.lease.token,
+                    &now,
+                    &finish.lease.worker,
+                    &record,
+                    &id,
+                    &status.as_str(),
+                    &output,
+                    &error,
+                    &finished,
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        let applied: i64 = row.try_get(0).map_err(pg_error)?;
+        Ok(if applied == 1 {
+            Fenced::Applied
+        } else {
+            Fenced::Rejected
+        })
+    }
+
     async fn runs(&self, filter: RunFilter) -> Result<Vec<RunRecord>, StoreError> {
         let client = self.client().await?;
         let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
@@ -301,57 +380,81 @@ impl FlowStore for PostgresStore {
             .await
             .map_err(pg_error)?;
         let rows = client.query(&stmt, &[&run]).await.map_err(pg_error)?;
-        rows.iter().map(entry_from).collect()
+        rows.iter().map(|r| entry_from(r, 0)).collect()
     }
 
     async fn record(&self, run: String, entry: JournalEntry) -> Result<JournalEntry, StoreError> {
-        let (output, error) = match entry.outcome {
-            Ok(v) => (Some(v), None),
-            Err(e) => (None, Some(e)),
-        };
-        let attempts = i32::try_from(entry.attempts).unwrap_or(i32::MAX);
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "WITH ins AS (
-                    INSERT INTO windlass_flow_journal
-                        (run_id, key, kind, output, error, attempts, started_at, finished_at)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                    ON CONFLICT (run_id, key) DO NOTHING
-                    RETURNING {ENTRY_COLUMNS})
-                 SELECT {ENTRY_COLUMNS} FROM ins
-                 UNION ALL
-                 SELECT {ENTRY_COLUMNS} FROM windlass_flow_journal
-                 WHERE run_id = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM ins)"
+        // Through the group-commit writer (see `journal.rs`); straight to the database if
+        // the writer's runtime is gone.
+        let writer = self
+            .journal
+            .get_or_init(|| crate::journal::spawn(self.pool.clone()));
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if let Err(mpsc::error::SendError(p)) =
+            writer.send(crate::journal::Pending { run, entry, reply })
+        {
+            let client = self.client().await?;
+            return record_one(&client, &p.run, &p.entry).await;
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the journal writer stopped before answering".into(),
             ))
+        })
+    }
+}
+
+/// Stores one journal entry unless its key is taken; returns the stored entry.
+pub(crate) async fn record_one(
+    client: &deadpool_postgres::ClientWrapper,
+    run: &str,
+    entry: &JournalEntry,
+) -> Result<JournalEntry, StoreError> {
+    let (output, error) = match &entry.outcome {
+        Ok(v) => (Some(v), None),
+        Err(e) => (None, Some(e)),
+    };
+    let attempts = i32::try_from(entry.attempts).unwrap_or(i32::MAX);
+    let stmt = client
+        .prepare_cached(&format!(
+            "WITH ins AS (
+                INSERT INTO windlass_flow_journal
+                    (run_id, key, kind, output, error, attempts, started_at, finished_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                ON CONFLICT (run_id, key) DO NOTHING
+                RETURNING {ENTRY_COLUMNS})
+             SELECT {ENTRY_COLUMNS} FROM ins
+             UNION ALL
+             SELECT {ENTRY_COLUMNS} FROM windlass_flow_journal
+             WHERE run_id = $1 AND key = $2 AND NOT EXISTS (SELECT 1 FROM ins)"
+        ))
+        .await
+        .map_err(pg_error)?;
+    // No row: another writer's entry committed after this statement's snapshot (see
+    // `insert_run`); the next statement sees it.
+    for _ in 0..3 {
+        let row = client
+            .query_opt(
+                &stmt,
+                &[
+                    &run,
+                    &entry.key,
+                    &entry.kind.as_str(),
+                    &output,
+                    &error,
+                    &attempts,
+                    &entry.started_at_ms,
+                    &entry.finished_at_ms,
+                ],
+            )
             .await
             .map_err(pg_error)?;
-        // No row: another writer's entry committed after this statement's snapshot (see
-        // `insert_run`); the next statement sees it.
-        for _ in 0..3 {
-            let row = client
-                .query_opt(
-                    &stmt,
-                    &[
-                        &run,
-                        &entry.key,
-                        &entry.kind.as_str(),
-                        &output,
-                        &error,
-                        &attempts,
-                        &entry.started_at_ms,
-                        &entry.finished_at_ms,
-                    ],
-                )
-                .await
-                .map_err(pg_error)?;
-            if let Some(row) = row {
-                return entry_from(&row);
-            }
+        if let Some(row) = row {
+            return entry_from(&row, 0);
         }
-        Err(StoreError::Unavailable(format!(
-            "journal entry `{}` of run `{run}` was being written concurrently; try again",
-            entry.key
-        )))
     }
+    Err(StoreError::Unavailable(format!(
+        "journal entry `{}` of run `{run}` was being written concurrently; try again",
+        entry.key
+    )))
 }

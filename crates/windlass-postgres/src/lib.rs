@@ -32,6 +32,7 @@
 //! ```
 
 mod flow;
+mod journal;
 mod limits;
 mod listen;
 mod ops;
@@ -119,7 +120,11 @@ impl PostgresStoreBuilder {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        // Last in, first out: the connections in use stay warm (their backends' caches,
+        // their prepared statements) and the rest idle; first-in-first-out rotated every
+        // call through all of them.
         let pool = Pool::builder(manager)
+            .queue_mode(deadpool_postgres::QueueMode::Lifo)
             .max_size(self.pool_size)
             .build()
             .map_err(|e| StoreError::Invalid(format!("connection pool: {e}")))?;
@@ -136,6 +141,7 @@ impl PostgresStoreBuilder {
                 started: OnceLock::new(),
             }),
             limits_cache: Arc::default(),
+            journal: Arc::default(),
         })
     }
 }
@@ -150,6 +156,8 @@ pub struct PostgresStore {
     signal: Arc<watch::Sender<u64>>,
     listener: Arc<Listener>,
     limits_cache: Arc<Mutex<HashMap<String, (std::time::Instant, windlass_queue::QueueLimits)>>>,
+    /// The group-commit writer of workflow journal entries, started by the first write.
+    journal: Arc<OnceLock<tokio::sync::mpsc::UnboundedSender<journal::Pending>>>,
 }
 
 /// The `LISTEN` connection, started by the first fetcher that asks for the work signal (a

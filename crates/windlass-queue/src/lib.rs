@@ -53,7 +53,7 @@ pub use store::{
     ClaimRequest, ClaimedJob, Fenced, Finish, Heartbeat, JobFilter, Lease, NextState, QueueStats,
     Rescued, Store, StoreError,
 };
-pub use worker::inline::{InlineEnd, run_claimed};
+pub use worker::inline::{InlineEnd, run_claimed, run_claimed_then};
 pub use worker::{
     ShutdownReport, Worker, WorkerBuilder, WorkerConfig, WorkerCounts, WorkerError, WorkerHandle,
 };

@@ -8,7 +8,7 @@ use serde_json::Value;
 use windlass_flow::{
     EntryKind, FlowStore, JournalEntry, NewRun, RunFilter, RunRecord, RunStart, RunStatus, Started,
 };
-use windlass_queue::duration_ms;
+use windlass_queue::{Fenced, Finish, duration_ms};
 use windlass_queue::{JobId, StoreError};
 
 use crate::{SqliteStore, sql_error};
@@ -93,6 +93,27 @@ fn entry_from(row: &Row<'_>) -> rusqlite::Result<Result<JournalEntry, StoreError
     })())
 }
 
+/// Moves a run to `status` unless it is already terminal.
+fn update_status(
+    c: &Connection,
+    id: &str,
+    status: RunStatus,
+    output: Option<String>,
+    error: Option<String>,
+    finished: Option<i64>,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "UPDATE windlass_flow_runs
+         SET status = ?2, output = COALESCE(?3, output), error = COALESCE(?4, error),
+             finished_at = COALESCE(?5, finished_at)
+         WHERE id = ?1 AND status NOT IN ('completed', 'failed', 'halted')",
+    )
+    .map_err(sql_error)?
+    .execute(params![id, status.as_str(), output, error, finished])
+    .map_err(sql_error)?;
+    Ok(())
+}
+
 const ENTRY_COLUMNS: &str = "seq, key, kind, output, error, attempts, started_at, finished_at";
 
 impl FlowStore for SqliteStore {
@@ -174,6 +195,34 @@ impl FlowStore for SqliteStore {
             .await
     }
 
+    async fn end_run(
+        &self,
+        id: String,
+        status: RunStatus,
+        output: Option<Value>,
+        error: Option<String>,
+        finish: Finish,
+    ) -> Result<Fenced, StoreError> {
+        let output = output.as_ref().map(to_text).transpose()?;
+        let now = self.clock.now_ms();
+        let finished = status.is_terminal().then_some(now);
+        self.writer
+            .call(
+                move |c| {
+                    let fenced = crate::ops::finish(c, std::slice::from_ref(&finish), now)?
+                        .first()
+                        .copied()
+                        .unwrap_or(Fenced::Rejected);
+                    if fenced == Fenced::Applied {
+                        update_status(c, &id, status, output, error, finished)?;
+                    }
+                    Ok(fenced)
+                },
+                None,
+            )
+            .await
+    }
+
     async fn run(&self, id: String) -> Result<Option<RunRecord>, StoreError> {
         self.writer.call(move |c| get_run(c, &id), None).await
     }
@@ -191,15 +240,7 @@ impl FlowStore for SqliteStore {
         self.writer
             .call(
                 move |c| {
-                    c.prepare_cached(
-                        "UPDATE windlass_flow_runs
-                         SET status = ?2, output = COALESCE(?3, output), error = COALESCE(?4, error),
-                             finished_at = COALESCE(?5, finished_at)
-                         WHERE id = ?1 AND status NOT IN ('completed', 'failed', 'halted')",
-                    )
-                    .map_err(sql_error)?
-                    .execute(params![id, status.as_str(), output, error, finished])
-                    .map_err(sql_error)?;
+                    update_status(c, &id, status, output, error, finished)?;
                     Ok(get_run(c, &id)?.is_some())
                 },
                 None,

@@ -57,6 +57,41 @@ where
     F: FnOnce(JobContext) -> Fut,
     Fut: Future<Output = Result<(), JobError>>,
 {
+    run_claimed_then(
+        store,
+        job,
+        lease_for,
+        cancel_grace,
+        run,
+        |finish| async move {
+            store
+                .finish(vec![finish])
+                .await
+                .map(|f| f.first().copied().unwrap_or(Fenced::Rejected))
+        },
+    )
+    .await
+}
+
+/// [`run_claimed`], storing the attempt's end with `store_end` instead of
+/// [`Store::finish`]: for a caller that writes the end together with its own state in one
+/// transaction. `store_end` must apply the finish exactly as `Store::finish` does (fenced by
+/// its lease) and say whether it was applied.
+pub async fn run_claimed_then<S, F, Fut, E, EFut>(
+    store: &S,
+    job: &ClaimedJob,
+    lease_for: Duration,
+    cancel_grace: Duration,
+    run: F,
+    store_end: E,
+) -> InlineEnd
+where
+    S: Store,
+    F: FnOnce(JobContext) -> Fut,
+    Fut: Future<Output = Result<(), JobError>>,
+    E: Fn(Finish) -> EFut,
+    EFut: Future<Output = Result<Fenced, crate::store::StoreError>>,
+{
     let cancel = CancellationToken::new();
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
     let ctx = JobContext {
@@ -134,13 +169,9 @@ where
     // A few quick tries; after that the lease's expiry is the retry (nothing is lost).
     let mut wait = Duration::from_millis(10);
     for _ in 0..5 {
-        match store.finish(vec![finish.clone()]).await {
-            Ok(fenced) => {
-                return match fenced.first() {
-                    Some(Fenced::Applied) => InlineEnd::Stored(next),
-                    _ => InlineEnd::LeaseLost,
-                };
-            }
+        match store_end(finish.clone()).await {
+            Ok(Fenced::Applied) => return InlineEnd::Stored(next),
+            Ok(Fenced::Rejected) => return InlineEnd::LeaseLost,
             Err(e) => {
                 tracing::warn!(job = job.lease.job.0, error = %e, "storing an inline attempt's end failed");
                 if !e.error_class().is_retryable() {

@@ -1,0 +1,207 @@
+//! Store-level cases: concurrent journal writers, the one-transaction start, and the
+//! direct start's combined end.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::json;
+use windlass_queue::conformance::T0;
+use windlass_queue::{
+    AttemptRecord, Fenced, Finish, JobOptions, JobState, Lease, ManualClock, NewJob, NextState,
+    Store as _,
+};
+
+use super::FlowDb;
+use crate::{DRIVER_KIND, EntryKind, FlowStore, InlineClaim, JournalEntry, RunStart, RunStatus};
+
+fn entry(key: &str, outcome: Result<serde_json::Value, String>) -> JournalEntry {
+    JournalEntry {
+        seq: 0,
+        key: key.into(),
+        kind: EntryKind::Step,
+        outcome,
+        attempts: 1,
+        started_at_ms: T0,
+        finished_at_ms: T0 + 1,
+    }
+}
+
+/// Case: many runs' journal writes at once (a backend may group them into one commit), two
+/// writers per entry with different results: both writers of an entry get the same stored
+/// entry, each journal holds exactly its entries, and every entry has its own `seq`.
+pub async fn concurrent_writers_of_one_entry_agree<S: FlowStore>(
+    db: FlowDb<S>,
+    _clock: ManualClock,
+) {
+    let store = std::sync::Arc::new(db.store);
+    let mut writers = tokio::task::JoinSet::new();
+    for run in 0..20 {
+        for key in ["a", "b"] {
+            for writer in 0..2 {
+                let store = std::sync::Arc::clone(&store);
+                writers.spawn(async move {
+                    let stored = store
+                        .record(
+                            format!("run-{run}"),
+                            entry(key, Ok(json!({ "writer": writer }))),
+                        )
+                        .await
+                        .expect("record");
+                    ((run, key), stored)
+                });
+            }
+        }
+    }
+    let mut answers: HashMap<(i32, &str), Vec<JournalEntry>> = HashMap::new();
+    while let Some(done) = writers.join_next().await {
+        let (at, stored) = done.expect("a writer");
+        answers.entry(at).or_default().push(stored);
+    }
+    let mut seqs = std::collections::HashSet::new();
+    for ((run, key), stored) in &answers {
+        assert_eq!(stored.len(), 2);
+        assert_eq!(
+            stored[0], stored[1],
+            "both writers of run-{run}/{key} were answered with the entry that stands"
+        );
+        assert!(seqs.insert(stored[0].seq), "every entry has its own seq");
+        let journal = store.journal(format!("run-{run}")).await.expect("journal");
+        let found: Vec<_> = journal.iter().filter(|e| e.key == *key).collect();
+        assert_eq!(
+            found,
+            [&stored[0]],
+            "one entry per key, the one both were told"
+        );
+    }
+    assert_eq!(answers.len(), 40);
+}
+
+fn start(id: &str, claim: Option<InlineClaim>) -> RunStart {
+    RunStart {
+        id: id.into(),
+        kind: "k".into(),
+        input: json!({"n": 1}),
+        created_at_ms: T0,
+        job: NewJob::new(
+            DRIVER_KIND,
+            json!({"run": id, "workflow": "k", "input": {"n": 1}}),
+            JobOptions {
+                queue: "flows".into(),
+                ..JobOptions::default()
+            },
+        )
+        .expect("a valid job"),
+        claim,
+    }
+}
+
+/// Case: `start_run` stores the run and its job together, once: a second start of the id
+/// writes nothing and returns the first run; with a claim the job is `running` under the
+/// claimer's lease (attempt 1), otherwise queued. `end_run` is fenced by the lease: a stale
+/// lease changes neither the job nor the run; the right one ends both at once.
+pub async fn a_run_and_its_job_start_and_end_together<S: FlowStore>(
+    db: FlowDb<S>,
+    _clock: ManualClock,
+) {
+    let store = db.store;
+    let queued = store.start_run(start("q", None)).await.expect("start");
+    assert!(queued.created && queued.claimed.is_none());
+    let job = store
+        .get(queued.run.job)
+        .await
+        .expect("get")
+        .expect("its job");
+    assert_eq!(job.state, JobState::Available);
+    assert_eq!(job.kind, DRIVER_KIND);
+
+    let claim = InlineClaim {
+        worker: "inline-test".into(),
+        lease_for: Duration::from_secs(30),
+    };
+    let inline = store
+        .start_run(start("i", Some(claim.clone())))
+        .await
+        .expect("start inline");
+    assert!(inline.created);
+    let claimed = inline.claimed.expect("the claim");
+    assert_eq!(claimed.lease.job, inline.run.job);
+    assert_eq!(claimed.lease.worker, "inline-test");
+    assert_eq!(claimed.attempt, 1);
+    let job = store
+        .get(inline.run.job)
+        .await
+        .expect("get")
+        .expect("its job");
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(job.attempt, 1);
+
+    let again = store
+        .start_run(start("i", Some(claim)))
+        .await
+        .expect("start again");
+    assert!(!again.created && again.claimed.is_none());
+    assert_eq!(
+        again.run.job, inline.run.job,
+        "the first run and its job stand"
+    );
+    let jobs: u64 = store
+        .stats()
+        .await
+        .expect("stats")
+        .iter()
+        .map(|s| s.counts.iter().sum::<u64>())
+        .sum();
+    assert_eq!(jobs, 2, "a second start of an id stores no job");
+
+    let finish = |lease: Lease| Finish {
+        lease,
+        next: NextState::Completed,
+        record: AttemptRecord {
+            attempt: 1,
+            worker: "inline-test".into(),
+            at_ms: T0,
+            outcome: "completed".into(),
+            error: None,
+            class: None,
+        },
+    };
+    let stale = Lease {
+        token: claimed.lease.token + 1,
+        ..claimed.lease.clone()
+    };
+    let refused = store
+        .end_run(
+            "i".into(),
+            RunStatus::Completed,
+            Some(json!("out")),
+            None,
+            finish(stale),
+        )
+        .await
+        .expect("end with a stale lease");
+    assert_eq!(refused, Fenced::Rejected);
+    let run = store.run("i".into()).await.expect("run").expect("the run");
+    assert_eq!(
+        run.status,
+        RunStatus::Running,
+        "a refused end writes nothing"
+    );
+    let ended = store
+        .end_run(
+            "i".into(),
+            RunStatus::Completed,
+            Some(json!("out")),
+            None,
+            finish(claimed.lease.clone()),
+        )
+        .await
+        .expect("end");
+    assert_eq!(ended, Fenced::Applied);
+    let run = store.run("i".into()).await.expect("run").expect("the run");
+    assert_eq!(run.status, RunStatus::Completed);
+    assert_eq!(run.output, Some(json!("out")));
+    let job = store.get(run.job).await.expect("get").expect("its job");
+    assert_eq!(job.state, JobState::Completed);
+    assert_eq!(job.attempts.len(), 1);
+    assert_eq!(job.attempts[0].outcome, "completed");
+}

@@ -1,0 +1,167 @@
+//! Group commit for workflow journal writes.
+//!
+//! Every finished step writes one journal entry, and a step's result may be returned only
+//! once its entry is committed: with many runs in flight, one commit per entry makes the
+//! database's commit rate (one WAL flush each) the ceiling on steps per second. Here the
+//! entries that arrive while earlier ones are being written wait together and go out as
+//! **one statement** (one commit) over `unnest`ed arrays; each writer is answered only after
+//! that commit. A lone writer waits for nobody: its entry is sent at once.
+//!
+//! Insert-only, first writer wins, as [`FlowStore::record`](windlass_flow::FlowStore::record)
+//! requires: `ON CONFLICT DO NOTHING`, and an entry that was not inserted is read back. An
+//! entry another transaction committed after this statement's snapshot is invisible to its
+//! read, so it is retried alone with a new snapshot.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use windlass_flow::JournalEntry;
+use windlass_queue::StoreError;
+
+use crate::flow::{entry_from, record_one};
+use crate::pg_error;
+
+/// Batches written at once (on their own connections). More than one keeps a writer that
+/// arrives just after a batch left from waiting a whole commit for the next; a handful
+/// still groups most writes when many runs are in flight.
+const IN_FLIGHT: usize = 2;
+
+/// The most entries in one statement.
+const MAX_BATCH: usize = 512;
+
+/// One entry waiting to be written.
+pub(crate) struct Pending {
+    pub(crate) run: String,
+    pub(crate) entry: JournalEntry,
+    pub(crate) reply: oneshot::Sender<Result<JournalEntry, StoreError>>,
+}
+
+/// Starts the writer task on the current runtime; it ends when every sender is dropped.
+pub(crate) fn spawn(pool: Pool) -> mpsc::UnboundedSender<Pending> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
+    tokio::spawn(async move {
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        loop {
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                write(&pool, batch).await;
+                drop(slot);
+            });
+        }
+    });
+    tx
+}
+
+const BATCH: &str = "WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[],
+        $6::int4[], $7::int8[], $8::int8[])
+        WITH ORDINALITY AS t(run_id, key, kind, output, error, attempts, started_at,
+            finished_at, ord)),
+ins AS (
+    INSERT INTO windlass_flow_journal
+        (run_id, key, kind, output, error, attempts, started_at, finished_at)
+    SELECT run_id, key, kind, output, error, attempts, started_at, finished_at
+    FROM input ORDER BY ord
+    ON CONFLICT (run_id, key) DO NOTHING
+    RETURNING run_id, seq, key, kind, output, error, attempts, started_at, finished_at)
+SELECT run_id, seq, key, kind, output, error, attempts, started_at, finished_at FROM ins
+UNION ALL
+SELECT j.run_id, j.seq, j.key, j.kind, j.output, j.error, j.attempts, j.started_at,
+    j.finished_at
+FROM windlass_flow_journal j JOIN input i ON j.run_id = i.run_id AND j.key = i.key
+WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.run_id = i.run_id AND ins.key = i.key)";
+
+async fn write(pool: &Pool, batch: Vec<Pending>) {
+    let client = match pool.get().await {
+        Ok(c) => c,
+        Err(e) => {
+            let e = StoreError::Unavailable(format!("no database connection: {e}"));
+            for p in batch {
+                let _ = p.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    if let [_] = batch.as_slice() {
+        // One entry: the single-row statement (no arrays to build or unnest).
+        for p in batch {
+            let stored = record_one(&client, &p.run, &p.entry).await;
+            let _ = p.reply.send(stored);
+        }
+        return;
+    }
+    let mut runs = Vec::with_capacity(batch.len());
+    let mut keys = Vec::with_capacity(batch.len());
+    let mut kinds = Vec::with_capacity(batch.len());
+    let mut outputs = Vec::with_capacity(batch.len());
+    let mut errors = Vec::with_capacity(batch.len());
+    let mut attempts = Vec::with_capacity(batch.len());
+    let mut started = Vec::with_capacity(batch.len());
+    let mut finished = Vec::with_capacity(batch.len());
+    for p in &batch {
+        let (output, error) = match &p.entry.outcome {
+            Ok(v) => (Some(v.clone()), None),
+            Err(e) => (None, Some(e.clone())),
+        };
+        runs.push(p.run.clone());
+        keys.push(p.entry.key.clone());
+        kinds.push(p.entry.kind.as_str());
+        outputs.push(output);
+        errors.push(error);
+        attempts.push(i32::try_from(p.entry.attempts).unwrap_or(i32::MAX));
+        started.push(p.entry.started_at_ms);
+        finished.push(p.entry.finished_at_ms);
+    }
+    let rows = match client.prepare_cached(BATCH).await {
+        Ok(stmt) => client
+            .query(
+                &stmt,
+                &[
+                    &runs, &keys, &kinds, &outputs, &errors, &attempts, &started, &finished,
+                ],
+            )
+            .await
+            .map_err(pg_error),
+        Err(e) => Err(pg_error(e)),
+    };
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => {
+            for p in batch {
+                let _ = p.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    let mut stored: HashMap<(String, String), Result<JournalEntry, StoreError>> = HashMap::new();
+    for row in &rows {
+        let run: Result<String, _> = row.try_get(0);
+        let key: Result<String, _> = row.try_get(2);
+        if let (Ok(run), Ok(key)) = (run, key) {
+            stored.insert((run, key), entry_from(row, 1));
+        }
+    }
+    for p in batch {
+        let reply = match stored.get(&(p.run.clone(), p.entry.key.clone())) {
+            Some(entry) => entry.clone(),
+            // Committed by another writer after this statement's snapshot: read it anew.
+            None => record_one(&client, &p.run, &p.entry).await,
+        };
+        let _ = p.reply.send(reply);
+    }
+}
