@@ -8,7 +8,6 @@ use serde_json::json;
 use windlass_queue::conformance::T0;
 use windlass_queue::{
     AttemptRecord, Fenced, Finish, JobOptions, JobState, Lease, ManualClock, NewJob, NextState,
-    Store as _,
 };
 
 use super::FlowDb;
