@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use windlass_policy::{Backoff, Jitter, RetrySchedule};
-use windlass_queue::{JobOptions, MAX_DURATION, NewJob, Queue, Unique, run_claimed_then};
+use windlass_queue::{
+    InlineEnd, JobOptions, MAX_DURATION, NewJob, NextState, Queue, Unique, run_claimed_then,
+};
 
 use crate::driver::{DRIVER_KIND, FlowDriver, RunEnd, RunPayload};
 use crate::error::{RunError, StartError, WaitError};
@@ -313,11 +315,13 @@ impl<S: FlowStore> Flows<S> {
             let end: std::sync::Mutex<Option<RunEnd>> = std::sync::Mutex::new(None);
             let store = self.queue.store();
             let run_id = handle.id.clone();
-            run_claimed_then(
+            let stored = run_claimed_then(
                 &**store,
                 &job,
                 self.inline_lease,
-                Duration::from_secs(5),
+                // The workflow's code does not watch the job's cancellation (cancelling a
+                // run with its compensations is the run's own operation): stop at once.
+                Duration::ZERO,
                 |_ctx| async {
                     let ended = self.driver.drive(job.lease.job, payload, fresh, true).await;
                     if let Ok(e) = &ended {
@@ -347,6 +351,12 @@ impl<S: FlowStore> Flows<S> {
             )
             .await;
             let end = end.into_inner().unwrap_or_else(PoisonError::into_inner);
+            // The code's end counts only if it was stored with the job's (the lease held);
+            // otherwise whoever holds the run now finishes it, and this call waits for that.
+            let end = match stored {
+                InlineEnd::Stored(NextState::Completed) => end,
+                _ => None,
+            };
             match end {
                 Some(RunEnd::Completed(output)) => {
                     return serde_json::from_value(output).map_err(|e| {
@@ -455,7 +465,21 @@ impl<S: FlowStore, O: DeserializeOwned> RunHandle<S, O> {
                 RunStatus::Halted => {
                     return Err(WaitError::Halted(run.error.unwrap_or_default()));
                 }
-                RunStatus::Running | RunStatus::Compensating => {}
+                RunStatus::Running | RunStatus::Compensating => {
+                    // A run whose job is over can never finish: say so instead of waiting.
+                    let job = self.store.get(run.job).await?.map(|j| j.state);
+                    if let Some(state) = job.filter(|s| s.is_terminal()) {
+                        let again = self.record().await?;
+                        if !again.status.is_terminal() {
+                            return Err(WaitError::Stranded {
+                                run: self.id.clone(),
+                                job_state: state.as_str(),
+                                status: again.status.as_str(),
+                            });
+                        }
+                        continue;
+                    }
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(WaitError::Timeout(self.id.clone()));

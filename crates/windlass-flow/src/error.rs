@@ -113,6 +113,17 @@ pub enum WaitError {
     /// No run has this id.
     #[error("no run `{0}`")]
     NotFound(String),
+    /// The run cannot finish: its job ended (cancelled, or discarded after its attempts)
+    /// while the run was still unfinished. An operator must look at it.
+    #[error("run `{run}` cannot finish: its job is {job_state} while the run is {status}")]
+    Stranded {
+        /// The run.
+        run: String,
+        /// Its job's state.
+        job_state: &'static str,
+        /// The run's status.
+        status: &'static str,
+    },
     /// The output does not decode into the workflow's output type.
     #[error("the output of run `{run}` does not decode: {message}")]
     Output {

@@ -262,7 +262,8 @@ pub trait FlowStore: Store {
     /// attempt end in one transaction: the finish is fenced by its lease exactly as
     /// [`Store::finish`] fences it, and the run's status is written only if the finish was
     /// applied. The direct start's last write ([`Flows::run`](crate::Flows::run)): one
-    /// commit instead of two.
+    /// commit instead of two. Only a finish whose next state is `Completed` is accepted
+    /// (a run's end completes its job); any other is `StoreError::Invalid`.
     fn end_run(
         &self,
         id: String,

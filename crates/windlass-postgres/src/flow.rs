@@ -11,8 +11,7 @@ use windlass_flow::{
     EntryKind, FlowStore, JournalEntry, NewRun, RunFilter, RunRecord, RunStart, RunStatus, Started,
 };
 use windlass_queue::{
-    ClaimedJob, Fenced, Finish, JobId, JobState, Lease, NextState, Store as _, StoreError,
-    duration_ms,
+    ClaimedJob, Fenced, Finish, JobId, JobState, Lease, NextState, StoreError, duration_ms,
 };
 
 use crate::{PostgresStore, pg_error};
@@ -292,17 +291,9 @@ impl FlowStore for PostgresStore {
         finish: Finish,
     ) -> Result<Fenced, StoreError> {
         if finish.next != NextState::Completed {
-            // Not the direct start's ending: two writes, the run's only if the finish applied.
-            let fenced = self
-                .finish(vec![finish])
-                .await?
-                .first()
-                .copied()
-                .unwrap_or(Fenced::Rejected);
-            if fenced == Fenced::Applied {
-                self.set_run_status(id, status, output, error).await?;
-            }
-            return Ok(fenced);
+            return Err(StoreError::Invalid(
+                "end_run stores a completed attempt only (a run's end completes its job)".into(),
+            ));
         }
         let now = self.clock.now_ms();
         let finished = status.is_terminal().then_some(now);

@@ -10,7 +10,13 @@
 //! Insert-only, first writer wins, as [`FlowStore::record`](windlass_flow::FlowStore::record)
 //! requires: `ON CONFLICT DO NOTHING`, and an entry that was not inserted is read back. An
 //! entry another transaction committed after this statement's snapshot is invisible to its
-//! read, so it is retried alone with a new snapshot.
+//! read, so it is retried alone with a new snapshot. Rows are inserted in `(run, key)` order,
+//! so two batches in flight that share keys take their locks in the same order (no deadlock);
+//! a batch the database refuses is written again one entry at a time, so one bad entry fails
+//! only its own writer.
+//!
+//! The writer task runs on the runtime of the store's first journal write; if that runtime
+//! is gone, writes go straight to the database.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -76,7 +82,7 @@ ins AS (
     INSERT INTO windlass_flow_journal
         (run_id, key, kind, output, error, attempts, started_at, finished_at)
     SELECT run_id, key, kind, output, error, attempts, started_at, finished_at
-    FROM input ORDER BY ord
+    FROM input ORDER BY run_id, key
     ON CONFLICT (run_id, key) DO NOTHING
     RETURNING run_id, seq, key, kind, output, error, attempts, started_at, finished_at)
 SELECT run_id, seq, key, kind, output, error, attempts, started_at, finished_at FROM ins
@@ -142,8 +148,11 @@ async fn write(pool: &Pool, batch: Vec<Pending>) {
     let rows = match rows {
         Ok(rows) => rows,
         Err(e) => {
+            // One entry the database refuses must not fail the others: each alone.
+            tracing::warn!(error = %e, entries = batch.len(), "a journal batch failed; writing its entries one by one");
             for p in batch {
-                let _ = p.reply.send(Err(e.clone()));
+                let stored = record_one(&client, &p.run, &p.entry).await;
+                let _ = p.reply.send(stored);
             }
             return;
         }

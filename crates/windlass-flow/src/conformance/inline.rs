@@ -139,6 +139,14 @@ pub async fn a_direct_run_killed_mid_step_is_resumed_by_a_worker<S: FlowStore>(
         ["a", "b", "b", "c"],
         "only the unfinished step ran again"
     );
+    // The run's status is stored before its job's end: wait for the job.
+    until_job_in(
+        &queue,
+        job,
+        JobState::Completed,
+        "the run's job never completed",
+    )
+    .await;
     let record = queue.get(job).await.expect("job").expect("the job");
     let outcomes: Vec<_> = record.attempts.iter().map(|a| a.outcome.as_str()).collect();
     assert_eq!(outcomes, ["lease_expired", "completed"]);
@@ -192,4 +200,53 @@ pub async fn a_direct_run_that_sleeps_is_finished_by_the_workers<S: FlowStore>(
     assert_eq!(slept, 3_600_000);
     assert_eq!(log.all(), ["before", "after"]);
     worker.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Case: cancelling a direct run's job (the queue's cancel, relayed by the run's own
+/// heartbeat) stops the run in its caller, and `run` returns an error naming the stranded
+/// run instead of waiting forever.
+pub async fn a_cancelled_direct_run_returns_instead_of_hanging<S: FlowStore>(
+    db: FlowDb<S>,
+    _clock: ManualClock,
+) {
+    let queue = Queue::new(db.store);
+    let log = Log::default();
+    let b_runs = Arc::new(AtomicU32::new(0));
+    let flows = Flows::builder(&queue)
+        .register(Three {
+            log: log.clone(),
+            hang_b_once: true,
+            b_runs: Arc::clone(&b_runs),
+        })
+        // Heartbeats every 20 ms of real time: the cancel request reaches the caller fast.
+        .inline_lease(Duration::from_millis(60))
+        .poll(POLL)
+        .build()
+        .expect("flows");
+    let caller = {
+        let flows = flows.clone();
+        tokio::spawn(async move { flows.run::<Three>("direct-cancel", &1).await })
+    };
+    until("step b to start in the caller", || {
+        b_runs.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    let run = flows
+        .handle("direct-cancel")
+        .await
+        .expect("handle")
+        .expect("the run");
+    let job = run.record().await.expect("record").job;
+    queue.cancel(job).await.expect("cancel");
+    let ended = tokio::time::timeout(WAIT, caller)
+        .await
+        .expect("the caller returned")
+        .expect("the caller's task");
+    match ended {
+        Err(RunError::Wait(WaitError::Stranded { job_state, .. })) => {
+            assert_eq!(job_state, "cancelled");
+        }
+        other => panic!("a cancelled direct run ended as {other:?}"),
+    }
+    assert_eq!(log.all(), ["a", "b"], "nothing ran after the cancel");
 }

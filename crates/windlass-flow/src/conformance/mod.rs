@@ -29,7 +29,8 @@ pub use windlass_queue::conformance::T0;
 mod inline;
 mod store;
 pub use inline::{
-    a_direct_run_executes_in_the_caller, a_direct_run_killed_mid_step_is_resumed_by_a_worker,
+    a_cancelled_direct_run_returns_instead_of_hanging, a_direct_run_executes_in_the_caller,
+    a_direct_run_killed_mid_step_is_resumed_by_a_worker,
     a_direct_run_that_sleeps_is_finished_by_the_workers,
 };
 pub use store::{a_run_and_its_job_start_and_end_together, concurrent_writers_of_one_entry_agree};
@@ -63,6 +64,7 @@ macro_rules! flow_conformance_tests {
             a_direct_run_executes_in_the_caller,
             a_direct_run_killed_mid_step_is_resumed_by_a_worker,
             a_direct_run_that_sleeps_is_finished_by_the_workers,
+            a_cancelled_direct_run_returns_instead_of_hanging,
             concurrent_writers_of_one_entry_agree,
             a_run_and_its_job_start_and_end_together,
         );

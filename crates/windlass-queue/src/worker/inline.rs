@@ -105,42 +105,51 @@ where
     let attempt = tokio::time::timeout(job.timeout.min(crate::job::MAX_DURATION), run(ctx));
     tokio::pin!(attempt);
     let every = (lease_for / 3).max(Duration::from_millis(1));
-    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut abort_at: Option<tokio::time::Instant> = None;
-    let ended = loop {
-        let abort = async {
-            match abort_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            r = &mut attempt => break match r {
-                Ok(result) => Ended::Returned(result),
-                Err(_) => Ended::TimedOut(job.timeout),
-            },
-            () = abort => break Ended::CancelledByUser,
-            Some((_, p)) = progress_rx.recv() => {
-                if let Err(e) = store.progress(job.lease.clone(), p).await {
-                    tracing::warn!(job = job.lease.job.0, error = %e, "storing an inline attempt's progress failed");
+    // The lease keeper runs beside the attempt (polled in the same task, never blocking it):
+    // heartbeats, progress, and the cancellation request with its grace.
+    let keeper = async {
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut abort_at: Option<tokio::time::Instant> = None;
+        loop {
+            let abort = async {
+                match abort_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
-            }
-            _ = beat.tick() => match store.heartbeat(vec![job.lease.clone()], lease_for).await {
-                Ok(beats) => match beats.first() {
-                    Some(b) if !b.held => break Ended::LeaseLost,
-                    Some(b) if b.cancel_requested && !cancel.is_cancelled() => {
-                        cancel.cancel();
-                        abort_at = Some(tokio::time::Instant::now() + cancel_grace);
+            };
+            tokio::select! {
+                biased;
+                () = abort => return Ended::CancelledByUser,
+                Some((_, p)) = progress_rx.recv() => {
+                    if let Err(e) = store.progress(job.lease.clone(), p).await {
+                        tracing::warn!(job = job.lease.job.0, error = %e, "storing an inline attempt's progress failed");
                     }
-                    _ => {}
-                },
-                Err(e) => {
-                    tracing::warn!(job = job.lease.job.0, error = %e, "an inline attempt's heartbeat failed");
                 }
-            },
+                _ = beat.tick() => match store.heartbeat(vec![job.lease.clone()], lease_for).await {
+                    Ok(beats) => match beats.first() {
+                        Some(b) if !b.held => return Ended::LeaseLost,
+                        Some(b) if b.cancel_requested && !cancel.is_cancelled() => {
+                            cancel.cancel();
+                            abort_at = Some(tokio::time::Instant::now() + cancel_grace);
+                        }
+                        _ => {}
+                    },
+                    Err(e) => {
+                        tracing::warn!(job = job.lease.job.0, error = %e, "an inline attempt's heartbeat failed");
+                    }
+                },
+            }
         }
+    };
+    tokio::pin!(keeper);
+    let ended = tokio::select! {
+        biased;
+        r = &mut attempt => match r {
+            Ok(result) => Ended::Returned(result),
+            Err(_) => Ended::TimedOut(job.timeout),
+        },
+        stopped = &mut keeper => stopped,
     };
     let now = store.now_ms();
     let Some((next, outcome, error, class)) = next_state(job, &ended, now) else {
