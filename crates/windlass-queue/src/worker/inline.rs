@@ -108,6 +108,7 @@ where
     // The lease keeper runs beside the attempt (polled in the same task, never blocking it):
     // heartbeats, progress, and the cancellation request with its grace.
     let keeper = async {
+        let progress_rx = &mut progress_rx;
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut abort_at: Option<tokio::time::Instant> = None;
@@ -142,15 +143,28 @@ where
             }
         }
     };
-    tokio::pin!(keeper);
-    let ended = tokio::select! {
-        biased;
-        r = &mut attempt => match r {
-            Ok(result) => Ended::Returned(result),
-            Err(_) => Ended::TimedOut(job.timeout),
-        },
-        stopped = &mut keeper => stopped,
+    let ended = {
+        tokio::pin!(keeper);
+        tokio::select! {
+            biased;
+            r = &mut attempt => match r {
+                Ok(result) => Ended::Returned(result),
+                Err(_) => Ended::TimedOut(job.timeout),
+            },
+            stopped = &mut keeper => stopped,
+        }
     };
+    // Progress reported just before the attempt ended is not lost: the latest one is stored.
+    let mut last = None;
+    while let Ok((_, p)) = progress_rx.try_recv() {
+        last = Some(p);
+    }
+    if let Some(p) = last
+        && ended != Ended::LeaseLost
+        && let Err(e) = store.progress(job.lease.clone(), p).await
+    {
+        tracing::warn!(job = job.lease.job.0, error = %e, "storing an inline attempt's progress failed");
+    }
     let now = store.now_ms();
     let Some((next, outcome, error, class)) = next_state(job, &ended, now) else {
         return InlineEnd::LeaseLost;
