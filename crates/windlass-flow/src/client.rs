@@ -12,7 +12,7 @@ use windlass_queue::{
 };
 
 use crate::driver::{DRIVER_KIND, FlowDriver, RunEnd, RunPayload};
-use crate::error::{RunError, StartError, WaitError};
+use crate::error::{RunError, SignalError, StartError, WaitError};
 use crate::store::{FlowStore, InlineClaim, JournalEntry, RunRecord, RunStart, RunStatus, Started};
 use crate::workflow::{Erased, ErasedWorkflow, Workflow};
 
@@ -387,6 +387,58 @@ impl<S: FlowStore> Flows<S> {
             id: run.id,
             _out: PhantomData,
         })
+    }
+
+    /// Delivers a signal named `name` to a run: the run's next
+    /// [`wait_for(name, ..)`](crate::FlowContext::wait_for) takes it (one already waiting is
+    /// woken at once, wherever it sleeps). Signals are journaled in the run when sent, so none
+    /// is lost to a crash; each is taken by one wait, in the order sent. A finished run
+    /// takes no signals.
+    pub async fn signal<T: serde::Serialize>(
+        &self,
+        run: impl Into<String>,
+        name: impl Into<String>,
+        payload: &T,
+    ) -> Result<(), SignalError> {
+        let (run, name) = (run.into(), name.into());
+        crate::context::valid_name(&name).map_err(SignalError::InvalidName)?;
+        let payload = serde_json::to_value(payload).map_err(|e| SignalError::Payload {
+            name: name.clone(),
+            message: e.to_string(),
+        })?;
+        let store = self.queue.store();
+        let record = store
+            .run(run.clone())
+            .await?
+            .ok_or_else(|| SignalError::NotFound(run.clone()))?;
+        if record.status.is_terminal() {
+            return Err(SignalError::Finished {
+                run,
+                status: record.status.as_str(),
+            });
+        }
+        let now = store.now_ms();
+        let key = format!(
+            "{}{now}-{:016x}",
+            crate::context::signal_prefix(&name),
+            fastrand::u64(..)
+        );
+        store
+            .record(
+                run,
+                JournalEntry {
+                    seq: 0,
+                    key,
+                    kind: crate::EntryKind::Signal,
+                    outcome: Ok(payload),
+                    attempts: 0,
+                    started_at_ms: now,
+                    finished_at_ms: now,
+                },
+            )
+            .await?;
+        store.wake(record.job).await?;
+        Ok(())
     }
 
     /// A handle on an existing run, whatever its kind (its output read as JSON).

@@ -121,7 +121,12 @@ impl fmt::Debug for FlowContext {
     }
 }
 
-fn valid_name(name: &str) -> Result<(), String> {
+/// The journal key prefix of the signals named `name` delivered to a run.
+pub(crate) fn signal_prefix(name: &str) -> String {
+    format!("~signal:{name}:")
+}
+
+pub(crate) fn valid_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_NAME_BYTES {
         return Err(format!(
             "step and timer names must be 1 to {MAX_NAME_BYTES} bytes, got {name:?}"
@@ -267,6 +272,149 @@ impl FlowContext {
         }
         self.inner.changed.notify_waiters();
         std::future::pending::<()>().await
+    }
+
+    /// Waits for a **signal** named `name` — delivered to the run by
+    /// [`Flows::signal`](crate::Flows::signal), from any process — for at most `timeout`
+    /// after this wait was first reached: `Some(payload)` when one came, `None` when the time
+    /// ran out. Like a [`sleep`](Self::sleep), the wait holds no worker: the resumption ends,
+    /// the run's job sleeps until the timeout, and a signal wakes it at once (even one sent
+    /// while the run is still busy elsewhere). Waits are matched by name like steps; the
+    /// outcome is journaled, so a replay sees the same payload or the same timeout.
+    ///
+    /// Signals queue up: each wait takes the earliest signal of its name that no earlier wait
+    /// took, and one sent before the wait was reached is taken at once. A signal sent after
+    /// the wait's timeout is left for a later wait. Two waits for one name in concurrent
+    /// branches of a run are not supported (both could take the same signal). A payload that
+    /// does not decode into `T` halts the run, naming both sides.
+    pub async fn wait_for<T: DeserializeOwned>(
+        &self,
+        name: impl Into<String>,
+        timeout: Duration,
+    ) -> Result<Option<T>, FlowError> {
+        let name = name.into();
+        let key = match self.claim_key(&name, None) {
+            Ok(key) => key,
+            Err(message) => return self.halt(Halt::Replay(message)).await,
+        };
+        let asked = || format!("signal wait `{key}` of type {}", std::any::type_name::<T>());
+        let entry = match self.journaled(&key) {
+            Some(entry) => entry,
+            None => {
+                if self.journaled(crate::driver::FAILURE_KEY).is_some() {
+                    return Err(FlowError::StepFailed {
+                        step: key,
+                        attempts: 0,
+                        message: "not run: the run is rolling back".into(),
+                    });
+                }
+                // The deadline, fixed the first time the wait is reached.
+                let until_key = format!("{key}~until");
+                let until = match self.journaled(&until_key) {
+                    Some(e) => e,
+                    None => {
+                        let now = self.now_ms();
+                        let millis = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+                        let entry = JournalEntry {
+                            seq: 0,
+                            key: until_key.clone(),
+                            kind: EntryKind::Sleep,
+                            outcome: Ok(Value::from(now.saturating_add(millis))),
+                            attempts: 0,
+                            started_at_ms: now,
+                            finished_at_ms: now,
+                        };
+                        match self.record(entry).await {
+                            Ok(stored) => stored,
+                            Err(e) => return self.halt(Halt::Store(e)).await,
+                        }
+                    }
+                };
+                let deadline = match (&until.kind, &until.outcome) {
+                    (EntryKind::Sleep, Ok(v)) if v.is_i64() => v.as_i64().unwrap_or(i64::MAX),
+                    _ => {
+                        let mismatch =
+                            self.mismatch(format!("the deadline of {}", asked()), &until);
+                        return self.halt(Halt::Replay(mismatch.to_string())).await;
+                    }
+                };
+                let now = self.now_ms();
+                let outcome = match self.next_signal(&name, deadline) {
+                    Some((signal, payload)) => Ok(serde_json::json!({
+                        "signal": signal,
+                        "payload": payload,
+                    })),
+                    None if now >= deadline => Err(format!(
+                        "no signal `{name}` within {} ms",
+                        deadline.saturating_sub(until.started_at_ms)
+                    )),
+                    None => {
+                        {
+                            let mut state = self.lock();
+                            state.wake_at_ms =
+                                Some(state.wake_at_ms.map_or(deadline, |w| w.min(deadline)));
+                        }
+                        self.inner.changed.notify_waiters();
+                        return std::future::pending().await;
+                    }
+                };
+                let entry = JournalEntry {
+                    seq: 0,
+                    key: key.clone(),
+                    kind: EntryKind::Signal,
+                    outcome,
+                    attempts: 0,
+                    started_at_ms: until.started_at_ms,
+                    finished_at_ms: now,
+                };
+                match self.record(entry).await {
+                    Ok(stored) => stored,
+                    Err(e) => return self.halt(Halt::Store(e)).await,
+                }
+            }
+        };
+        let payload = match (&entry.kind, &entry.outcome) {
+            (EntryKind::Signal, Err(_)) => return Ok(None),
+            (EntryKind::Signal, Ok(v)) => v.get("payload").cloned(),
+            _ => None,
+        };
+        match payload.map(serde_json::from_value::<T>) {
+            Some(Ok(value)) => Ok(Some(value)),
+            Some(Err(e)) => {
+                let mut mismatch = self.mismatch(asked(), &entry);
+                mismatch
+                    .journaled
+                    .push_str(&format!(", which does not decode: {e}"));
+                self.halt(Halt::Replay(mismatch.to_string())).await
+            }
+            None => {
+                let mismatch = self.mismatch(asked(), &entry);
+                self.halt(Halt::Replay(mismatch.to_string())).await
+            }
+        }
+    }
+
+    /// The earliest signal named `name`, sent by `deadline`, that no wait of this run took.
+    fn next_signal(&self, name: &str, deadline: i64) -> Option<(String, Value)> {
+        let prefix = signal_prefix(name);
+        let state = self.lock();
+        let taken: HashSet<&str> = state
+            .journal
+            .values()
+            .filter(|e| e.kind == EntryKind::Signal && !e.key.starts_with("~signal:"))
+            .filter_map(|e| e.outcome.as_ref().ok()?.get("signal")?.as_str())
+            .collect();
+        state
+            .journal
+            .values()
+            .filter(|e| {
+                e.kind == EntryKind::Signal
+                    && e.key.starts_with(&prefix)
+                    && e.finished_at_ms <= deadline
+                    && !taken.contains(e.key.as_str())
+            })
+            .min_by_key(|e| e.seq)
+            .and_then(|e| Some((e.key.clone(), e.outcome.as_ref().ok()?.clone())))
     }
 
     /// Runs `steps` concurrently, at most `limit` at a time, and waits until every one has

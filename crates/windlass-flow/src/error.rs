@@ -148,3 +148,34 @@ pub enum RunError {
     #[error(transparent)]
     Wait(#[from] WaitError),
 }
+
+/// Why [`Flows::signal`](crate::Flows::signal) delivered nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignalError {
+    /// No run has this id.
+    #[error("no run `{0}`")]
+    NotFound(String),
+    /// The run has finished: nothing will ever wait for the signal.
+    #[error("run `{run}` is {status}: it takes no more signals")]
+    Finished {
+        /// The run.
+        run: String,
+        /// Its status.
+        status: &'static str,
+    },
+    /// The signal's name is not a valid name.
+    #[error("invalid signal name: {0}")]
+    InvalidName(String),
+    /// The payload does not serialise.
+    #[error("the payload of signal `{name}` does not serialise: {message}")]
+    Payload {
+        /// The signal.
+        name: String,
+        /// The serialiser's message.
+        message: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -38,6 +38,8 @@ fn label(e: &JournalEntry) -> String {
     let status = match (&e.kind, &e.outcome) {
         (EntryKind::Sleep, _) => "timer".to_owned(),
         (EntryKind::Compensation, _) => "undone".to_owned(),
+        (EntryKind::Signal, Ok(_)) => "signal".to_owned(),
+        (EntryKind::Signal, Err(m)) => format!("signal: {m}"),
         (EntryKind::Failure, Err(m)) => format!("failed: {m}"),
         (_, Ok(_)) => format!(
             "ok, {} attempt(s), {} ms",
@@ -70,6 +72,7 @@ pub fn dot(entries: &[JournalEntry]) -> String {
             EntryKind::Sleep => "ellipse",
             EntryKind::Compensation => "box, style=dashed",
             EntryKind::Failure => "octagon",
+            EntryKind::Signal => "cds",
         };
         let _ = writeln!(s, "    n{i} [label=\"{}\", shape={shape}];", label(e));
     }

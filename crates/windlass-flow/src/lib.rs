@@ -83,7 +83,7 @@ pub mod conformance;
 pub use client::{Flows, FlowsBuilder, MAX_RUN_ID_BYTES, RunHandle};
 pub use context::{FlowContext, MAX_NAME_BYTES, Step};
 pub use driver::{DRIVER_KIND, FlowDriver, RunPayload};
-pub use error::{FlowError, ReplayMismatch, RunError, StartError, WaitError};
+pub use error::{FlowError, ReplayMismatch, RunError, SignalError, StartError, WaitError};
 pub use store::{
     EntryKind, FlowStore, InlineClaim, JournalEntry, NewRun, RunFilter, RunRecord, RunStart,
     RunStatus, Started,

@@ -160,6 +160,10 @@ pub enum EntryKind {
     Compensation,
     /// The run's failure, recorded once before its compensations start.
     Failure,
+    /// A signal: one delivered to the run (key `~signal:<name>:<id>`, output its payload),
+    /// or a wait that took one (output `{"signal": <its key>, "payload": ...}`) or timed out
+    /// (an error).
+    Signal,
 }
 
 impl EntryKind {
@@ -170,6 +174,7 @@ impl EntryKind {
             EntryKind::Sleep => "sleep",
             EntryKind::Compensation => "compensation",
             EntryKind::Failure => "failure",
+            EntryKind::Signal => "signal",
         }
     }
 
@@ -180,6 +185,7 @@ impl EntryKind {
             EntryKind::Sleep,
             EntryKind::Compensation,
             EntryKind::Failure,
+            EntryKind::Signal,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)

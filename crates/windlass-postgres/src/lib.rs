@@ -319,6 +319,31 @@ impl Store for PostgresStore {
         Ok(out)
     }
 
+    async fn wake(&self, id: JobId) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "WITH w AS (
+                    UPDATE windlass_jobs SET
+                        run_at = CASE WHEN state = 'running' THEN run_at ELSE LEAST(run_at, $2) END,
+                        wake_requested = (state = 'running') OR wake_requested
+                    WHERE id = $1 AND state IN ('scheduled', 'available', 'retryable', 'running')
+                    RETURNING id)
+                 SELECT count(*), (SELECT pg_notify($3, '')) FROM w",
+            )
+            .await
+            .map_err(pg_error)?;
+        let row = client
+            .query_one(&stmt, &[&id.0, &now, &&*self.channel])
+            .await
+            .map_err(pg_error)?;
+        drop(client);
+        self.wake();
+        let n: i64 = row.try_get(0).map_err(pg_error)?;
+        Ok(n == 1)
+    }
+
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
         let now = self.clock.now_ms();
         let mut client = self.client().await?;

@@ -480,7 +480,9 @@ pub(crate) async fn finish(
             "UPDATE windlass_jobs j SET
                 state = CASE WHEN j.cancel_requested AND f.state IN ('retryable', 'scheduled')
                     THEN 'cancelled' ELSE f.state END,
-                run_at = COALESCE(f.run_at, j.run_at),
+                run_at = CASE WHEN j.wake_requested AND f.run_at IS NOT NULL
+                    THEN LEAST(f.run_at, $9) ELSE COALESCE(f.run_at, j.run_at) END,
+                wake_requested = false,
                 finished_at = CASE WHEN j.cancel_requested
                     AND f.state IN ('retryable', 'scheduled') THEN $9 ELSE f.finished_at END,
                 attempt = j.attempt - f.uncount, locked_by = NULL,

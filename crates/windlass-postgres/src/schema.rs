@@ -88,6 +88,12 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         UNIQUE (run_id, key)
     );",
     ),
+    (
+        3,
+        "-- A wake-up (`Store::wake`) that arrives while the job runs: if the attempt ends by
+    -- waiting again (a snooze or a retry), the job is due at once instead.
+    ALTER TABLE windlass_jobs ADD COLUMN wake_requested BOOLEAN NOT NULL DEFAULT false;",
+    ),
 ];
 
 /// Creates the schema if needed and applies every migration newer than its version.

@@ -253,6 +253,12 @@ pub trait Store: Send + Sync + 'static {
         jobs: Vec<NewJob>,
     ) -> impl Future<Output = Result<Vec<Enqueued>, StoreError>> + Send;
 
+    /// Makes a job that waits (scheduled, retryable) due now. A running job is marked
+    /// instead, so that if its attempt ends by waiting again (a snooze or a retry) it is due
+    /// at once: a wake-up that arrives while the job runs is not lost. Returns whether the
+    /// job exists and has not finished.
+    fn wake(&self, id: JobId) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Claims up to `limit` due jobs (see the ordering invariant), moving each to `running`
     /// under a new lease.
     fn claim(

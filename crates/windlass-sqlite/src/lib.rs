@@ -261,6 +261,13 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn wake(&self, id: JobId) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        self.writer
+            .call(move |c| ops::wake(c, id, now), self.wake())
+            .await
+    }
+
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
         let now = self.clock.now_ms();
         self.writer

@@ -169,6 +169,21 @@ pub(crate) fn insert_job(
     Ok((id, claimed))
 }
 
+/// Makes a waiting job due now, or marks a running one (see `Store::wake`).
+pub(crate) fn wake(conn: &Connection, id: JobId, now: i64) -> Result<bool, StoreError> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE windlass_jobs SET
+                run_at = CASE WHEN state = 'running' THEN run_at ELSE MIN(run_at, ?2) END,
+                wake_requested = CASE WHEN state = 'running' THEN 1 ELSE wake_requested END
+             WHERE id = ?1 AND state IN ('scheduled', 'available', 'retryable', 'running')",
+        )
+        .map_err(sql_error)?
+        .execute(params![id.0, now])
+        .map_err(sql_error)?;
+    Ok(n == 1)
+}
+
 pub(crate) fn claim(
     conn: &Connection,
     req: &ClaimRequest,
@@ -311,7 +326,9 @@ pub(crate) fn finish(
             "UPDATE windlass_jobs SET
                 state = CASE WHEN cancel_requested = 1 AND ?1 IN ('retryable', 'scheduled')
                     THEN 'cancelled' ELSE ?1 END,
-                run_at = COALESCE(?2, run_at),
+                run_at = CASE WHEN wake_requested = 1 AND ?2 IS NOT NULL THEN MIN(?2, ?9)
+                    ELSE COALESCE(?2, run_at) END,
+                wake_requested = 0,
                 finished_at = CASE WHEN cancel_requested = 1 AND ?1 IN ('retryable', 'scheduled')
                     THEN ?9 ELSE ?3 END,
                 attempt = attempt - ?4, lease_until = NULL, cancel_requested = 0,

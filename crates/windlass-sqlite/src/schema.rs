@@ -106,6 +106,12 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
         UNIQUE (run_id, key)
     );",
     ),
+    (
+        4,
+        "-- A wake-up (`Store::wake`) that arrives while the job runs: if the attempt ends by
+    -- waiting again (a snooze or a retry), the job is due at once instead.
+    ALTER TABLE windlass_jobs ADD COLUMN wake_requested INTEGER NOT NULL DEFAULT 0;",
+    ),
 ];
 
 /// Applies every migration newer than the database's version. Returns the version after.

@@ -135,6 +135,7 @@ fn show_text(run: &RunRecord, journal: &[JournalEntry]) -> String {
     for e in journal {
         let result = match (&e.kind, &e.outcome) {
             (EntryKind::Sleep, Ok(v)) => format!("wakes at {v} ms"),
+            (EntryKind::Signal, Err(m)) => format!("timed out: {m}"),
             (_, Ok(v)) => format!("ok {v}"),
             (_, Err(m)) => format!("FAILED {m}"),
         };

@@ -27,11 +27,16 @@ use crate::{FlowContext, FlowError, FlowStore, Flows, RunStatus, WaitError, Work
 pub use windlass_queue::conformance::T0;
 
 mod inline;
+mod signal;
 mod store;
 pub use inline::{
     a_cancelled_direct_run_returns_instead_of_hanging, a_direct_run_executes_in_the_caller,
     a_direct_run_killed_mid_step_is_resumed_by_a_worker,
     a_direct_run_that_sleeps_is_finished_by_the_workers,
+};
+pub use signal::{
+    a_signal_sent_while_the_run_is_busy_is_taken, a_signal_wait_times_out_at_its_deadline,
+    a_signal_wakes_a_waiting_run,
 };
 pub use store::{a_run_and_its_job_start_and_end_together, concurrent_writers_of_one_entry_agree};
 
@@ -67,6 +72,9 @@ macro_rules! flow_conformance_tests {
             a_cancelled_direct_run_returns_instead_of_hanging,
             concurrent_writers_of_one_entry_agree,
             a_run_and_its_job_start_and_end_together,
+            a_signal_wakes_a_waiting_run,
+            a_signal_wait_times_out_at_its_deadline,
+            a_signal_sent_while_the_run_is_busy_is_taken,
         );
     };
     (@cases $fresh:path; $($case:ident),* $(,)?) => {
