@@ -11,6 +11,7 @@ use windlass_queue::{
     InlineEnd, JobOptions, MAX_DURATION, NewJob, NextState, Queue, Unique, run_claimed_then,
 };
 
+use crate::context::ChildJobs;
 use crate::driver::{DRIVER_KIND, FlowDriver, RunEnd, RunPayload};
 use crate::error::{RunError, SignalError, StartError, WaitError};
 use crate::store::{FlowStore, InlineClaim, JournalEntry, RunRecord, RunStart, RunStatus, Started};
@@ -101,6 +102,10 @@ impl<S: FlowStore> FlowsBuilder<S> {
             driver: FlowDriver {
                 store: Arc::clone(self.queue.store()),
                 workflows: Arc::new(self.workflows),
+                children: ChildJobs {
+                    queue: self.job_queue.clone(),
+                    attempt_timeout: self.attempt_timeout,
+                },
             },
             queue: self.queue,
             job_queue: self.job_queue,
@@ -141,6 +146,46 @@ fn job_options(
         limit_key,
         ..JobOptions::default()
     }
+}
+
+/// What starts a run: the run, and the job that drives it (on `jobs.queue`, counted under
+/// the limit key `workflow:<kind>`). The run's primary key makes the start idempotent: the
+/// run and its job are stored together, in one transaction, or not at all (so the job needs
+/// no unique key of its own).
+pub(crate) fn run_start(
+    jobs: &ChildJobs,
+    kind: &str,
+    id: String,
+    input: serde_json::Value,
+    parent: Option<String>,
+    claim: Option<InlineClaim>,
+    now_ms: i64,
+) -> Result<RunStart, String> {
+    if id.is_empty() || id.len() > MAX_RUN_ID_BYTES {
+        return Err(format!("invalid run id {id:?}: must be 1 to 256 bytes"));
+    }
+    let payload = RunPayload {
+        run: id.clone(),
+        workflow: kind.into(),
+        input: input.clone(),
+        parent,
+    };
+    let payload = serde_json::to_value(&payload).map_err(|e| e.to_string())?;
+    let options = job_options(
+        &jobs.queue,
+        jobs.attempt_timeout,
+        None,
+        Some(format!("workflow:{kind}")),
+    );
+    let job = NewJob::new(DRIVER_KIND, payload, options).map_err(|e| e.to_string())?;
+    Ok(RunStart {
+        id,
+        kind: kind.into(),
+        input,
+        created_at_ms: now_ms,
+        job,
+        claim,
+    })
 }
 
 /// Workflows over one store: start runs, follow them, and hand workers the
@@ -244,37 +289,19 @@ impl<S: FlowStore> Flows<S> {
             kind: kind.into(),
             message: e.to_string(),
         })?;
-        let payload = RunPayload {
-            run: id.clone(),
-            workflow: kind.into(),
-            input: input.clone(),
-        };
-        let payload = serde_json::to_value(&payload).map_err(|e| StartError::Input {
-            kind: kind.into(),
-            message: e.to_string(),
-        })?;
-        // The run's primary key makes the start idempotent: the run and its job are stored
-        // together, in one transaction, or not at all (so the job needs no unique key of
-        // its own, and no index entry for one).
-        let options = job_options(
-            &self.job_queue,
-            self.attempt_timeout,
-            None,
-            Some(format!("workflow:{kind}")),
-        );
-        let job =
-            NewJob::new(DRIVER_KIND, payload, options).map_err(windlass_queue::QueueError::from)?;
         let store = self.queue.store();
-        Ok(store
-            .start_run(RunStart {
-                id,
-                kind: kind.into(),
-                input,
-                created_at_ms: store.now_ms(),
-                job,
-                claim,
-            })
-            .await?)
+        let jobs = ChildJobs {
+            queue: self.job_queue.clone(),
+            attempt_timeout: self.attempt_timeout,
+        };
+        let start =
+            run_start(&jobs, kind, id, input, None, claim, store.now_ms()).map_err(|message| {
+                StartError::Input {
+                    kind: kind.into(),
+                    message,
+                }
+            })?;
+        Ok(store.start_run(start).await?)
     }
 
     /// Runs a workflow **here and now**, in the calling task, and returns its output: the

@@ -29,7 +29,7 @@ use windlass_policy::{PolicyExt, Retry};
 use windlass_queue::StoreError;
 
 use crate::error::{FlowError, ReplayMismatch};
-use crate::store::{EntryKind, FlowStore, JournalEntry};
+use crate::store::{EntryKind, FlowStore, JournalEntry, RunStart, RunStatus, Started};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -44,9 +44,15 @@ pub(crate) trait Journal: Send + Sync {
         entry: JournalEntry,
     ) -> BoxFuture<'static, Result<JournalEntry, StoreError>>;
     fn now_ms(&self) -> i64;
+    /// Starts a run (a child), or returns the one with its id.
+    fn start_run(&self, start: RunStart) -> BoxFuture<'static, Result<Started, StoreError>>;
 }
 
 impl<S: FlowStore> Journal for Arc<S> {
+    fn start_run(&self, start: RunStart) -> BoxFuture<'static, Result<Started, StoreError>> {
+        let store = Arc::clone(self);
+        Box::pin(async move { FlowStore::start_run(&*store, start).await })
+    }
     fn record(
         &self,
         run: String,
@@ -99,9 +105,17 @@ struct State {
     wake_at_ms: Option<i64>,
 }
 
+/// Where a run's children's jobs go.
+#[derive(Debug, Clone)]
+pub(crate) struct ChildJobs {
+    pub(crate) queue: String,
+    pub(crate) attempt_timeout: Duration,
+}
+
 struct Inner {
     run: String,
     store: Arc<dyn Journal>,
+    children: ChildJobs,
     state: Mutex<State>,
     changed: Notify,
 }
@@ -141,11 +155,17 @@ pub(crate) fn valid_name(name: &str) -> Result<(), String> {
 }
 
 impl FlowContext {
-    pub(crate) fn new(run: String, journal: Vec<JournalEntry>, store: Arc<dyn Journal>) -> Self {
+    pub(crate) fn new(
+        run: String,
+        journal: Vec<JournalEntry>,
+        store: Arc<dyn Journal>,
+        children: ChildJobs,
+    ) -> Self {
         FlowContext {
             inner: Arc::new(Inner {
                 run,
                 store,
+                children,
                 state: Mutex::new(State {
                     journal: journal.into_iter().map(|e| (e.key.clone(), e)).collect(),
                     occurrences: HashMap::new(),
@@ -388,6 +408,135 @@ impl FlowContext {
                 self.halt(Halt::Replay(mismatch.to_string())).await
             }
             None => {
+                let mismatch = self.mismatch(asked(), &entry);
+                self.halt(Halt::Replay(mismatch.to_string())).await
+            }
+        }
+    }
+
+    /// A **child workflow**: starts a run of `W` with the id `id` (once: the id makes it
+    /// idempotent, as [`Flows::start`](crate::Flows::start)) on the flows queue, and waits
+    /// for its end without holding a worker — the child's end wakes this run. Returns the
+    /// child's output, or [`FlowError::StepFailed`] naming the child when it failed or was
+    /// halted. The outcome is journaled in this run as the step `child[<id>]`, so a replay
+    /// neither starts the child again nor waits for it. Children run on the workers; give
+    /// them ids derived from this run's (e.g. `format!("{}-invoice", ctx.run_id())`).
+    ///
+    /// An id taken by a run of another workflow halts this run, naming both.
+    pub async fn child<W: crate::Workflow>(
+        &self,
+        id: impl Into<String>,
+        input: &W::Input,
+    ) -> Result<W::Output, FlowError> {
+        let id = id.into();
+        let key = match self.claim_key("child", Some(&id)) {
+            Ok(key) => key,
+            Err(message) => return self.halt(Halt::Replay(message)).await,
+        };
+        let entry = match self.journaled(&key) {
+            Some(entry) => entry,
+            None => {
+                if self.journaled(crate::driver::FAILURE_KEY).is_some() {
+                    return Err(FlowError::StepFailed {
+                        step: key,
+                        attempts: 0,
+                        message: "not run: the run is rolling back".into(),
+                    });
+                }
+                let input = match serde_json::to_value(input) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return Err(FlowError::StepFailed {
+                            step: key,
+                            attempts: 0,
+                            message: format!("the child's input does not serialise: {e}"),
+                        });
+                    }
+                };
+                let start = match crate::client::run_start(
+                    &self.inner.children,
+                    W::KIND,
+                    id.clone(),
+                    input,
+                    Some(self.inner.run.clone()),
+                    None,
+                    self.now_ms(),
+                ) {
+                    Ok(start) => start,
+                    Err(message) => return self.halt(Halt::Replay(message)).await,
+                };
+                let started = match self.inner.store.start_run(start).await {
+                    Ok(started) => started,
+                    Err(e) => return self.halt(Halt::Store(e)).await,
+                };
+                let child = started.run;
+                if child.kind != W::KIND {
+                    let message = format!(
+                        "child `{key}` asks for a run of workflow `{}` with id `{id}`, but that id is a run of `{}`",
+                        W::KIND,
+                        child.kind
+                    );
+                    return self.halt(Halt::Replay(message)).await;
+                }
+                let outcome = match child.status {
+                    RunStatus::Completed => Ok(child.output.unwrap_or(Value::Null)),
+                    RunStatus::Failed | RunStatus::Halted => Err(format!(
+                        "child run `{id}` {}: {}",
+                        child.status.as_str(),
+                        child.error.unwrap_or_default()
+                    )),
+                    RunStatus::Running | RunStatus::Compensating => {
+                        // The child's end wakes this run; the timer is only a safety net
+                        // (a crash between the child's end and its wake-up call).
+                        let check_at = self.now_ms().saturating_add(60_000);
+                        {
+                            let mut state = self.lock();
+                            state.wake_at_ms =
+                                Some(state.wake_at_ms.map_or(check_at, |w| w.min(check_at)));
+                        }
+                        self.inner.changed.notify_waiters();
+                        return std::future::pending().await;
+                    }
+                };
+                let now = self.now_ms();
+                let entry = JournalEntry {
+                    seq: 0,
+                    key: key.clone(),
+                    kind: EntryKind::Step,
+                    outcome,
+                    attempts: 1,
+                    started_at_ms: child.created_at_ms,
+                    finished_at_ms: child.finished_at_ms.unwrap_or(now),
+                };
+                match self.record(entry).await {
+                    Ok(stored) => stored,
+                    Err(e) => return self.halt(Halt::Store(e)).await,
+                }
+            }
+        };
+        let asked = || {
+            format!(
+                "child `{key}` of type {}",
+                std::any::type_name::<W::Output>()
+            )
+        };
+        match (&entry.kind, &entry.outcome) {
+            (EntryKind::Step, Ok(v)) => match serde_json::from_value(v.clone()) {
+                Ok(out) => Ok(out),
+                Err(e) => {
+                    let mut mismatch = self.mismatch(asked(), &entry);
+                    mismatch
+                        .journaled
+                        .push_str(&format!(", which does not decode: {e}"));
+                    self.halt(Halt::Replay(mismatch.to_string())).await
+                }
+            },
+            (EntryKind::Step, Err(message)) => Err(FlowError::StepFailed {
+                step: key,
+                attempts: entry.attempts,
+                message: message.clone(),
+            }),
+            _ => {
                 let mismatch = self.mismatch(asked(), &entry);
                 self.halt(Halt::Replay(mismatch.to_string())).await
             }

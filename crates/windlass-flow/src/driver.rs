@@ -28,7 +28,7 @@ use tracing::Instrument;
 use windlass_policy::{Backoff, Jitter, PolicyExt, Retry};
 use windlass_queue::{Job, JobContext, JobError, JobId};
 
-use crate::context::{FlowContext, Halt, Journal, Stop};
+use crate::context::{ChildJobs, FlowContext, Halt, Journal, Stop};
 use crate::store::{EntryKind, FlowStore, JournalEntry, NewRun, RunStatus};
 use crate::workflow::{ErasedWorkflow, Failure};
 
@@ -48,6 +48,9 @@ pub struct RunPayload {
     pub workflow: String,
     /// Its input.
     pub input: Value,
+    /// The run that started it as a child ([`FlowContext::child`]), woken when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// The queue job that runs workflows: register it with a [`Worker`](windlass_queue::Worker)
@@ -55,6 +58,7 @@ pub struct RunPayload {
 pub struct FlowDriver<S> {
     pub(crate) store: Arc<S>,
     pub(crate) workflows: Arc<HashMap<&'static str, Arc<dyn ErasedWorkflow>>>,
+    pub(crate) children: ChildJobs,
 }
 
 impl<S> Clone for FlowDriver<S> {
@@ -62,6 +66,7 @@ impl<S> Clone for FlowDriver<S> {
         FlowDriver {
             store: Arc::clone(&self.store),
             workflows: Arc::clone(&self.workflows),
+            children: self.children.clone(),
         }
     }
 }
@@ -94,7 +99,16 @@ impl<S: FlowStore> Job for FlowDriver<S> {
     type Payload = RunPayload;
 
     async fn run(&self, job: JobContext, payload: RunPayload) -> Result<(), JobError> {
-        self.drive(job.id(), payload, None, false).await.map(|_| ())
+        let parent = payload.parent.clone();
+        let end = self.drive(job.id(), payload, None, false).await?;
+        if let (Some(parent), Some(_)) = (parent, end) {
+            // The parent waits in `FlowContext::child` for this end: wake it. If this
+            // fails, the job is retried, finds the run over, and wakes the parent again.
+            if let Some(p) = self.store.run(parent).await.map_err(store_failed)? {
+                self.store.wake(p.job).await.map_err(store_failed)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -187,6 +201,7 @@ impl<S: FlowStore> FlowDriver<S> {
             run.id.clone(),
             journal,
             Arc::new(Arc::clone(store)) as Arc<dyn Journal>,
+            self.children.clone(),
         );
         let rolling_back = ctx.journaled(FAILURE_KEY);
         let span = tracing::info_span!("workflow", run = %run.id, kind = %run.kind, job = %job);

@@ -26,8 +26,10 @@ use crate::{FlowContext, FlowError, FlowStore, Flows, RunStatus, WaitError, Work
 
 pub use windlass_queue::conformance::T0;
 
+mod child;
 mod inline;
 mod signal;
+pub use child::a_parent_waits_for_its_children_and_reads_their_results;
 mod store;
 pub use inline::{
     a_cancelled_direct_run_returns_instead_of_hanging, a_direct_run_executes_in_the_caller,
@@ -75,6 +77,7 @@ macro_rules! flow_conformance_tests {
             a_signal_wakes_a_waiting_run,
             a_signal_wait_times_out_at_its_deadline,
             a_signal_sent_while_the_run_is_busy_is_taken,
+            a_parent_waits_for_its_children_and_reads_their_results,
         );
     };
     (@cases $fresh:path; $($case:ident),* $(,)?) => {
