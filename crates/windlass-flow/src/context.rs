@@ -252,29 +252,9 @@ impl FlowContext {
             Ok(key) => key,
             Err(message) => return self.halt(Halt::Replay(message)).await,
         };
-        let existing = self.lock().journal.get(&key).cloned();
-        let entry = match existing {
-            Some(entry) => entry,
-            None => {
-                let now = self.now_ms();
-                let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
-                let entry = JournalEntry {
-                    seq: 0,
-                    key: key.clone(),
-                    kind: EntryKind::Sleep,
-                    outcome: Ok(Value::from(now.saturating_add(millis))),
-                    attempts: 0,
-                    started_at_ms: now,
-                    finished_at_ms: now,
-                };
-                match self.inner.store.record(self.inner.run.clone(), entry).await {
-                    Ok(stored) => {
-                        self.lock().journal.insert(key.clone(), stored.clone());
-                        stored
-                    }
-                    Err(e) => return self.halt(Halt::Store(e)).await,
-                }
-            }
+        let entry = match self.timer(&key, duration).await {
+            Ok(entry) => entry,
+            Err(e) => return self.halt(Halt::Store(e)).await,
         };
         let wake_at = match (&entry.kind, &entry.outcome) {
             (EntryKind::Sleep, Ok(v)) if v.is_i64() => v.as_i64().unwrap_or(i64::MAX),
@@ -286,12 +266,19 @@ impl FlowContext {
         if self.now_ms() >= wake_at {
             return;
         }
+        self.suspend_until(wake_at).await
+    }
+
+    /// Pends forever after asking the run to suspend until `at` (ms) at the latest: the
+    /// resumption ends once no step is running, and the job sleeps until the earliest
+    /// such time (or a wake-up).
+    async fn suspend_until<T>(&self, at: i64) -> T {
         {
             let mut state = self.lock();
-            state.wake_at_ms = Some(state.wake_at_ms.map_or(wake_at, |w| w.min(wake_at)));
+            state.wake_at_ms = Some(state.wake_at_ms.map_or(at, |w| w.min(at)));
         }
         self.inner.changed.notify_waiters();
-        std::future::pending::<()>().await
+        std::future::pending().await
     }
 
     /// Waits for a **signal** named `name` — delivered to the run by
@@ -330,25 +317,9 @@ impl FlowContext {
                 }
                 // The deadline, fixed the first time the wait is reached.
                 let until_key = format!("{key}~until");
-                let until = match self.journaled(&until_key) {
-                    Some(e) => e,
-                    None => {
-                        let now = self.now_ms();
-                        let millis = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-                        let entry = JournalEntry {
-                            seq: 0,
-                            key: until_key.clone(),
-                            kind: EntryKind::Sleep,
-                            outcome: Ok(Value::from(now.saturating_add(millis))),
-                            attempts: 0,
-                            started_at_ms: now,
-                            finished_at_ms: now,
-                        };
-                        match self.record(entry).await {
-                            Ok(stored) => stored,
-                            Err(e) => return self.halt(Halt::Store(e)).await,
-                        }
-                    }
+                let until = match self.timer(&until_key, timeout).await {
+                    Ok(entry) => entry,
+                    Err(e) => return self.halt(Halt::Store(e)).await,
                 };
                 let deadline = match (&until.kind, &until.outcome) {
                     (EntryKind::Sleep, Ok(v)) if v.is_i64() => v.as_i64().unwrap_or(i64::MAX),
@@ -368,15 +339,7 @@ impl FlowContext {
                         "no signal `{name}` within {} ms",
                         deadline.saturating_sub(until.started_at_ms)
                     )),
-                    None => {
-                        {
-                            let mut state = self.lock();
-                            state.wake_at_ms =
-                                Some(state.wake_at_ms.map_or(deadline, |w| w.min(deadline)));
-                        }
-                        self.inner.changed.notify_waiters();
-                        return std::future::pending().await;
-                    }
+                    None => return self.suspend_until(deadline).await,
                 };
                 let entry = JournalEntry {
                     seq: 0,
@@ -488,14 +451,9 @@ impl FlowContext {
                     RunStatus::Running | RunStatus::Compensating => {
                         // The child's end wakes this run; the timer is only a safety net
                         // (a crash between the child's end and its wake-up call).
-                        let check_at = self.now_ms().saturating_add(60_000);
-                        {
-                            let mut state = self.lock();
-                            state.wake_at_ms =
-                                Some(state.wake_at_ms.map_or(check_at, |w| w.min(check_at)));
-                        }
-                        self.inner.changed.notify_waiters();
-                        return std::future::pending().await;
+                        return self
+                            .suspend_until(self.now_ms().saturating_add(60_000))
+                            .await;
                     }
                 };
                 let now = self.now_ms();
@@ -541,6 +499,25 @@ impl FlowContext {
                 self.halt(Halt::Replay(mismatch.to_string())).await
             }
         }
+    }
+
+    /// The timer journaled under `key`, or a new one ending `duration` from now.
+    async fn timer(&self, key: &str, duration: Duration) -> Result<JournalEntry, StoreError> {
+        if let Some(entry) = self.journaled(key) {
+            return Ok(entry);
+        }
+        let now = self.now_ms();
+        let millis = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        self.record(JournalEntry {
+            seq: 0,
+            key: key.to_owned(),
+            kind: EntryKind::Sleep,
+            outcome: Ok(Value::from(now.saturating_add(millis))),
+            attempts: 0,
+            started_at_ms: now,
+            finished_at_ms: now,
+        })
+        .await
     }
 
     /// The earliest signal named `name`, sent by `deadline`, that no wait of this run took.

@@ -129,6 +129,27 @@ pub struct RunStart {
     pub claim: Option<InlineClaim>,
 }
 
+impl RunStart {
+    /// What a backend returns when it created this run with its job `job` (claimed or not).
+    pub fn created(self, job: JobId, claimed: Option<ClaimedJob>) -> Started {
+        Started {
+            run: RunRecord {
+                id: self.id,
+                kind: self.kind,
+                input: self.input,
+                status: RunStatus::Running,
+                output: None,
+                error: None,
+                job,
+                created_at_ms: self.created_at_ms,
+                finished_at_ms: None,
+            },
+            created: true,
+            claimed,
+        }
+    }
+}
+
 /// Who holds the lease of an inline-started run's job, and for how long.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InlineClaim {

@@ -11,7 +11,7 @@ use windlass_flow::{
     EntryKind, FlowStore, JournalEntry, NewRun, RunFilter, RunRecord, RunStart, RunStatus, Started,
 };
 use windlass_queue::{
-    ClaimedJob, Fenced, Finish, JobId, JobState, Lease, NextState, StoreError, duration_ms,
+    ClaimedJob, Fenced, Finish, JobId, JobState, NextState, StoreError, duration_ms,
 };
 
 use crate::{PostgresStore, pg_error};
@@ -165,37 +165,11 @@ impl FlowStore for PostgresStore {
         if queued {
             self.wake();
         }
-        let claimed = start.claim.as_ref().map(|claim| ClaimedJob {
-            lease: Lease {
-                job,
-                token: 1,
-                worker: claim.worker.clone(),
-            },
-            kind: start.job.kind().to_owned(),
-            queue: o.queue.clone(),
-            payload: start.job.payload().clone(),
-            attempt: 1,
-            retry: o.retry,
-            timeout: o.timeout,
-            run_at_ms: run_at,
-            created_at_ms: now,
-            trace_context: o.trace_context.clone(),
-        });
-        Ok(Started {
-            run: RunRecord {
-                id: start.id,
-                kind: start.kind,
-                input: start.input,
-                status: RunStatus::Running,
-                output: None,
-                error: None,
-                job,
-                created_at_ms: start.created_at_ms,
-                finished_at_ms: None,
-            },
-            created: true,
-            claimed,
-        })
+        let claimed = start
+            .claim
+            .as_ref()
+            .map(|claim| ClaimedJob::first_attempt(&start.job, job, &claim.worker, now));
+        Ok(start.created(job, claimed))
     }
 
     async fn insert_run(&self, run: NewRun) -> Result<RunRecord, StoreError> {

@@ -29,6 +29,30 @@ pub struct Lease {
     pub worker: String,
 }
 
+impl ClaimedJob {
+    /// The first attempt of `job`, stored as `id` already claimed by `worker` at `now_ms`
+    /// (lease token 1): for a backend that inserts a job claimed by its caller.
+    pub fn first_attempt(job: &NewJob, id: JobId, worker: &str, now_ms: i64) -> ClaimedJob {
+        let o = job.options();
+        ClaimedJob {
+            lease: Lease {
+                job: id,
+                token: 1,
+                worker: worker.to_owned(),
+            },
+            kind: job.kind().to_owned(),
+            queue: o.queue.clone(),
+            payload: job.payload().clone(),
+            attempt: 1,
+            retry: o.retry,
+            timeout: o.timeout,
+            run_at_ms: now_ms.saturating_add(crate::clock::millis(o.delay)),
+            created_at_ms: now_ms,
+            trace_context: o.trace_context.clone(),
+        }
+    }
+}
+
 /// What a worker asks for when it claims.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {

@@ -153,21 +153,7 @@ impl FlowStore for SqliteStore {
                         .map_err(sql_error)?
                         .execute(params![start.id, job.0])
                         .map_err(sql_error)?;
-                    Ok(Started {
-                        run: RunRecord {
-                            id: start.id,
-                            kind: start.kind,
-                            input: start.input,
-                            status: RunStatus::Running,
-                            output: None,
-                            error: None,
-                            job,
-                            created_at_ms: start.created_at_ms,
-                            finished_at_ms: None,
-                        },
-                        created: true,
-                        claimed,
-                    })
+                    Ok(start.created(job, claimed))
                 },
                 if queued { self.wake() } else { None },
             )

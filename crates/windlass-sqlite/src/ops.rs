@@ -150,22 +150,7 @@ pub(crate) fn insert_job(
     ])
     .map_err(sql_error)?;
     let id = JobId(conn.last_insert_rowid());
-    let claimed = claim.map(|(worker, _)| ClaimedJob {
-        lease: Lease {
-            job: id,
-            token: 1,
-            worker: worker.to_owned(),
-        },
-        kind: job.kind().to_owned(),
-        queue: o.queue.clone(),
-        payload: job.payload().clone(),
-        attempt: 1,
-        retry: o.retry,
-        timeout: o.timeout,
-        run_at_ms: run_at,
-        created_at_ms: now,
-        trace_context: o.trace_context.clone(),
-    });
+    let claimed = claim.map(|(worker, _)| ClaimedJob::first_attempt(job, id, worker, now));
     Ok((id, claimed))
 }
 
