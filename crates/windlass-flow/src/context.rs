@@ -308,12 +308,8 @@ impl FlowContext {
         let entry = match self.journaled(&key) {
             Some(entry) => entry,
             None => {
-                if self.journaled(crate::driver::FAILURE_KEY).is_some() {
-                    return Err(FlowError::StepFailed {
-                        step: key,
-                        attempts: 0,
-                        message: "not run: the run is rolling back".into(),
-                    });
+                if let Some(refused) = self.refused_while_rolling_back(&key) {
+                    return Err(refused);
                 }
                 // The deadline, fixed the first time the wait is reached.
                 let until_key = format!("{key}~until");
@@ -399,12 +395,8 @@ impl FlowContext {
         let entry = match self.journaled(&key) {
             Some(entry) => entry,
             None => {
-                if self.journaled(crate::driver::FAILURE_KEY).is_some() {
-                    return Err(FlowError::StepFailed {
-                        step: key,
-                        attempts: 0,
-                        message: "not run: the run is rolling back".into(),
-                    });
+                if let Some(refused) = self.refused_while_rolling_back(&key) {
+                    return Err(refused);
                 }
                 let input = match serde_json::to_value(input) {
                     Ok(v) => v,
@@ -499,6 +491,18 @@ impl FlowContext {
                 self.halt(Halt::Replay(mismatch.to_string())).await
             }
         }
+    }
+
+    /// The error for a step, wait or child `key` not yet journaled while the run is rolling
+    /// back: the run failed in an earlier attempt, its code is replayed only to register
+    /// compensations, and it starts nothing new.
+    fn refused_while_rolling_back(&self, key: &str) -> Option<FlowError> {
+        self.journaled(crate::driver::FAILURE_KEY)
+            .map(|_| FlowError::StepFailed {
+                step: key.to_owned(),
+                attempts: 0,
+                message: "not run: the run is rolling back".into(),
+            })
     }
 
     /// The timer journaled under `key`, or a new one ending `duration` from now.
@@ -829,14 +833,8 @@ where
                     // The resumption is ending: start nothing new.
                     return std::future::pending().await;
                 }
-                if ctx.journaled(crate::driver::FAILURE_KEY).is_some() {
-                    // The run failed in an earlier attempt and is rolling back: its code is
-                    // replayed only to register compensations, and starts nothing new.
-                    return Err(FlowError::StepFailed {
-                        step: key,
-                        attempts: 0,
-                        message: "not run: the run is rolling back".into(),
-                    });
+                if let Some(refused) = ctx.refused_while_rolling_back(&key) {
+                    return Err(refused);
                 }
                 let in_flight = InFlight::enter(&ctx);
                 let started = ctx.now_ms();

@@ -150,6 +150,18 @@ impl RunStart {
     }
 }
 
+/// The check every backend's [`FlowStore::end_run`] makes first: only a completed attempt
+/// may be stored with a run's end.
+pub fn check_end(finish: &Finish) -> Result<(), StoreError> {
+    if finish.next == windlass_queue::NextState::Completed {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(
+            "end_run stores a completed attempt only (a run's end completes its job)".into(),
+        ))
+    }
+}
+
 /// Who holds the lease of an inline-started run's job, and for how long.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InlineClaim {

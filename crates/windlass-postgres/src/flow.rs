@@ -10,9 +10,7 @@ use tokio_postgres::types::ToSql;
 use windlass_flow::{
     EntryKind, FlowStore, JournalEntry, NewRun, RunFilter, RunRecord, RunStart, RunStatus, Started,
 };
-use windlass_queue::{
-    ClaimedJob, Fenced, Finish, JobId, JobState, NextState, StoreError, duration_ms,
-};
+use windlass_queue::{ClaimedJob, Fenced, Finish, JobId, JobState, StoreError, duration_ms};
 
 use crate::{PostgresStore, pg_error};
 
@@ -264,11 +262,7 @@ impl FlowStore for PostgresStore {
         error: Option<String>,
         finish: Finish,
     ) -> Result<Fenced, StoreError> {
-        if finish.next != NextState::Completed {
-            return Err(StoreError::Invalid(
-                "end_run stores a completed attempt only (a run's end completes its job)".into(),
-            ));
-        }
+        windlass_flow::store::check_end(&finish)?;
         let now = self.clock.now_ms();
         let finished = status.is_terminal().then_some(now);
         let record =

@@ -8,7 +8,7 @@ use serde_json::Value;
 use windlass_flow::{
     EntryKind, FlowStore, JournalEntry, NewRun, RunFilter, RunRecord, RunStart, RunStatus, Started,
 };
-use windlass_queue::{Fenced, Finish, NextState, duration_ms};
+use windlass_queue::{Fenced, Finish, duration_ms};
 use windlass_queue::{JobId, StoreError};
 
 use crate::{SqliteStore, sql_error};
@@ -189,11 +189,7 @@ impl FlowStore for SqliteStore {
         error: Option<String>,
         finish: Finish,
     ) -> Result<Fenced, StoreError> {
-        if finish.next != NextState::Completed {
-            return Err(StoreError::Invalid(
-                "end_run stores a completed attempt only (a run's end completes its job)".into(),
-            ));
-        }
+        windlass_flow::store::check_end(&finish)?;
         let output = output.as_ref().map(to_text).transpose()?;
         let now = self.clock.now_ms();
         let finished = status.is_terminal().then_some(now);
