@@ -203,6 +203,24 @@ enum FlowsCommand {
         #[arg(long, value_enum, default_value_t = windlass_cli::flows::GraphFormat::Mermaid)]
         format: windlass_cli::flows::GraphFormat,
     },
+    /// Cancel a run: its running steps stop, then the compensations of its completed steps
+    /// run, latest first, and it ends failed.
+    Cancel {
+        /// The run's id.
+        id: String,
+        /// Why (kept in the run's error).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Resume a failed, halted or stranded run from its failed step: completed steps that
+    /// were not compensated keep their results; the failed and compensated steps run again.
+    Resume {
+        /// The run's id.
+        id: String,
+        /// The flows queue whose workers will drive it.
+        #[arg(long, default_value = "flows")]
+        queue: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -475,6 +493,8 @@ fn main() -> anyhow::Result<()> {
                 }),
                 FlowsCommand::Show { id } => FlowAction::Show(id),
                 FlowsCommand::Graph { id, format } => FlowAction::Graph { id, format },
+                FlowsCommand::Cancel { id, reason } => FlowAction::Cancel { id, reason },
+                FlowsCommand::Resume { id, queue } => FlowAction::Resume { id, queue },
             };
             let database = Database::parse(&db.database_url)?;
             let out = runtime.block_on(async {

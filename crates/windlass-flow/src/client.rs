@@ -8,13 +8,18 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use windlass_policy::{Backoff, Jitter, RetrySchedule};
 use windlass_queue::{
-    InlineEnd, JobOptions, MAX_DURATION, NewJob, NextState, Queue, Unique, run_claimed_then,
+    Fenced, Finish, InlineEnd, JobOptions, MAX_DURATION, NewJob, NextState, Queue, StoreError,
+    Unique, run_claimed_then,
 };
 
 use crate::context::ChildJobs;
 use crate::driver::{DRIVER_KIND, FlowDriver, RunEnd, RunPayload};
-use crate::error::{RunError, SignalError, StartError, WaitError};
-use crate::store::{FlowStore, InlineClaim, JournalEntry, RunRecord, RunStart, RunStatus, Started};
+use crate::error::{
+    CancelError, CancelOutcome, ResumeError, RunError, SignalError, StartError, WaitError,
+};
+use crate::store::{
+    EndRun, FlowStore, InlineClaim, JournalEntry, Resumed, RunRecord, RunStart, RunStatus, Started,
+};
 use crate::workflow::{Erased, ErasedWorkflow, Workflow};
 
 /// The longest run id, in bytes.
@@ -29,9 +34,19 @@ pub struct FlowsBuilder<S> {
     attempt_timeout: Duration,
     inline_lease: Duration,
     poll: Duration,
+    cancel_check: Duration,
 }
 
 impl<S: FlowStore> FlowsBuilder<S> {
+    /// How often a resumption whose code is running reads whether its run was cancelled
+    /// (default 1 s): the longest a running step goes on after [`Flows::cancel`]. A
+    /// resumption shorter than this reads nothing. A run waiting for a timer, a signal or a
+    /// child is woken by the cancel at once.
+    pub fn cancel_check(mut self, every: Duration) -> Self {
+        self.cancel_check = every;
+        self
+    }
+
     /// The lease of a run started with [`Flows::run`] while it executes in the caller
     /// (default 30 s, heartbeated every third of it): how long after this process dies a
     /// worker may take the run over.
@@ -87,11 +102,13 @@ impl<S: FlowStore> FlowsBuilder<S> {
                 reason: format!("must be 3 ms to {MAX_DURATION:?}"),
             });
         }
-        if self.poll.is_zero() || self.poll > MAX_DURATION {
-            return Err(StartError::InvalidOption {
-                field: "poll",
-                reason: format!("must be more than zero and at most {MAX_DURATION:?}"),
-            });
+        for (field, every) in [("poll", self.poll), ("cancel_check", self.cancel_check)] {
+            if every.is_zero() || every > MAX_DURATION {
+                return Err(StartError::InvalidOption {
+                    field,
+                    reason: format!("must be more than zero and at most {MAX_DURATION:?}"),
+                });
+            }
         }
         let options = self.job_options(None);
         options.validate().map_err(|e| StartError::InvalidOption {
@@ -106,6 +123,7 @@ impl<S: FlowStore> FlowsBuilder<S> {
                     queue: self.job_queue.clone(),
                     attempt_timeout: self.attempt_timeout,
                 },
+                cancel_check: self.cancel_check,
             },
             queue: self.queue,
             job_queue: self.job_queue,
@@ -154,38 +172,68 @@ fn job_options(
 /// no unique key of its own).
 pub(crate) fn run_start(
     jobs: &ChildJobs,
-    kind: &str,
-    id: String,
-    input: serde_json::Value,
-    parent: Option<String>,
+    payload: RunPayload,
     claim: Option<InlineClaim>,
     now_ms: i64,
 ) -> Result<RunStart, String> {
+    let id = payload.run.clone();
     if id.is_empty() || id.len() > MAX_RUN_ID_BYTES {
         return Err(format!("invalid run id {id:?}: must be 1 to 256 bytes"));
     }
-    let payload = RunPayload {
-        run: id.clone(),
-        workflow: kind.into(),
-        input: input.clone(),
-        parent,
-    };
-    let payload = serde_json::to_value(&payload).map_err(|e| e.to_string())?;
+    let job = driver_job(jobs, &payload.workflow, &payload)?;
+    Ok(RunStart {
+        id,
+        kind: payload.workflow,
+        input: payload.input,
+        created_at_ms: now_ms,
+        job,
+        claim,
+    })
+}
+
+/// The job that drives a run.
+fn driver_job(jobs: &ChildJobs, kind: &str, payload: &RunPayload) -> Result<NewJob, String> {
+    let payload = serde_json::to_value(payload).map_err(|e| e.to_string())?;
     let options = job_options(
         &jobs.queue,
         jobs.attempt_timeout,
         None,
         Some(format!("workflow:{kind}")),
     );
-    let job = NewJob::new(DRIVER_KIND, payload, options).map_err(|e| e.to_string())?;
-    Ok(RunStart {
-        id,
-        kind: kind.into(),
-        input,
-        created_at_ms: now_ms,
-        job,
-        claim,
-    })
+    NewJob::new(DRIVER_KIND, payload, options).map_err(|e| e.to_string())
+}
+
+/// Options of one run, for [`Flows::start_with`] and [`Flows::run_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    deadline: Option<Duration>,
+}
+
+impl RunOptions {
+    /// The defaults: no deadline.
+    pub fn new() -> Self {
+        RunOptions::default()
+    }
+
+    /// The run must be over within `deadline` of its start: past it, the run is cancelled
+    /// as by [`Flows::cancel`] (its running steps stopped, its completed steps compensated)
+    /// and ends `failed` with "deadline exceeded". A run sleeping past its deadline is woken
+    /// at it. Measured on the store's clock.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    fn deadline_ms(&self, now_ms: i64) -> Result<Option<i64>, StartError> {
+        match self.deadline {
+            None => Ok(None),
+            Some(d) if d.is_zero() || d > MAX_DURATION => Err(StartError::InvalidOption {
+                field: "deadline",
+                reason: format!("must be more than zero and at most {MAX_DURATION:?}"),
+            }),
+            Some(d) => Ok(Some(now_ms.saturating_add(windlass_queue::duration_ms(d)))),
+        }
+    }
 }
 
 /// Workflows over one store: start runs, follow them, and hand workers the
@@ -235,6 +283,7 @@ impl<S: FlowStore> Flows<S> {
             attempt_timeout: Duration::from_secs(3600),
             inline_lease: Duration::from_secs(30),
             poll: Duration::from_millis(50),
+            cancel_check: Duration::from_secs(1),
         }
     }
 
@@ -259,9 +308,21 @@ impl<S: FlowStore> Flows<S> {
         id: impl Into<String>,
         input: &W::Input,
     ) -> Result<RunHandle<S, W::Output>, StartError> {
+        self.start_with::<W>(id, input, &RunOptions::default())
+            .await
+    }
+
+    /// [`start`](Self::start) with options (a deadline). The options of an id that already
+    /// has a run are ignored, like its input.
+    pub async fn start_with<W: Workflow>(
+        &self,
+        id: impl Into<String>,
+        input: &W::Input,
+        options: &RunOptions,
+    ) -> Result<RunHandle<S, W::Output>, StartError> {
         let id = id.into();
         self.check::<W>(&id)?;
-        let started = self.start_run(W::KIND, id, input, None).await?;
+        let started = self.start_run(W::KIND, id, input, None, options).await?;
         self.existing(started.run, W::KIND)
     }
 
@@ -284,6 +345,7 @@ impl<S: FlowStore> Flows<S> {
         id: String,
         input: &I,
         claim: Option<InlineClaim>,
+        options: &RunOptions,
     ) -> Result<Started, StartError> {
         let input = serde_json::to_value(input).map_err(|e| StartError::Input {
             kind: kind.into(),
@@ -294,13 +356,19 @@ impl<S: FlowStore> Flows<S> {
             queue: self.job_queue.clone(),
             attempt_timeout: self.attempt_timeout,
         };
-        let start =
-            run_start(&jobs, kind, id, input, None, claim, store.now_ms()).map_err(|message| {
-                StartError::Input {
-                    kind: kind.into(),
-                    message,
-                }
-            })?;
+        let now = store.now_ms();
+        let deadline = options.deadline_ms(now)?;
+        let payload = RunPayload {
+            run: id,
+            workflow: kind.into(),
+            input,
+            parent: None,
+            deadline_ms: deadline,
+        };
+        let start = run_start(&jobs, payload, claim, now).map_err(|message| StartError::Input {
+            kind: kind.into(),
+            message,
+        })?;
         Ok(store.start_run(start).await?)
     }
 
@@ -320,13 +388,25 @@ impl<S: FlowStore> Flows<S> {
         id: impl Into<String>,
         input: &W::Input,
     ) -> Result<W::Output, RunError> {
+        self.run_with::<W>(id, input, &RunOptions::default()).await
+    }
+
+    /// [`run`](Self::run) with options (a deadline).
+    pub async fn run_with<W: Workflow>(
+        &self,
+        id: impl Into<String>,
+        input: &W::Input,
+        options: &RunOptions,
+    ) -> Result<W::Output, RunError> {
         let id = id.into();
         self.check::<W>(&id)?;
         let claim = InlineClaim {
             worker: self.inline_worker.to_string(),
             lease_for: self.inline_lease,
         };
-        let started = self.start_run(W::KIND, id, input, Some(claim)).await?;
+        let started = self
+            .start_run(W::KIND, id, input, Some(claim), options)
+            .await?;
         let fresh = started.created.then(|| started.run.clone());
         let handle: RunHandle<S, W::Output> = self.existing(started.run, W::KIND)?;
         if let Some(job) = started.claimed {
@@ -360,18 +440,25 @@ impl<S: FlowStore> Flows<S> {
                 },
                 |finish| {
                     let ending = end.lock().unwrap_or_else(PoisonError::into_inner).clone();
-                    let run_id = run_id.clone();
+                    let (run_id, end) = (run_id.clone(), &end);
                     async move {
-                        match ending {
-                            Some(e) => {
-                                let (status, output, error) = e.parts();
-                                store.end_run(run_id, status, output, error, finish).await
+                        let Some(e) = ending else {
+                            return finish_one(&**store, finish).await;
+                        };
+                        let (status, output, error) = e.parts();
+                        match store
+                            .end_run(run_id, status, output, error, finish.clone())
+                            .await?
+                        {
+                            EndRun::Stored => Ok(Fenced::Applied),
+                            EndRun::LeaseLost => Ok(Fenced::Rejected),
+                            EndRun::RunMoved(_) => {
+                                // Cancelled just as its code ended: the code's end does not
+                                // count. Hand the run to the workers at once; they roll it
+                                // back, and this call waits for that.
+                                *end.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                                finish_one(&**store, hand_over(finish)).await
                             }
-                            None => store.finish(vec![finish]).await.map(|f| {
-                                f.first()
-                                    .copied()
-                                    .unwrap_or(windlass_queue::Fenced::Rejected)
-                            }),
                         }
                     }
                 },
@@ -399,6 +486,66 @@ impl<S: FlowStore> Flows<S> {
             }
         }
         Ok(handle.result(Duration::MAX, self.poll).await?)
+    }
+
+    /// Cancels a run: its running steps are stopped (within
+    /// [`cancel_check`](FlowsBuilder::cancel_check)), then the compensations of its
+    /// completed steps run, latest first, and it ends `failed` with `cancelled: <reason>`.
+    /// A run waiting for a timer, a signal or a child is woken to roll back at once. The
+    /// cancel and the run's completion race on one conditional write of the run's row:
+    /// exactly one wins, so a run is never both completed and compensated.
+    pub async fn cancel(
+        &self,
+        run: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Result<CancelOutcome, CancelError> {
+        cancel(&**self.queue.store(), run.into(), reason.into()).await
+    }
+
+    /// Resumes a failed or halted run — or a stranded one, whose job is over while the run
+    /// is not — **from its failed step**: the operator's retry after fixing what failed.
+    ///
+    /// What is kept and what runs again: every step that completed and was **not**
+    /// compensated keeps its journaled result and does not run again; the failed step runs
+    /// again; a step whose compensation ran runs again too (its effect was undone); timers
+    /// that fired and signals that arrived stay. Retired entries are not deleted but renamed
+    /// `~r<n>:<key>` (the `n`th resume), so the run's history stays visible. The run is
+    /// driven by a new job on this `Flows`' queue, with no deadline. Returns how many journal
+    /// entries were retired.
+    pub async fn resume(&self, run: impl Into<String>) -> Result<usize, ResumeError> {
+        let run = run.into();
+        let store = self.queue.store();
+        let record = store
+            .run(run.clone())
+            .await?
+            .ok_or_else(|| ResumeError::NotFound(run.clone()))?;
+        let journal = store.journal(run.clone()).await?;
+        // The parent, if this run is a child, is read from its old job when it still exists.
+        let parent = store
+            .get(record.job)
+            .await?
+            .and_then(|j| serde_json::from_value::<RunPayload>(j.payload).ok())
+            .and_then(|p| p.parent);
+        let payload = RunPayload {
+            run: record.id.clone(),
+            workflow: record.kind.clone(),
+            input: record.input.clone(),
+            parent,
+            deadline_ms: None,
+        };
+        let job =
+            driver_job(&self.driver.children, &record.kind, &payload).map_err(ResumeError::Job)?;
+        match store
+            .resume_run(run.clone(), crate::resume::retirements(&journal), job)
+            .await?
+        {
+            None => Err(ResumeError::NotFound(run)),
+            Some(Resumed::Resumed { retired, .. }) => Ok(retired),
+            Some(Resumed::NotResumable(status)) => Err(ResumeError::NotResumable {
+                run,
+                status: status.as_str(),
+            }),
+        }
     }
 
     fn existing<O>(&self, run: RunRecord, kind: &str) -> Result<RunHandle<S, O>, StartError> {
@@ -487,6 +634,69 @@ impl<S: FlowStore> Flows<S> {
     }
 }
 
+/// [`Flows::cancel`] and [`RunHandle::cancel`].
+async fn cancel<S: FlowStore>(
+    store: &S,
+    run: String,
+    reason: String,
+) -> Result<CancelOutcome, CancelError> {
+    if reason.len() > MAX_REASON_BYTES {
+        return Err(CancelError::InvalidReason(format!(
+            "{} bytes; at most {MAX_REASON_BYTES}",
+            reason.len()
+        )));
+    }
+    let message = if reason.is_empty() {
+        "cancelled".to_owned()
+    } else {
+        format!("cancelled: {reason}")
+    };
+    // A `false` with the run still `running` is a snapshot that lost a race with a
+    // concurrent write (PostgreSQL): ask again.
+    for _ in 0..3 {
+        let Some((stored, moved)) = store.cancel_run(run.clone(), message.clone()).await? else {
+            return Err(CancelError::NotFound(run));
+        };
+        let outcome = match (moved, stored.status) {
+            (true, _) => CancelOutcome::Cancelled,
+            (false, RunStatus::Compensating) => CancelOutcome::AlreadyRollingBack,
+            (false, RunStatus::Running) => continue,
+            (false, status) => return Ok(CancelOutcome::Finished(status)),
+        };
+        // Wake it wherever it waits (a running attempt notices by itself).
+        store.wake(stored.job).await?;
+        return Ok(outcome);
+    }
+    Err(CancelError::Store(StoreError::Unavailable(format!(
+        "run `{run}` kept changing while being cancelled; try again"
+    ))))
+}
+
+/// The longest reason [`Flows::cancel`] takes, in bytes.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// Stores one attempt's end through the queue.
+async fn finish_one<S: FlowStore>(store: &S, finish: Finish) -> Result<Fenced, StoreError> {
+    Ok(store
+        .finish(vec![finish])
+        .await?
+        .first()
+        .copied()
+        .unwrap_or(Fenced::Rejected))
+}
+
+/// An inline attempt's end turned into a hand-over: the job is due again at once, for a
+/// worker (not counted as a failure).
+fn hand_over(mut finish: Finish) -> Finish {
+    finish.next = NextState::Snoozed {
+        run_at_ms: finish.record.at_ms,
+    };
+    finish.record.outcome = "snoozed".into();
+    finish.record.error =
+        Some("cancelled as its code ended: handed to the workers to roll back".into());
+    finish
+}
+
 /// A handle on one run: await its result, read its status and journal.
 pub struct RunHandle<S, O> {
     store: Arc<S>,
@@ -512,6 +722,11 @@ impl<S: FlowStore, O: DeserializeOwned> RunHandle<S, O> {
             .run(self.id.clone())
             .await?
             .ok_or_else(|| WaitError::NotFound(self.id.clone()))
+    }
+
+    /// Cancels the run, as [`Flows::cancel`] does.
+    pub async fn cancel(&self, reason: impl Into<String>) -> Result<CancelOutcome, CancelError> {
+        cancel(&*self.store, self.id.clone(), reason.into()).await
     }
 
     /// Where the run is.

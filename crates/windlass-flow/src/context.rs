@@ -244,7 +244,7 @@ impl FlowContext {
     /// steps (journaled as kind `sleep`).
     ///
     /// The timer starts the first time it is reached; a replay after it expired returns at
-    /// once. A workflow whose branches all wait for timers is suspended until the earliest;
+    /// once, and so does every timer of a run that is rolling back (failed or cancelled). A workflow whose branches all wait for timers is suspended until the earliest;
     /// a branch running a step meanwhile is let finish first.
     pub async fn sleep(&self, name: impl Into<String>, duration: Duration) {
         let name = name.into();
@@ -252,6 +252,11 @@ impl FlowContext {
             Ok(key) => key,
             Err(message) => return self.halt(Halt::Replay(message)).await,
         };
+        if self.journaled(crate::driver::FAILURE_KEY).is_some() {
+            // Rolling back (failed or cancelled): no timer holds up the compensations; the
+            // steps after it are refused anyway.
+            return;
+        }
         let entry = match self.timer(&key, duration).await {
             Ok(entry) => entry,
             Err(e) => return self.halt(Halt::Store(e)).await,
@@ -408,12 +413,16 @@ impl FlowContext {
                         });
                     }
                 };
+                let payload = crate::driver::RunPayload {
+                    run: id.clone(),
+                    workflow: W::KIND.into(),
+                    input,
+                    parent: Some(self.inner.run.clone()),
+                    deadline_ms: None,
+                };
                 let start = match crate::client::run_start(
                     &self.inner.children,
-                    W::KIND,
-                    id.clone(),
-                    input,
-                    Some(self.inner.run.clone()),
+                    payload,
                     None,
                     self.now_ms(),
                 ) {

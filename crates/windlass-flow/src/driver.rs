@@ -51,6 +51,10 @@ pub struct RunPayload {
     /// The run that started it as a child ([`FlowContext::child`]), woken when it ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// When the run must be over (ms since the Unix epoch, on the store's clock): past it,
+    /// the run is cancelled and rolled back ([`RunOptions::deadline`](crate::RunOptions)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<i64>,
 }
 
 /// The queue job that runs workflows: register it with a [`Worker`](windlass_queue::Worker)
@@ -59,6 +63,8 @@ pub struct FlowDriver<S> {
     pub(crate) store: Arc<S>,
     pub(crate) workflows: Arc<HashMap<&'static str, Arc<dyn ErasedWorkflow>>>,
     pub(crate) children: ChildJobs,
+    /// How often a resumption whose code is running reads whether its run was cancelled.
+    pub(crate) cancel_check: Duration,
 }
 
 impl<S> Clone for FlowDriver<S> {
@@ -67,6 +73,7 @@ impl<S> Clone for FlowDriver<S> {
             store: Arc::clone(&self.store),
             workflows: Arc::clone(&self.workflows),
             children: self.children.clone(),
+            cancel_check: self.cancel_check,
         }
     }
 }
@@ -110,6 +117,33 @@ impl<S: FlowStore> Job for FlowDriver<S> {
         }
         Ok(())
     }
+}
+
+/// The run's failure as a journal entry ([`FAILURE_KEY`]).
+fn failure_entry(message: String, now: i64) -> JournalEntry {
+    JournalEntry {
+        seq: 0,
+        key: FAILURE_KEY.into(),
+        kind: EntryKind::Failure,
+        outcome: Err(message),
+        attempts: 0,
+        started_at_ms: now,
+        finished_at_ms: now,
+    }
+}
+
+/// The failure of a run cancelled by its deadline.
+fn deadline_reason(run: &crate::store::RunRecord, deadline_ms: i64) -> String {
+    let had = Duration::from_millis(u64::try_from(deadline_ms - run.created_at_ms).unwrap_or(0));
+    format!("cancelled: deadline exceeded (the run had {had:?} to finish)")
+}
+
+/// What one pass of [`FlowDriver::drive`] did.
+enum Driven {
+    /// The resumption is over: the run's end, or `None` (left alone).
+    Ended(Option<RunEnd>),
+    /// The run was cancelled under the code's feet: drive it again, to roll it back.
+    Cancelled,
 }
 
 /// How a resumption left a run that it finished (or found finished).
@@ -156,6 +190,27 @@ impl<S: FlowStore> FlowDriver<S> {
         fresh: Option<crate::store::RunRecord>,
         defer_end: bool,
     ) -> Result<Option<RunEnd>, JobError> {
+        let mut fresh = fresh;
+        loop {
+            match self
+                .drive_once(job, &payload, fresh.take(), defer_end)
+                .await?
+            {
+                Driven::Ended(end) => return Ok(end),
+                // The run was cancelled (or passed its deadline) while its code ran, or just
+                // as it completed: drive it again from the store, which rolls it back.
+                Driven::Cancelled => {}
+            }
+        }
+    }
+
+    async fn drive_once(
+        &self,
+        job: JobId,
+        payload: &RunPayload,
+        fresh: Option<crate::store::RunRecord>,
+        defer_end: bool,
+    ) -> Result<Driven, JobError> {
         let store = &self.store;
         let is_fresh = fresh.is_some();
         let stored = match fresh {
@@ -176,13 +231,14 @@ impl<S: FlowStore> FlowDriver<S> {
                 .map_err(store_failed)?,
         };
         if run.status.is_terminal() {
-            return Ok(RunEnd::of(&run));
+            return Ok(Driven::Ended(RunEnd::of(&run)));
         }
         if run.job != job {
             // Another job drives this run (a second start of the id through another
-            // queue): only the run's own job may, so this one ends without touching it.
+            // queue, or a resume): only the run's own job may, so this one ends without
+            // touching it.
             tracing::warn!(run = %run.id, job = %job, driver = %run.job, "a second job for a run was ignored");
-            return Ok(None);
+            return Ok(Driven::Ended(None));
         }
         let Some(workflow) = self.workflows.get(run.kind.as_str()) else {
             // Transient, not permanent: during a rolling deploy another worker (or this
@@ -192,11 +248,33 @@ impl<S: FlowStore> FlowDriver<S> {
                 run.kind
             )));
         };
-        let journal = if is_fresh {
+        let mut journal = if is_fresh {
             Vec::new()
         } else {
             store.journal(run.id.clone()).await.map_err(store_failed)?
         };
+        let mut run = run;
+        if run.status == RunStatus::Running
+            && let Some(deadline) = payload.deadline_ms
+            && store.now_ms() >= deadline
+            && let Some((now, _)) = store
+                .cancel_run(run.id.clone(), deadline_reason(&run, deadline))
+                .await
+                .map_err(store_failed)?
+        {
+            run = now;
+        }
+        if run.status == RunStatus::Compensating && !journal.iter().any(|e| e.key == FAILURE_KEY) {
+            // Cancelled (by a caller or its deadline): the cancel's reason becomes the
+            // run's journaled failure, which every later resumption rolls back from.
+            let message = run.error.clone().unwrap_or_else(|| "cancelled".into());
+            journal.push(
+                store
+                    .record(run.id.clone(), failure_entry(message, store.now_ms()))
+                    .await
+                    .map_err(store_failed)?,
+            );
+        }
         let ctx = FlowContext::new(
             run.id.clone(),
             journal,
@@ -230,6 +308,10 @@ impl<S: FlowStore> FlowDriver<S> {
                 }
             },
             stop = ctx.stopped() => Err(stop),
+            () = self.cancelled(&run, payload.deadline_ms), if rolling_back.is_none() => {
+                tracing::info!(run = %run.id, "run cancelled while its code ran; rolling back");
+                return Ok(Driven::Cancelled);
+            }
         };
         match ended {
             // A run whose failure is journaled rolls back even if its code now succeeds
@@ -238,11 +320,14 @@ impl<S: FlowStore> FlowDriver<S> {
                 let message = rolling_back
                     .and_then(|f| f.outcome.err())
                     .unwrap_or_default();
-                self.roll_back(&ctx, &run.id, message, defer_end).await
+                self.roll_back(&ctx, &run.id, message, defer_end)
+                    .await
+                    .map(Driven::Ended)
             }
             Ok(Ok(output)) => {
-                if !defer_end {
-                    store
+                // Completed only if no cancel got there first (one conditional write).
+                if !defer_end
+                    && !store
                         .set_run_status(
                             run.id.clone(),
                             RunStatus::Completed,
@@ -250,18 +335,26 @@ impl<S: FlowStore> FlowDriver<S> {
                             None,
                         )
                         .await
-                        .map_err(store_failed)?;
+                        .map_err(store_failed)?
+                {
+                    return Ok(Driven::Cancelled);
                 }
-                Ok(Some(RunEnd::Completed(output)))
+                Ok(Driven::Ended(Some(RunEnd::Completed(output))))
             }
             Ok(Err(failure)) => {
                 let message = match failure {
                     Failure::Flow(e) => e.to_string(),
                     Failure::Serde(m) => m,
                 };
-                self.roll_back(&ctx, &run.id, message, defer_end).await
+                self.roll_back(&ctx, &run.id, message, defer_end)
+                    .await
+                    .map(Driven::Ended)
             }
             Err(Stop::Suspend { wake_at_ms }) => {
+                // A sleeping run wakes at its deadline at the latest, to be rolled back.
+                let wake_at_ms = payload
+                    .deadline_ms
+                    .map_or(wake_at_ms, |d| wake_at_ms.min(d));
                 let wait = wake_at_ms.saturating_sub(store.now_ms()).max(0);
                 Err(JobError::snooze(Duration::from_millis(
                     u64::try_from(wait).unwrap_or(0),
@@ -279,7 +372,44 @@ impl<S: FlowStore> FlowDriver<S> {
                     )
                     .await
                     .map_err(store_failed)?;
-                Ok(Some(RunEnd::Halted(message)))
+                Ok(Driven::Ended(Some(RunEnd::Halted(message))))
+            }
+        }
+    }
+
+    /// Resolves when `run` is no longer `running` in the store (a caller cancelled it), or
+    /// once its deadline passes (cancelling it then): read every `cancel_check` while the
+    /// code runs, and never before the first check is due, so a short resumption reads
+    /// nothing. Store errors are retried at the next check.
+    async fn cancelled(&self, run: &crate::store::RunRecord, deadline_ms: Option<i64>) {
+        let store = &self.store;
+        loop {
+            let now = store.now_ms();
+            if let Some(d) = deadline_ms
+                && now >= d
+            {
+                match store
+                    .cancel_run(run.id.clone(), deadline_reason(run, d))
+                    .await
+                {
+                    Ok(Some((stored, _))) if stored.status != RunStatus::Running => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(run = %run.id, error = %e, "cancelling a run past its deadline failed; trying again")
+                    }
+                }
+            }
+            let nap = deadline_ms.map_or(self.cancel_check, |d| {
+                let left = u64::try_from(d.saturating_sub(now)).unwrap_or(0);
+                self.cancel_check.min(Duration::from_millis(left))
+            });
+            tokio::time::sleep(nap.max(Duration::from_millis(1))).await;
+            match store.run(run.id.clone()).await {
+                Ok(Some(stored)) if stored.status != RunStatus::Running => return,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(run = %run.id, error = %e, "reading whether a run was cancelled failed")
+                }
             }
         }
     }
@@ -294,19 +424,10 @@ impl<S: FlowStore> FlowDriver<S> {
         defer_end: bool,
     ) -> Result<Option<RunEnd>, JobError> {
         let store = &self.store;
-        let now = store.now_ms();
         let failure = match ctx.journaled(FAILURE_KEY) {
             Some(entry) => entry,
             None => ctx
-                .record(JournalEntry {
-                    seq: 0,
-                    key: FAILURE_KEY.into(),
-                    kind: EntryKind::Failure,
-                    outcome: Err(message.clone()),
-                    attempts: 0,
-                    started_at_ms: now,
-                    finished_at_ms: now,
-                })
+                .record(failure_entry(message.clone(), store.now_ms()))
                 .await
                 .map_err(store_failed)?,
         };

@@ -179,3 +179,57 @@ pub enum SignalError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// Why [`Flows::cancel`](crate::Flows::cancel) cancelled nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CancelError {
+    /// No run has this id.
+    #[error("no run `{0}`")]
+    NotFound(String),
+    /// The reason is too long.
+    #[error("invalid cancel reason: {0}")]
+    InvalidReason(String),
+    /// The store failed. The cancel may have been recorded: calling again is safe (it
+    /// reports [`CancelOutcome::AlreadyRollingBack`] and wakes the run again).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What [`Flows::cancel`](crate::Flows::cancel) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The run was running: it rolls back now (its running steps are stopped, then the
+    /// compensations of its completed steps run, latest first) and ends `failed`.
+    Cancelled,
+    /// The run was already rolling back (it failed, or was cancelled before): nothing
+    /// changed.
+    AlreadyRollingBack,
+    /// The run is over, in this status: nothing changed.
+    Finished(crate::RunStatus),
+}
+
+/// Why [`Flows::resume`](crate::Flows::resume) resumed nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResumeError {
+    /// No run has this id.
+    #[error("no run `{0}`")]
+    NotFound(String),
+    /// The run is not failed, halted or stranded: it completed, or is still being driven.
+    #[error(
+        "run `{run}` is {status}: only a failed or halted run, or one whose job is over, can be resumed"
+    )]
+    NotResumable {
+        /// The run.
+        run: String,
+        /// Its status.
+        status: &'static str,
+    },
+    /// The run's new job could not be built.
+    #[error("the run's job: {0}")]
+    Job(String),
+    /// The store failed; nothing was written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

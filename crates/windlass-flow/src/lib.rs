@@ -74,18 +74,22 @@ mod context;
 pub mod driver;
 mod error;
 pub mod graph;
+mod resume;
 pub mod store;
 mod workflow;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use client::{Flows, FlowsBuilder, MAX_RUN_ID_BYTES, RunHandle};
+pub use client::{Flows, FlowsBuilder, MAX_REASON_BYTES, MAX_RUN_ID_BYTES, RunHandle, RunOptions};
 pub use context::{FlowContext, MAX_NAME_BYTES, Step};
 pub use driver::{DRIVER_KIND, FlowDriver, RunPayload};
-pub use error::{FlowError, ReplayMismatch, RunError, SignalError, StartError, WaitError};
+pub use error::{
+    CancelError, CancelOutcome, FlowError, ReplayMismatch, ResumeError, RunError, SignalError,
+    StartError, WaitError,
+};
 pub use store::{
-    EntryKind, FlowStore, InlineClaim, JournalEntry, NewRun, RunFilter, RunRecord, RunStart,
-    RunStatus, Started,
+    EndRun, EntryKind, FlowStore, InlineClaim, JournalEntry, NewRun, Resumed, RunFilter, RunRecord,
+    RunStart, RunStatus, Started,
 };
 pub use workflow::Workflow;

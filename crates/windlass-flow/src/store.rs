@@ -19,7 +19,7 @@ use std::future::Future;
 use serde_json::Value;
 use std::time::Duration;
 
-use windlass_queue::{ClaimedJob, Fenced, Finish, JobId, NewJob, Store, StoreError};
+use windlass_queue::{ClaimedJob, Finish, JobId, NewJob, Store, StoreError};
 
 /// Where a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,6 +70,59 @@ impl RunStatus {
             RunStatus::Completed | RunStatus::Failed | RunStatus::Halted
         )
     }
+
+    /// Whether a run in this status may be moved to `next`: the rule every backend's status
+    /// writes keep ([`FlowStore::set_run_status`], [`FlowStore::end_run`],
+    /// [`FlowStore::cancel_run`]). A running run may become anything; a compensating run
+    /// only compensating, failed or halted — so a run cancelled while its code was finishing
+    /// is never completed afterwards; a finished run nothing (only
+    /// [`FlowStore::resume_run`] reopens one).
+    pub fn may_become(self, next: RunStatus) -> bool {
+        match self {
+            RunStatus::Running => true,
+            RunStatus::Compensating => matches!(
+                next,
+                RunStatus::Compensating | RunStatus::Failed | RunStatus::Halted
+            ),
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Halted => false,
+        }
+    }
+}
+
+/// [`RunStatus::may_become`] as an SQL condition on a row's `status` column, for backends:
+/// `next` is the placeholder of the new status (`?2`, `$7`).
+pub fn may_become_sql(next: &str) -> String {
+    format!(
+        "(status = 'running' OR (status = 'compensating' AND {next} IN ('compensating', 'failed', 'halted')))"
+    )
+}
+
+/// What [`FlowStore::end_run`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndRun {
+    /// The run's end and its job's end were both stored.
+    Stored,
+    /// The job's lease was no longer the attempt's (a zombie's end): nothing was written.
+    LeaseLost,
+    /// The run may no longer become the asked status (it was cancelled, or it is over):
+    /// nothing was written, and the job is still running under the attempt's lease.
+    RunMoved(RunStatus),
+}
+
+/// What [`FlowStore::resume_run`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resumed {
+    /// The run is `running` again, driven by a new job; the journal entries asked for were
+    /// retired (renamed, kept as history).
+    Resumed {
+        /// The run as stored now.
+        run: RunRecord,
+        /// How many entries were renamed.
+        retired: usize,
+    },
+    /// The run was not in a status that can be resumed (completed, or running or
+    /// compensating with its job alive): nothing was written.
+    NotResumable(RunStatus),
 }
 
 /// One run of a workflow.
@@ -268,6 +321,8 @@ pub struct RunFilter {
 ///   its own.
 /// - **Nothing is acknowledged before it is durable.**
 /// - [`journal`](FlowStore::journal) returns entries in the order they were stored.
+/// - **Status moves follow [`RunStatus::may_become`]**, checked in the same write that makes
+///   them.
 pub trait FlowStore: Store {
     /// Stores `run` unless a run with its id exists; returns the stored run.
     fn insert_run(&self, run: NewRun)
@@ -286,9 +341,10 @@ pub trait FlowStore: Store {
     fn run(&self, id: String)
     -> impl Future<Output = Result<Option<RunRecord>, StoreError>> + Send;
 
-    /// Moves a run to `status`, with its output or error; a terminal status also sets its
-    /// finish time. A run already in a terminal status is left as it is. Returns whether the
-    /// run exists.
+    /// Moves a run to `status`, with its output or error, if its current status
+    /// [may become](RunStatus::may_become) that one; a terminal status also sets its finish
+    /// time. Returns whether it was written (`false`: no such run, or a move the rule
+    /// refuses, such as completing a cancelled run).
     fn set_run_status(
         &self,
         id: String,
@@ -302,7 +358,10 @@ pub trait FlowStore: Store {
     /// [`Store::finish`] fences it, and the run's status is written only if the finish was
     /// applied. The direct start's last write ([`Flows::run`](crate::Flows::run)): one
     /// commit instead of two. Only a finish whose next state is `Completed` is accepted
-    /// (a run's end completes its job); any other is `StoreError::Invalid`.
+    /// (a run's end completes its job); any other is `StoreError::Invalid`. If the run may
+    /// not become `status` (it was cancelled meanwhile), **neither** is written
+    /// ([`EndRun::RunMoved`]): the job stays running, so that its attempt can end it another
+    /// way and the run is never left without a driver.
     fn end_run(
         &self,
         id: String,
@@ -310,7 +369,30 @@ pub trait FlowStore: Store {
         output: Option<Value>,
         error: Option<String>,
         finish: Finish,
-    ) -> impl Future<Output = Result<Fenced, StoreError>> + Send;
+    ) -> impl Future<Output = Result<EndRun, StoreError>> + Send;
+
+    /// Cancels a `running` run: moves it to `compensating` with `reason` as its error, so
+    /// that its driver stops its code and rolls it back. One conditional write, so a cancel
+    /// and the run's completion race on the run's row and exactly one wins. Returns the run
+    /// as stored afterwards and whether this call moved it (`false`: it was no longer
+    /// running), or `None` when no run has the id.
+    fn cancel_run(
+        &self,
+        id: String,
+        reason: String,
+    ) -> impl Future<Output = Result<Option<(RunRecord, bool)>, StoreError>> + Send;
+
+    /// Reopens a run for an operator, **in one transaction**: if the run is failed or
+    /// halted, or is running or compensating while its job is over or gone (a stranded
+    /// run), each journal entry `from` in `renames` is renamed `to` (retired, kept as
+    /// history), the run becomes `running` with no output, error or finish time, and a new
+    /// job (`job`) drives it. Otherwise nothing is written. `None` when no run has the id.
+    fn resume_run(
+        &self,
+        id: String,
+        renames: Vec<(String, String)>,
+        job: NewJob,
+    ) -> impl Future<Output = Result<Option<Resumed>, StoreError>> + Send;
 
     /// Runs matching a filter, in id order.
     fn runs(

@@ -7,10 +7,11 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
+use windlass_flow::store::{EndRun, Resumed, may_become_sql};
 use windlass_flow::{
     EntryKind, FlowStore, JournalEntry, NewRun, RunFilter, RunRecord, RunStart, RunStatus, Started,
 };
-use windlass_queue::{ClaimedJob, Fenced, Finish, JobId, JobState, StoreError, duration_ms};
+use windlass_queue::{ClaimedJob, Finish, JobId, JobState, NewJob, StoreError, duration_ms};
 
 use crate::{PostgresStore, pg_error};
 
@@ -237,21 +238,20 @@ impl FlowStore for PostgresStore {
         let finished = status.is_terminal().then(|| self.clock.now_ms());
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached(
-                "WITH upd AS (
-                    UPDATE windlass_flow_runs
-                    SET status = $2, output = COALESCE($3, output), error = COALESCE($4, error),
-                        finished_at = COALESCE($5, finished_at)
-                    WHERE id = $1 AND status NOT IN ('completed', 'failed', 'halted'))
-                 SELECT EXISTS (SELECT 1 FROM windlass_flow_runs WHERE id = $1)",
-            )
+            .prepare_cached(&format!(
+                "UPDATE windlass_flow_runs
+                 SET status = $2, output = COALESCE($3, output), error = COALESCE($4, error),
+                     finished_at = COALESCE($5, finished_at)
+                 WHERE id = $1 AND {}",
+                may_become_sql("$2")
+            ))
             .await
             .map_err(pg_error)?;
-        let row = client
-            .query_one(&stmt, &[&id, &status.as_str(), &output, &error, &finished])
+        let changed = client
+            .execute(&stmt, &[&id, &status.as_str(), &output, &error, &finished])
             .await
             .map_err(pg_error)?;
-        row.try_get(0).map_err(pg_error)
+        Ok(changed > 0)
     }
 
     async fn end_run(
@@ -261,30 +261,35 @@ impl FlowStore for PostgresStore {
         output: Option<Value>,
         error: Option<String>,
         finish: Finish,
-    ) -> Result<Fenced, StoreError> {
+    ) -> Result<EndRun, StoreError> {
         windlass_flow::store::check_end(&finish)?;
         let now = self.clock.now_ms();
         let finished = status.is_terminal().then_some(now);
         let record =
             serde_json::to_value(&finish.record).map_err(|e| corrupt("an attempt record", e))?;
         let client = self.client().await?;
+        // The run's row is locked first, so a cancel cannot slip between the check that
+        // the run may take this end and the writes: the job's end is written only if the
+        // run may take it, and the run's only if the job's was.
         let stmt = client
-            .prepare_cached(
-                "WITH f AS (
+            .prepare_cached(&format!(
+                "WITH lk AS (SELECT status FROM windlass_flow_runs WHERE id = $6 FOR UPDATE),
+                 f AS (
                     UPDATE windlass_jobs j SET state = 'completed', finished_at = $3,
                         locked_by = NULL, lease_until = NULL, cancel_requested = false,
                         attempts = j.attempts || jsonb_build_array($5::jsonb)
                     WHERE j.id = $1 AND j.state = 'running' AND j.lease_token = $2
                       AND j.locked_by = $4
+                      AND EXISTS (SELECT 1 FROM lk WHERE {})
                     RETURNING j.id),
                  r AS (
                     UPDATE windlass_flow_runs
                     SET status = $7, output = COALESCE($8, output), error = COALESCE($9, error),
                         finished_at = COALESCE($10, finished_at)
-                    WHERE id = $6 AND status NOT IN ('completed', 'failed', 'halted')
-                      AND EXISTS (SELECT 1 FROM f))
-                 SELECT count(*) FROM f",
-            )
+                    WHERE id = $6 AND EXISTS (SELECT 1 FROM f))
+                 SELECT (SELECT count(*) FROM f), (SELECT status FROM lk)",
+                may_become_sql("$7")
+            ))
             .await
             .map_err(pg_error)?;
         let row = client
@@ -306,11 +311,120 @@ impl FlowStore for PostgresStore {
             .await
             .map_err(pg_error)?;
         let applied: i64 = row.try_get(0).map_err(pg_error)?;
+        let was: Option<String> = row.try_get(1).map_err(pg_error)?;
+        let was = was
+            .ok_or_else(|| StoreError::Invalid(format!("end_run: no run `{id}`")))
+            .and_then(|s| RunStatus::parse(&s).ok_or_else(|| corrupt("a run's status", &s)))?;
         Ok(if applied == 1 {
-            Fenced::Applied
+            EndRun::Stored
+        } else if !was.may_become(status) {
+            EndRun::RunMoved(was)
         } else {
-            Fenced::Rejected
+            EndRun::LeaseLost
         })
+    }
+
+    async fn cancel_run(
+        &self,
+        id: String,
+        reason: String,
+    ) -> Result<Option<(RunRecord, bool)>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "WITH upd AS (
+                    UPDATE windlass_flow_runs SET status = 'compensating', error = $2
+                    WHERE id = $1 AND status = 'running'
+                    RETURNING {RUN_COLUMNS})
+                 SELECT {RUN_COLUMNS}, true FROM upd
+                 UNION ALL
+                 SELECT {RUN_COLUMNS}, false FROM windlass_flow_runs
+                 WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM upd)"
+            ))
+            .await
+            .map_err(pg_error)?;
+        let row = client
+            .query_opt(&stmt, &[&id, &reason])
+            .await
+            .map_err(pg_error)?;
+        row.map(|row| Ok((run_from(&row)?, row.try_get(9).map_err(pg_error)?)))
+            .transpose()
+    }
+
+    async fn resume_run(
+        &self,
+        id: String,
+        renames: Vec<(String, String)>,
+        job: NewJob,
+    ) -> Result<Option<Resumed>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT status, job_id FROM windlass_flow_runs WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(pg_error)?
+        else {
+            return Ok(None);
+        };
+        let status: String = row.try_get(0).map_err(pg_error)?;
+        let status = RunStatus::parse(&status).ok_or_else(|| corrupt("a run's status", &status))?;
+        let old_job: i64 = row.try_get(1).map_err(pg_error)?;
+        let resumable = match status {
+            RunStatus::Failed | RunStatus::Halted => true,
+            RunStatus::Completed => false,
+            RunStatus::Running | RunStatus::Compensating => {
+                let state: Option<String> = tx
+                    .query_opt("SELECT state FROM windlass_jobs WHERE id = $1", &[&old_job])
+                    .await
+                    .map_err(pg_error)?
+                    .map(|r| r.try_get(0))
+                    .transpose()
+                    .map_err(pg_error)?;
+                state
+                    .and_then(|s| JobState::parse(&s))
+                    .is_none_or(|s| s.is_terminal())
+            }
+        };
+        if !resumable {
+            return Ok(Some(Resumed::NotResumable(status)));
+        }
+        let mut retired = 0;
+        for (from, to) in &renames {
+            retired += tx
+                .execute(
+                    "UPDATE windlass_flow_journal SET key = $3 WHERE run_id = $1 AND key = $2",
+                    &[&id, from, to],
+                )
+                .await
+                .map_err(pg_error)?;
+        }
+        let job = crate::ops::enqueue(&*tx, &crate::ops::Prep::Plain, &[job], now, &self.channel)
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("resume inserted no job".into()))?
+            .id;
+        let row = tx
+            .query_one(
+                &format!(
+                    "UPDATE windlass_flow_runs SET status = 'running', output = NULL,
+                         error = NULL, finished_at = NULL, job_id = $2
+                     WHERE id = $1 RETURNING {RUN_COLUMNS}"
+                ),
+                &[&id, &job.0],
+            )
+            .await
+            .map_err(pg_error)?;
+        let run = run_from(&row)?;
+        tx.commit().await.map_err(pg_error)?;
+        self.wake();
+        Ok(Some(Resumed::Resumed {
+            run,
+            retired: usize::try_from(retired).unwrap_or(usize::MAX),
+        }))
     }
 
     async fn runs(&self, filter: RunFilter) -> Result<Vec<RunRecord>, StoreError> {

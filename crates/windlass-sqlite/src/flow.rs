@@ -5,10 +5,11 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use serde_json::Value;
+use windlass_flow::store::{EndRun, Resumed};
 use windlass_flow::{
     EntryKind, FlowStore, JournalEntry, NewRun, RunFilter, RunRecord, RunStart, RunStatus, Started,
 };
-use windlass_queue::{Fenced, Finish, duration_ms};
+use windlass_queue::{Fenced, Finish, NewJob, duration_ms};
 use windlass_queue::{JobId, StoreError};
 
 use crate::{SqliteStore, sql_error};
@@ -94,6 +95,7 @@ fn entry_from(row: &Row<'_>) -> rusqlite::Result<Result<JournalEntry, StoreError
 }
 
 /// Moves a run to `status` unless it is already terminal.
+/// Moves a run to `status` if its status may become that one; returns whether it did.
 fn update_status(
     c: &Connection,
     id: &str,
@@ -101,17 +103,32 @@ fn update_status(
     output: Option<String>,
     error: Option<String>,
     finished: Option<i64>,
-) -> Result<(), StoreError> {
-    c.prepare_cached(
-        "UPDATE windlass_flow_runs
-         SET status = ?2, output = COALESCE(?3, output), error = COALESCE(?4, error),
-             finished_at = COALESCE(?5, finished_at)
-         WHERE id = ?1 AND status NOT IN ('completed', 'failed', 'halted')",
-    )
-    .map_err(sql_error)?
-    .execute(params![id, status.as_str(), output, error, finished])
-    .map_err(sql_error)?;
-    Ok(())
+) -> Result<bool, StoreError> {
+    let changed = c
+        .prepare_cached(&format!(
+            "UPDATE windlass_flow_runs
+             SET status = ?2, output = COALESCE(?3, output), error = COALESCE(?4, error),
+                 finished_at = COALESCE(?5, finished_at)
+             WHERE id = ?1 AND {}",
+            windlass_flow::store::may_become_sql("?2")
+        ))
+        .map_err(sql_error)?
+        .execute(params![id, status.as_str(), output, error, finished])
+        .map_err(sql_error)?;
+    Ok(changed > 0)
+}
+
+/// Whether the job `id` is over or gone (a run it drove is stranded).
+fn job_over(c: &Connection, id: JobId) -> Result<bool, StoreError> {
+    let state: Option<String> = c
+        .prepare_cached("SELECT state FROM windlass_jobs WHERE id = ?1")
+        .map_err(sql_error)?
+        .query_row([id.0], |r| r.get(0))
+        .optional()
+        .map_err(sql_error)?;
+    Ok(state
+        .and_then(|s| windlass_queue::JobState::parse(&s))
+        .is_none_or(|s| s.is_terminal()))
 }
 
 const ENTRY_COLUMNS: &str = "seq, key, kind, output, error, attempts, started_at, finished_at";
@@ -188,7 +205,7 @@ impl FlowStore for SqliteStore {
         output: Option<Value>,
         error: Option<String>,
         finish: Finish,
-    ) -> Result<Fenced, StoreError> {
+    ) -> Result<EndRun, StoreError> {
         windlass_flow::store::check_end(&finish)?;
         let output = output.as_ref().map(to_text).transpose()?;
         let now = self.clock.now_ms();
@@ -196,16 +213,96 @@ impl FlowStore for SqliteStore {
         self.writer
             .call(
                 move |c| {
+                    let run = get_run(c, &id)?
+                        .ok_or_else(|| StoreError::Invalid(format!("end_run: no run `{id}`")))?;
+                    if !run.status.may_become(status) {
+                        return Ok(EndRun::RunMoved(run.status));
+                    }
                     let fenced = crate::ops::finish(c, std::slice::from_ref(&finish), now)?
                         .first()
                         .copied()
                         .unwrap_or(Fenced::Rejected);
-                    if fenced == Fenced::Applied {
-                        update_status(c, &id, status, output, error, finished)?;
+                    if fenced == Fenced::Rejected {
+                        return Ok(EndRun::LeaseLost);
                     }
-                    Ok(fenced)
+                    update_status(c, &id, status, output, error, finished)?;
+                    Ok(EndRun::Stored)
                 },
                 None,
+            )
+            .await
+    }
+
+    async fn cancel_run(
+        &self,
+        id: String,
+        reason: String,
+    ) -> Result<Option<(RunRecord, bool)>, StoreError> {
+        self.writer
+            .call(
+                move |c| {
+                    let moved = c
+                        .prepare_cached(
+                            "UPDATE windlass_flow_runs SET status = 'compensating', error = ?2
+                             WHERE id = ?1 AND status = 'running'",
+                        )
+                        .map_err(sql_error)?
+                        .execute(params![id, reason])
+                        .map_err(sql_error)?;
+                    Ok(get_run(c, &id)?.map(|run| (run, moved > 0)))
+                },
+                None,
+            )
+            .await
+    }
+
+    async fn resume_run(
+        &self,
+        id: String,
+        renames: Vec<(String, String)>,
+        job: NewJob,
+    ) -> Result<Option<Resumed>, StoreError> {
+        let now = self.clock.now_ms();
+        self.writer
+            .call(
+                move |c| {
+                    let Some(run) = get_run(c, &id)? else {
+                        return Ok(None);
+                    };
+                    let resumable = match run.status {
+                        RunStatus::Failed | RunStatus::Halted => true,
+                        RunStatus::Completed => false,
+                        RunStatus::Running | RunStatus::Compensating => job_over(c, run.job)?,
+                    };
+                    if !resumable {
+                        return Ok(Some(Resumed::NotResumable(run.status)));
+                    }
+                    let mut retired = 0;
+                    for (from, to) in &renames {
+                        retired += c
+                            .prepare_cached(
+                                "UPDATE windlass_flow_journal SET key = ?3
+                                 WHERE run_id = ?1 AND key = ?2",
+                            )
+                            .map_err(sql_error)?
+                            .execute(params![id, from, to])
+                            .map_err(sql_error)?;
+                    }
+                    let (job, _) = crate::ops::insert_job(c, &job, now, None)?;
+                    c.prepare_cached(
+                        "UPDATE windlass_flow_runs SET status = 'running', output = NULL,
+                             error = NULL, finished_at = NULL, job_id = ?2
+                         WHERE id = ?1",
+                    )
+                    .map_err(sql_error)?
+                    .execute(params![id, job.0])
+                    .map_err(sql_error)?;
+                    let run = get_run(c, &id)?.ok_or_else(|| {
+                        StoreError::Database(format!("run `{id}` vanished on resume"))
+                    })?;
+                    Ok(Some(Resumed::Resumed { run, retired }))
+                },
+                self.wake(),
             )
             .await
     }
@@ -226,10 +323,7 @@ impl FlowStore for SqliteStore {
         let finished = status.is_terminal().then_some(now);
         self.writer
             .call(
-                move |c| {
-                    update_status(c, &id, status, output, error, finished)?;
-                    Ok(get_run(c, &id)?.is_some())
-                },
+                move |c| update_status(c, &id, status, output, error, finished),
                 None,
             )
             .await

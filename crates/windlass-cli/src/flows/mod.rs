@@ -1,5 +1,6 @@
 //! `windlass flows …`: look at workflow runs — list them, show one run's steps (status,
-//! attempts, durations, errors), and export its recorded graph (Mermaid or DOT).
+//! attempts, durations, errors), export its recorded graph (Mermaid or DOT) — and act on
+//! them: cancel a run (its compensations run), resume a failed one from its failed step.
 
 pub mod bench;
 
@@ -7,7 +8,9 @@ use std::fmt::Write as _;
 
 use anyhow::{Context as _, bail};
 use serde_json::json;
-use windlass_flow::{EntryKind, FlowStore, JournalEntry, RunFilter, RunRecord, RunStatus};
+use windlass_flow::{
+    CancelOutcome, EntryKind, FlowStore, Flows, JournalEntry, RunFilter, RunRecord, RunStatus,
+};
 
 /// One action on runs.
 #[derive(Debug, Clone)]
@@ -22,6 +25,21 @@ pub enum FlowAction {
         id: String,
         /// `mermaid` or `dot`.
         format: GraphFormat,
+    },
+    /// Cancel a run: its running steps stop, its completed steps are compensated.
+    Cancel {
+        /// The run.
+        id: String,
+        /// Why (stored in the run's error as `cancelled: <reason>`).
+        reason: String,
+    },
+    /// Resume a failed, halted or stranded run from its failed step, on the workers of
+    /// `queue`.
+    Resume {
+        /// The run.
+        id: String,
+        /// The flows queue its new job goes to.
+        queue: String,
     },
 }
 
@@ -65,12 +83,52 @@ fn entry_json(e: &JournalEntry) -> serde_json::Value {
 }
 
 /// Runs `action` against `store` and returns what to print.
-pub async fn run<S: FlowStore>(
+pub async fn run<S: FlowStore + Clone>(
     store: &S,
     action: FlowAction,
     json: bool,
 ) -> anyhow::Result<String> {
     Ok(match action {
+        FlowAction::Cancel { id, reason } => {
+            let queue = windlass_queue::Queue::new(store.clone());
+            let flows = Flows::builder(&queue).build()?;
+            let (outcome, said) = match flows.cancel(id.clone(), reason).await? {
+                CancelOutcome::Cancelled => (
+                    "cancelled",
+                    format!("run `{id}` cancelled: it stops and rolls back on its worker\n"),
+                ),
+                CancelOutcome::AlreadyRollingBack => (
+                    "already_rolling_back",
+                    format!("run `{id}` was already rolling back\n"),
+                ),
+                CancelOutcome::Finished(status) => (
+                    status.as_str(),
+                    format!(
+                        "run `{id}` is already {}: nothing to cancel\n",
+                        status.as_str()
+                    ),
+                ),
+            };
+            if json {
+                serde_json::to_string_pretty(&json!({ "id": id, "outcome": outcome }))?
+            } else {
+                said
+            }
+        }
+        FlowAction::Resume { id, queue: name } => {
+            let queue = windlass_queue::Queue::new(store.clone());
+            let flows = Flows::builder(&queue).queue(name).build()?;
+            let retired = flows.resume(id.clone()).await?;
+            if json {
+                serde_json::to_string_pretty(&json!({ "id": id, "retired": retired }))?
+            } else {
+                format!(
+                    "run `{id}` resumed from its failed step ({retired} journal entries retired); \
+                     a worker of queue `{}` drives it\n",
+                    flows.queue_name()
+                )
+            }
+        }
         FlowAction::List(filter) => {
             let runs = store.runs(filter).await?;
             if json {
@@ -157,7 +215,7 @@ mod tests {
     use super::*;
     use serde_json::Value;
     use windlass_flow::NewRun;
-    use windlass_queue::JobId;
+    use windlass_queue::{JobId, Store as _};
     use windlass_sqlite::SqliteStore;
 
     #[test]
@@ -242,5 +300,64 @@ mod tests {
             listed.contains("r1") && listed.contains("checkout"),
             "{listed}"
         );
+    }
+
+    #[tokio::test]
+    async fn cancel_rolls_a_run_back_and_resume_reopens_it() {
+        let store = SqliteStore::in_memory().await.unwrap();
+        store
+            .insert_run(NewRun {
+                id: "r1".into(),
+                kind: "checkout".into(),
+                input: Value::Null,
+                job: JobId(999),
+                created_at_ms: 0,
+            })
+            .await
+            .unwrap();
+        let cancel = |reason: &str| FlowAction::Cancel {
+            id: "r1".into(),
+            reason: reason.into(),
+        };
+        let said = run(&store, cancel("fraud"), false).await.unwrap();
+        assert!(said.contains("run `r1` cancelled"), "{said}");
+        let run_now = store.run("r1".into()).await.unwrap().unwrap();
+        assert_eq!(run_now.status, RunStatus::Compensating);
+        assert_eq!(run_now.error.as_deref(), Some("cancelled: fraud"));
+        let again: Value =
+            serde_json::from_str(&run(&store, cancel("twice"), true).await.unwrap()).unwrap();
+        assert_eq!(again["outcome"], "already_rolling_back");
+        // Its job (999) does not exist: the run is stranded, so it can be resumed.
+        let resumed: Value = serde_json::from_str(
+            &run(
+                &store,
+                FlowAction::Resume {
+                    id: "r1".into(),
+                    queue: "flows-2".into(),
+                },
+                true,
+            )
+            .await
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(resumed["retired"], 0);
+        let run_now = store.run("r1".into()).await.unwrap().unwrap();
+        assert_eq!(run_now.status, RunStatus::Running);
+        assert_eq!(run_now.error, None);
+        let job = store.get(run_now.job).await.unwrap().unwrap();
+        assert_eq!(job.queue, "flows-2");
+        let e = run(
+            &store,
+            FlowAction::Resume {
+                id: "r1".into(),
+                queue: "flows".into(),
+            },
+            false,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("is running"), "{e}");
     }
 }

@@ -26,9 +26,18 @@ use crate::{FlowContext, FlowError, FlowStore, Flows, RunStatus, WaitError, Work
 
 pub use windlass_queue::conformance::T0;
 
+mod cancel;
 mod child;
 mod inline;
 mod signal;
+pub use cancel::{
+    a_cancel_and_a_completion_never_both_win,
+    a_cancelled_run_stops_its_running_step_then_compensates,
+    a_cancelled_sleeping_run_rolls_back_at_once,
+    a_direct_run_cancelled_mid_step_rolls_back_in_its_caller,
+    a_failed_run_resumes_from_its_failed_step,
+    a_run_past_its_deadline_is_cancelled_and_compensated,
+};
 pub use child::a_parent_waits_for_its_children_and_reads_their_results;
 mod store;
 pub use inline::{
@@ -78,6 +87,12 @@ macro_rules! flow_conformance_tests {
             a_signal_wait_times_out_at_its_deadline,
             a_signal_sent_while_the_run_is_busy_is_taken,
             a_parent_waits_for_its_children_and_reads_their_results,
+            a_cancelled_run_stops_its_running_step_then_compensates,
+            a_cancelled_sleeping_run_rolls_back_at_once,
+            a_run_past_its_deadline_is_cancelled_and_compensated,
+            a_direct_run_cancelled_mid_step_rolls_back_in_its_caller,
+            a_cancel_and_a_completion_never_both_win,
+            a_failed_run_resumes_from_its_failed_step,
         );
     };
     (@cases $fresh:path; $($case:ident),* $(,)?) => {

@@ -7,11 +7,13 @@ use std::time::Duration;
 use serde_json::json;
 use windlass_queue::conformance::T0;
 use windlass_queue::{
-    AttemptRecord, Fenced, Finish, JobOptions, JobState, Lease, ManualClock, NewJob, NextState,
+    AttemptRecord, Finish, JobOptions, JobState, Lease, ManualClock, NewJob, NextState,
 };
 
 use super::FlowDb;
-use crate::{DRIVER_KIND, EntryKind, FlowStore, InlineClaim, JournalEntry, RunStart, RunStatus};
+use crate::{
+    DRIVER_KIND, EndRun, EntryKind, FlowStore, InlineClaim, JournalEntry, RunStart, RunStatus,
+};
 
 fn entry(key: &str, outcome: Result<serde_json::Value, String>) -> JournalEntry {
     JournalEntry {
@@ -75,7 +77,7 @@ pub async fn concurrent_writers_of_one_entry_agree<S: FlowStore>(
     assert_eq!(answers.len(), 40);
 }
 
-fn start(id: &str, claim: Option<InlineClaim>) -> RunStart {
+pub(super) fn start(id: &str, claim: Option<InlineClaim>) -> RunStart {
     RunStart {
         id: id.into(),
         kind: "k".into(),
@@ -178,7 +180,7 @@ pub async fn a_run_and_its_job_start_and_end_together<S: FlowStore>(
         )
         .await
         .expect("end with a stale lease");
-    assert_eq!(refused, Fenced::Rejected);
+    assert_eq!(refused, EndRun::LeaseLost);
     let run = store.run("i".into()).await.expect("run").expect("the run");
     assert_eq!(
         run.status,
@@ -195,7 +197,7 @@ pub async fn a_run_and_its_job_start_and_end_together<S: FlowStore>(
         )
         .await
         .expect("end");
-    assert_eq!(ended, Fenced::Applied);
+    assert_eq!(ended, EndRun::Stored);
     let run = store.run("i".into()).await.expect("run").expect("the run");
     assert_eq!(run.status, RunStatus::Completed);
     assert_eq!(run.output, Some(json!("out")));
