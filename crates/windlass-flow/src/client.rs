@@ -174,13 +174,14 @@ pub(crate) fn run_start(
     jobs: &ChildJobs,
     payload: RunPayload,
     claim: Option<InlineClaim>,
+    trace: Option<String>,
     now_ms: i64,
 ) -> Result<RunStart, String> {
     let id = payload.run.clone();
     if id.is_empty() || id.len() > MAX_RUN_ID_BYTES {
         return Err(format!("invalid run id {id:?}: must be 1 to 256 bytes"));
     }
-    let job = driver_job(jobs, &payload.workflow, &payload)?;
+    let job = driver_job(jobs, &payload, trace)?;
     Ok(RunStart {
         id,
         kind: payload.workflow,
@@ -191,22 +192,37 @@ pub(crate) fn run_start(
     })
 }
 
-/// The job that drives a run.
-fn driver_job(jobs: &ChildJobs, kind: &str, payload: &RunPayload) -> Result<NewJob, String> {
+/// The job that drives a run, carrying the run's trace context (a new one when `None`): every
+/// resumption's spans carry it, so one trace follows the run across attempts and workers.
+fn driver_job(
+    jobs: &ChildJobs,
+    payload: &RunPayload,
+    trace: Option<String>,
+) -> Result<NewJob, String> {
+    let kind = &payload.workflow;
     let payload = serde_json::to_value(payload).map_err(|e| e.to_string())?;
-    let options = job_options(
+    let mut options = job_options(
         &jobs.queue,
         jobs.attempt_timeout,
         None,
         Some(format!("workflow:{kind}")),
     );
+    options.trace_context = Some(trace.unwrap_or_else(new_traceparent));
     NewJob::new(DRIVER_KIND, payload, options).map_err(|e| e.to_string())
+}
+
+/// A new W3C `traceparent` (version 00, sampled) with random trace and parent ids.
+pub(crate) fn new_traceparent() -> String {
+    let trace = fastrand::u128(1..);
+    let parent = fastrand::u64(1..);
+    format!("00-{trace:032x}-{parent:016x}-01")
 }
 
 /// Options of one run, for [`Flows::start_with`] and [`Flows::run_with`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunOptions {
     deadline: Option<Duration>,
+    trace_context: Option<String>,
 }
 
 impl RunOptions {
@@ -222,6 +238,26 @@ impl RunOptions {
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self
+    }
+
+    /// The trace context the run belongs to (a W3C `traceparent`, 1 to 512 bytes), e.g. the
+    /// starting request's: stored with the run's job, it is on every span of every
+    /// resumption of the run (the `workflow` span's `trace_context` field) and inherited by
+    /// its children, so one trace follows the run across attempts, workers and crashes.
+    /// Without one, a new trace is started for the run.
+    pub fn trace_context(mut self, trace_context: impl Into<String>) -> Self {
+        self.trace_context = Some(trace_context.into());
+        self
+    }
+
+    fn checked_trace(&self) -> Result<Option<String>, StartError> {
+        match &self.trace_context {
+            Some(t) if t.is_empty() || t.len() > 512 => Err(StartError::InvalidOption {
+                field: "trace_context",
+                reason: format!("must be 1 to 512 bytes, got {}", t.len()),
+            }),
+            other => Ok(other.clone()),
+        }
     }
 
     fn deadline_ms(&self, now_ms: i64) -> Result<Option<i64>, StartError> {
@@ -365,10 +401,12 @@ impl<S: FlowStore> Flows<S> {
             parent: None,
             deadline_ms: deadline,
         };
-        let start = run_start(&jobs, payload, claim, now).map_err(|message| StartError::Input {
-            kind: kind.into(),
-            message,
-        })?;
+        let trace = options.checked_trace()?;
+        let start =
+            run_start(&jobs, payload, claim, trace, now).map_err(|message| StartError::Input {
+                kind: kind.into(),
+                message,
+            })?;
         Ok(store.start_run(start).await?)
     }
 
@@ -429,14 +467,20 @@ impl<S: FlowStore> Flows<S> {
                 // The workflow's code does not watch the job's cancellation (cancelling a
                 // run with its compensations is the run's own operation): stop at once.
                 Duration::ZERO,
-                |_ctx| async {
-                    let ended = self.driver.drive(job.lease.job, payload, fresh, true).await;
-                    if let Ok(e) = &ended {
-                        end.lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .clone_from(e);
+                |ctx| {
+                    let trace = ctx.trace_context().map(str::to_owned);
+                    async {
+                        let ended = self
+                            .driver
+                            .drive(job.lease.job, payload, fresh, true, trace)
+                            .await;
+                        if let Ok(e) = &ended {
+                            end.lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .clone_from(e);
+                        }
+                        ended.map(|_| ())
                     }
-                    ended.map(|_| ())
                 },
                 |finish| {
                     let ending = end.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -450,7 +494,10 @@ impl<S: FlowStore> Flows<S> {
                             .end_run(run_id, status, output, error, finish.clone())
                             .await?
                         {
-                            EndRun::Stored => Ok(Fenced::Applied),
+                            EndRun::Stored => {
+                                crate::driver::count_end(W::KIND, status);
+                                Ok(Fenced::Applied)
+                            }
                             EndRun::LeaseLost => Ok(Fenced::Rejected),
                             EndRun::RunMoved(_) => {
                                 // Cancelled just as its code ended: the code's end does not
@@ -520,10 +567,11 @@ impl<S: FlowStore> Flows<S> {
             .await?
             .ok_or_else(|| ResumeError::NotFound(run.clone()))?;
         let journal = store.journal(run.clone()).await?;
-        // The parent, if this run is a child, is read from its old job when it still exists.
-        let parent = store
-            .get(record.job)
-            .await?
+        // The parent (if this run is a child) and the trace are read from its old job when
+        // it still exists.
+        let old = store.get(record.job).await?;
+        let trace = old.as_ref().and_then(|j| j.trace_context.clone());
+        let parent = old
             .and_then(|j| serde_json::from_value::<RunPayload>(j.payload).ok())
             .and_then(|p| p.parent);
         let payload = RunPayload {
@@ -533,8 +581,7 @@ impl<S: FlowStore> Flows<S> {
             parent,
             deadline_ms: None,
         };
-        let job =
-            driver_job(&self.driver.children, &record.kind, &payload).map_err(ResumeError::Job)?;
+        let job = driver_job(&self.driver.children, &payload, trace).map_err(ResumeError::Job)?;
         match store
             .resume_run(run.clone(), crate::resume::retirements(&journal), job)
             .await?
@@ -658,7 +705,11 @@ async fn cancel<S: FlowStore>(
             return Err(CancelError::NotFound(run));
         };
         let outcome = match (moved, stored.status) {
-            (true, _) => CancelOutcome::Cancelled,
+            (true, _) => {
+                metrics::counter!("windlass_flow_cancels_total", "workflow" => stored.kind.clone(), "by" => "caller")
+                    .increment(1);
+                CancelOutcome::Cancelled
+            }
             (false, RunStatus::Compensating) => CancelOutcome::AlreadyRollingBack,
             (false, RunStatus::Running) => continue,
             (false, status) => return Ok(CancelOutcome::Finished(status)),

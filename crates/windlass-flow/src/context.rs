@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::Notify;
+use tracing::Instrument as _;
 use windlass_policy::{PolicyExt, Retry};
 use windlass_queue::StoreError;
 
@@ -114,6 +115,10 @@ pub(crate) struct ChildJobs {
 
 struct Inner {
     run: String,
+    /// The run's workflow kind (a metrics label).
+    kind: String,
+    /// The run's trace context (W3C `traceparent`), inherited by its children.
+    trace: Option<String>,
     store: Arc<dyn Journal>,
     children: ChildJobs,
     state: Mutex<State>,
@@ -156,14 +161,17 @@ pub(crate) fn valid_name(name: &str) -> Result<(), String> {
 
 impl FlowContext {
     pub(crate) fn new(
-        run: String,
+        run: &crate::store::RunRecord,
+        trace: Option<String>,
         journal: Vec<JournalEntry>,
         store: Arc<dyn Journal>,
         children: ChildJobs,
     ) -> Self {
         FlowContext {
             inner: Arc::new(Inner {
-                run,
+                run: run.id.clone(),
+                kind: run.kind.clone(),
+                trace,
                 store,
                 children,
                 state: Mutex::new(State {
@@ -183,6 +191,18 @@ impl FlowContext {
     /// The run's id.
     pub fn run_id(&self) -> &str {
         &self.inner.run
+    }
+
+    /// The run's workflow kind.
+    pub fn kind(&self) -> &str {
+        &self.inner.kind
+    }
+
+    /// The run's trace context (a W3C `traceparent`, see
+    /// [`RunOptions::trace_context`](crate::RunOptions::trace_context)): pass it on to the
+    /// calls a step makes, so they join the run's trace.
+    pub fn trace_context(&self) -> Option<&str> {
+        self.inner.trace.as_deref()
     }
 
     /// The store's clock (ms since the Unix epoch). Not journaled: to branch on time, read
@@ -424,6 +444,7 @@ impl FlowContext {
                     &self.inner.children,
                     payload,
                     None,
+                    self.inner.trace.clone(),
                     self.now_ms(),
                 ) {
                     Ok(start) => start,
@@ -823,6 +844,7 @@ where
     async fn execute(self, key: Result<String, String>) -> Result<T, FlowError> {
         let Step {
             ctx,
+            name,
             run,
             retry,
             timeout,
@@ -836,7 +858,11 @@ where
         let asked = || format!("step `{key}` of type {}", std::any::type_name::<T>());
         let journaled = ctx.journaled(&key);
         let entry = match journaled {
-            Some(entry) => entry,
+            Some(entry) => {
+                metrics::counter!("windlass_flow_steps_replayed_total", "workflow" => ctx.inner.kind.clone())
+                    .increment(1);
+                entry
+            }
             None => {
                 if ctx.halted().is_some() {
                     // The resumption is ending: start nothing new.
@@ -847,6 +873,8 @@ where
                 }
                 let in_flight = InFlight::enter(&ctx);
                 let started = ctx.now_ms();
+                let clock = tokio::time::Instant::now();
+                let span = tracing::info_span!("step", run = %ctx.inner.run, step = %key);
                 let attempts = AtomicU32::new(0);
                 let attempt = || {
                     attempts.fetch_add(1, Ordering::Relaxed);
@@ -861,10 +889,32 @@ where
                         }
                     }
                 };
-                let result = match &retry {
-                    Some(retry) => retry.call(attempt).await.map_err(|e| e.to_string()),
-                    None => attempt().await.map_err(|e| e.to_string()),
+                let result = async {
+                    match &retry {
+                        Some(retry) => retry.call(attempt).await.map_err(|e| e.to_string()),
+                        None => attempt().await.map_err(|e| e.to_string()),
+                    }
+                }
+                .instrument(span.clone())
+                .await;
+                let labels = [("workflow", ctx.inner.kind.clone()), ("step", name.clone())];
+                metrics::histogram!("windlass_flow_step_duration_seconds", &labels)
+                    .record(clock.elapsed().as_secs_f64());
+                let outcome_label = if result.is_ok() {
+                    "completed"
+                } else {
+                    "failed"
                 };
+                metrics::counter!(
+                    "windlass_flow_steps_total",
+                    "workflow" => ctx.inner.kind.clone(),
+                    "step" => name.clone(),
+                    "outcome" => outcome_label,
+                )
+                .increment(1);
+                if let Err(e) = &result {
+                    span.in_scope(|| tracing::warn!(error = %e, "step failed"));
+                }
                 let outcome = match result {
                     Ok(v) => serde_json::to_value(&v)
                         .map_err(|e| format!("the step's output does not serialise: {e}")),

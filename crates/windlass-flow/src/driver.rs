@@ -107,7 +107,8 @@ impl<S: FlowStore> Job for FlowDriver<S> {
 
     async fn run(&self, job: JobContext, payload: RunPayload) -> Result<(), JobError> {
         let parent = payload.parent.clone();
-        let end = self.drive(job.id(), payload, None, false).await?;
+        let trace = job.trace_context().map(str::to_owned);
+        let end = self.drive(job.id(), payload, None, false, trace).await?;
         if let (Some(parent), Some(_)) = (parent, end) {
             // The parent waits in `FlowContext::child` for this end: wake it. If this
             // fails, the job is retried, finds the run over, and wakes the parent again.
@@ -130,6 +131,22 @@ fn failure_entry(message: String, now: i64) -> JournalEntry {
         started_at_ms: now,
         finished_at_ms: now,
     }
+}
+
+/// Counts a run's end (`windlass_flow_runs_total{workflow, status}`), where it is written.
+pub(crate) fn count_end(kind: &str, status: RunStatus) {
+    metrics::counter!(
+        "windlass_flow_runs_total",
+        "workflow" => kind.to_owned(),
+        "status" => status.as_str(),
+    )
+    .increment(1);
+}
+
+/// Counts a run cancelled by its deadline.
+fn count_deadline(kind: &str) {
+    metrics::counter!("windlass_flow_cancels_total", "workflow" => kind.to_owned(), "by" => "deadline")
+        .increment(1);
 }
 
 /// The failure of a run cancelled by its deadline.
@@ -189,11 +206,12 @@ impl<S: FlowStore> FlowDriver<S> {
         payload: RunPayload,
         fresh: Option<crate::store::RunRecord>,
         defer_end: bool,
+        trace: Option<String>,
     ) -> Result<Option<RunEnd>, JobError> {
         let mut fresh = fresh;
         loop {
             match self
-                .drive_once(job, &payload, fresh.take(), defer_end)
+                .drive_once(job, &payload, fresh.take(), defer_end, trace.clone())
                 .await?
             {
                 Driven::Ended(end) => return Ok(end),
@@ -210,6 +228,7 @@ impl<S: FlowStore> FlowDriver<S> {
         payload: &RunPayload,
         fresh: Option<crate::store::RunRecord>,
         defer_end: bool,
+        trace: Option<String>,
     ) -> Result<Driven, JobError> {
         let store = &self.store;
         let is_fresh = fresh.is_some();
@@ -257,11 +276,14 @@ impl<S: FlowStore> FlowDriver<S> {
         if run.status == RunStatus::Running
             && let Some(deadline) = payload.deadline_ms
             && store.now_ms() >= deadline
-            && let Some((now, _)) = store
+            && let Some((now, moved)) = store
                 .cancel_run(run.id.clone(), deadline_reason(&run, deadline))
                 .await
                 .map_err(store_failed)?
         {
+            if moved {
+                count_deadline(&run.kind);
+            }
             run = now;
         }
         if run.status == RunStatus::Compensating && !journal.iter().any(|e| e.key == FAILURE_KEY) {
@@ -275,14 +297,21 @@ impl<S: FlowStore> FlowDriver<S> {
                     .map_err(store_failed)?,
             );
         }
+        let span = tracing::info_span!(
+            "workflow",
+            run = %run.id,
+            kind = %run.kind,
+            job = %job,
+            trace_context = trace.as_deref().unwrap_or(""),
+        );
         let ctx = FlowContext::new(
-            run.id.clone(),
+            &run,
+            trace,
             journal,
             Arc::new(Arc::clone(store)) as Arc<dyn Journal>,
             self.children.clone(),
         );
         let rolling_back = ctx.journaled(FAILURE_KEY);
-        let span = tracing::info_span!("workflow", run = %run.id, kind = %run.kind, job = %job);
         // A panic in the workflow's code (or a step) fails this attempt, transiently: the
         // queue retries it with its backoff, and the journal keeps what finished.
         let code = std::panic::AssertUnwindSafe(
@@ -339,6 +368,9 @@ impl<S: FlowStore> FlowDriver<S> {
                 {
                     return Ok(Driven::Cancelled);
                 }
+                if !defer_end {
+                    count_end(&run.kind, RunStatus::Completed);
+                }
                 Ok(Driven::Ended(Some(RunEnd::Completed(output))))
             }
             Ok(Err(failure)) => {
@@ -372,6 +404,7 @@ impl<S: FlowStore> FlowDriver<S> {
                     )
                     .await
                     .map_err(store_failed)?;
+                count_end(&run.kind, RunStatus::Halted);
                 Ok(Driven::Ended(Some(RunEnd::Halted(message))))
             }
         }
@@ -460,6 +493,12 @@ impl<S: FlowStore> FlowDriver<S> {
                 Some(r) => r.call(attempt).await.map_err(|e| e.to_string()),
                 None => attempt().await,
             };
+            metrics::counter!(
+                "windlass_flow_compensations_total",
+                "workflow" => ctx.kind().to_owned(),
+                "outcome" => if result.is_ok() { "completed" } else { "failed" },
+            )
+            .increment(1);
             if let Err(e) = result {
                 tracing::warn!(run, step = %reg.key, error = %e, "compensation failed; the rollback resumes with the run's next attempt");
                 return Err(JobError::failed(format!(
@@ -479,8 +518,8 @@ impl<S: FlowStore> FlowDriver<S> {
             .await
             .map_err(store_failed)?;
         }
-        if !defer_end {
-            store
+        if !defer_end
+            && store
                 .set_run_status(
                     run.to_owned(),
                     RunStatus::Failed,
@@ -488,7 +527,9 @@ impl<S: FlowStore> FlowDriver<S> {
                     Some(message.clone()),
                 )
                 .await
-                .map_err(store_failed)?;
+                .map_err(store_failed)?
+        {
+            count_end(ctx.kind(), RunStatus::Failed);
         }
         Ok(Some(RunEnd::Failed(message)))
     }
