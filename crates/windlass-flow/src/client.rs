@@ -334,6 +334,11 @@ impl<S: FlowStore> Flows<S> {
         &self.job_queue
     }
 
+    /// The longest one resumption of a run may take ([`FlowsBuilder::attempt_timeout`]).
+    pub fn attempt_timeout(&self) -> Duration {
+        self.attempt_timeout
+    }
+
     /// Starts a run of `W` with this id, or returns the existing run's handle when one has
     /// it (an idempotent start: the input given now is ignored, the run's own kept). Runs
     /// of a workflow kind count against the queue's per-key limits under the key

@@ -73,6 +73,7 @@ mod client;
 mod context;
 pub mod driver;
 mod error;
+pub mod events;
 pub mod graph;
 mod resume;
 pub mod store;
@@ -88,6 +89,7 @@ pub use error::{
     CancelError, CancelOutcome, FlowError, ReplayMismatch, ResumeError, RunError, SignalError,
     StartError, WaitError,
 };
+pub use events::{EventError, Events, Published};
 pub use store::{
     EndRun, EntryKind, FlowStore, InlineClaim, JournalEntry, NewRun, Resumed, RunFilter, RunRecord,
     RunStart, RunStatus, Started,

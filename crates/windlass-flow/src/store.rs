@@ -406,6 +406,34 @@ pub trait FlowStore: Store {
         run: String,
     ) -> impl Future<Output = Result<Vec<JournalEntry>, StoreError>> + Send;
 
+    /// Stores a subscription, replacing the one with its topic and name.
+    fn subscribe(
+        &self,
+        subscription: crate::events::Subscription,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes a subscription; whether it existed.
+    fn unsubscribe(
+        &self,
+        topic: String,
+        name: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The subscriptions of `topic` (every topic: `None`), by topic and name.
+    fn subscriptions(
+        &self,
+        topic: Option<String>,
+    ) -> impl Future<Output = Result<Vec<crate::events::Subscription>, StoreError>> + Send;
+
+    /// Stores `event` and its `deliveries` (jobs enqueued, runs started) **in one
+    /// transaction**, unless an event with its id exists: then nothing is written and the
+    /// answer is `false`. A run delivery whose id is taken is skipped (the run exists).
+    fn publish(
+        &self,
+        event: crate::events::Event,
+        deliveries: Vec<crate::events::Delivery>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Stores `entry` in `run`'s journal unless it already has one under the same key;
     /// returns the stored entry (with its `seq`).
     fn record(

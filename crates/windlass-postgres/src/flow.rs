@@ -7,6 +7,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
+use windlass_flow::events::{Delivery, Event, Subscription, Target};
 use windlass_flow::store::{EndRun, Resumed, may_become_sql};
 use windlass_flow::{
     EntryKind, FlowStore, JournalEntry, NewRun, RunFilter, RunRecord, RunStart, RunStatus, Started,
@@ -86,64 +87,160 @@ SELECT j.id, (SELECT pg_notify($22, '') WHERE $23),
     (SELECT set_config('synchronous_commit', 'off', true) WHERE NOT $23)
 FROM j";
 
+/// Runs [`START_RUN`] (prepared as `stmt`) for `start` on `c`: the new job's row, or `None`
+/// when the run's id is taken.
+pub(crate) async fn start_run_on<C: tokio_postgres::GenericClient>(
+    c: &C,
+    stmt: &tokio_postgres::Statement,
+    start: &RunStart,
+    now: i64,
+    channel: &str,
+) -> Result<Option<Row>, StoreError> {
+    let o = start.job.options();
+    let delay = duration_ms(o.delay);
+    let state = match (&start.claim, delay > 0) {
+        (Some(_), _) => JobState::Running,
+        (None, true) => JobState::Scheduled,
+        (None, false) => JobState::Available,
+    }
+    .as_str();
+    let run_at = now.saturating_add(delay);
+    let max_attempts = i32::try_from(o.retry.max_attempts).unwrap_or(i32::MAX);
+    let retry = serde_json::to_value(o.retry).map_err(|e| corrupt("a retry schedule", e))?;
+    let tags = serde_json::to_value(&o.tags).map_err(|e| corrupt("a job's tags", e))?;
+    let timeout_ms = duration_ms(o.timeout);
+    let unique_key = o.unique.as_ref().map(|u| u.key.as_str());
+    let attempt: i32 = i32::from(start.claim.is_some());
+    let token: i64 = i64::from(start.claim.is_some());
+    let locked_by = start.claim.as_ref().map(|c| c.worker.as_str());
+    let lease_until = start
+        .claim
+        .as_ref()
+        .map(|c| now.saturating_add(duration_ms(c.lease_for)));
+    let queued = start.claim.is_none();
+    c.query_opt(
+        stmt,
+        &[
+            &start.id,
+            &start.kind,
+            &start.input,
+            &start.created_at_ms,
+            &start.job.kind(),
+            &o.queue,
+            start.job.payload(),
+            &state,
+            &o.priority,
+            &max_attempts,
+            &retry,
+            &timeout_ms,
+            &tags,
+            &unique_key,
+            &run_at,
+            &o.limit_key,
+            &o.trace_context,
+            &attempt,
+            &token,
+            &locked_by,
+            &lease_until,
+            &channel,
+            &queued,
+        ],
+    )
+    .await
+    .map_err(pg_error)
+}
+
+/// The subscriptions of `topic` (all: `None`) read through `c`.
+pub(crate) async fn subscriptions_on<C: tokio_postgres::GenericClient>(
+    c: &C,
+    topic: Option<String>,
+) -> Result<Vec<Subscription>, StoreError> {
+    let rows = c
+        .query(
+            "SELECT topic, name, target, kind, queue, attempt_timeout_ms
+             FROM windlass_subscriptions WHERE $1::text IS NULL OR topic = $1
+             ORDER BY topic, name",
+            &[&topic],
+        )
+        .await
+        .map_err(pg_error)?;
+    rows.iter()
+        .map(|r| {
+            let target: String = r.try_get(2).map_err(pg_error)?;
+            let target = Target::from_columns(
+                &target,
+                r.try_get(3).map_err(pg_error)?,
+                r.try_get(4).map_err(pg_error)?,
+                r.try_get(5).map_err(pg_error)?,
+            )
+            .ok_or_else(|| corrupt("a subscription's target", &target))?;
+            Ok(Subscription {
+                topic: r.try_get(0).map_err(pg_error)?,
+                name: r.try_get(1).map_err(pg_error)?,
+                target,
+            })
+        })
+        .collect()
+}
+
+/// Stores `event` and its deliveries through `c` (inside a transaction): `false`, writing
+/// nothing, when the event's id is taken.
+pub(crate) async fn publish_on<C: tokio_postgres::GenericClient>(
+    c: &C,
+    event: &Event,
+    deliveries: &[Delivery],
+    now: i64,
+    channel: &str,
+) -> Result<bool, StoreError> {
+    let count = i32::try_from(deliveries.len()).unwrap_or(i32::MAX);
+    let inserted = c
+        .execute(
+            "INSERT INTO windlass_events (id, topic, payload, published_at, delivered)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+            &[
+                &event.id,
+                &event.topic,
+                &event.payload,
+                &event.published_at_ms,
+                &count,
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    let jobs: Vec<NewJob> = deliveries
+        .iter()
+        .filter_map(|d| match d {
+            Delivery::Job(job) => Some(job.clone()),
+            Delivery::Run(_) => None,
+        })
+        .collect();
+    if !jobs.is_empty() {
+        crate::ops::enqueue(c, &crate::ops::Prep::Plain, &jobs, now, channel).await?;
+    }
+    let mut stmt = None;
+    for delivery in deliveries {
+        if let Delivery::Run(start) = delivery {
+            let stmt = match &stmt {
+                Some(s) => s,
+                None => stmt.insert(c.prepare(START_RUN).await.map_err(pg_error)?),
+            };
+            // A taken run id is skipped: that run exists.
+            start_run_on(c, stmt, start, now, channel).await?;
+        }
+    }
+    Ok(true)
+}
+
 impl FlowStore for PostgresStore {
     async fn start_run(&self, start: RunStart) -> Result<Started, StoreError> {
         let now = self.clock.now_ms();
-        let o = start.job.options();
-        let delay = duration_ms(o.delay);
-        let state = match (&start.claim, delay > 0) {
-            (Some(_), _) => JobState::Running,
-            (None, true) => JobState::Scheduled,
-            (None, false) => JobState::Available,
-        }
-        .as_str();
-        let run_at = now.saturating_add(delay);
-        let max_attempts = i32::try_from(o.retry.max_attempts).unwrap_or(i32::MAX);
-        let retry = serde_json::to_value(o.retry).map_err(|e| corrupt("a retry schedule", e))?;
-        let tags = serde_json::to_value(&o.tags).map_err(|e| corrupt("a job's tags", e))?;
-        let timeout_ms = duration_ms(o.timeout);
-        let unique_key = o.unique.as_ref().map(|u| u.key.as_str());
-        let attempt: i32 = i32::from(start.claim.is_some());
-        let token: i64 = i64::from(start.claim.is_some());
-        let locked_by = start.claim.as_ref().map(|c| c.worker.as_str());
-        let lease_until = start
-            .claim
-            .as_ref()
-            .map(|c| now.saturating_add(duration_ms(c.lease_for)));
         let queued = start.claim.is_none();
         let client = self.client().await?;
         let stmt = client.prepare_cached(START_RUN).await.map_err(pg_error)?;
-        let row = client
-            .query_opt(
-                &stmt,
-                &[
-                    &start.id,
-                    &start.kind,
-                    &start.input,
-                    &start.created_at_ms,
-                    &start.job.kind(),
-                    &o.queue,
-                    start.job.payload(),
-                    &state,
-                    &o.priority,
-                    &max_attempts,
-                    &retry,
-                    &timeout_ms,
-                    &tags,
-                    &unique_key,
-                    &run_at,
-                    &o.limit_key,
-                    &o.trace_context,
-                    &attempt,
-                    &token,
-                    &locked_by,
-                    &lease_until,
-                    &&*self.channel,
-                    &queued,
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
+        let row = start_run_on(&**client, &stmt, &start, now, &self.channel).await?;
         drop(client);
         let Some(row) = row else {
             // The id is taken (possibly by a start that committed after this statement's
@@ -322,6 +419,53 @@ impl FlowStore for PostgresStore {
         } else {
             EndRun::LeaseLost
         })
+    }
+
+    async fn subscribe(&self, sub: Subscription) -> Result<(), StoreError> {
+        let (target, kind, queue, timeout) = sub.target.columns();
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO windlass_subscriptions
+                    (topic, name, target, kind, queue, attempt_timeout_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (topic, name) DO UPDATE SET target = excluded.target,
+                    kind = excluded.kind, queue = excluded.queue,
+                    attempt_timeout_ms = excluded.attempt_timeout_ms",
+                &[&sub.topic, &sub.name, &target, &kind, &queue, &timeout],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, topic: String, name: String) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .execute(
+                "DELETE FROM windlass_subscriptions WHERE topic = $1 AND name = $2",
+                &[&topic, &name],
+            )
+            .await
+            .map_err(pg_error)?
+            > 0)
+    }
+
+    async fn subscriptions(&self, topic: Option<String>) -> Result<Vec<Subscription>, StoreError> {
+        let client = self.client().await?;
+        subscriptions_on(&**client, topic).await
+    }
+
+    async fn publish(&self, event: Event, deliveries: Vec<Delivery>) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let stored = publish_on(&*tx, &event, &deliveries, now, &self.channel).await?;
+        tx.commit().await.map_err(pg_error)?;
+        if stored {
+            self.wake();
+        }
+        Ok(stored)
     }
 
     async fn cancel_run(

@@ -232,6 +232,72 @@ impl PostgresStore {
         out
     }
 
+    /// Publishes an event inside the caller's transaction (the **outbox**, with no relay):
+    /// the event and its deliveries to every subscription of `topic` (jobs, workflow runs)
+    /// exist if and only if the transaction commits, and workers are woken when it does. An
+    /// event id already published writes nothing (`duplicate`). See
+    /// [`windlass_flow::Events`].
+    pub async fn publish_in<T: serde::Serialize>(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        topic: &str,
+        id: &str,
+        payload: &T,
+    ) -> Result<windlass_flow::Published, windlass_flow::EventError> {
+        use windlass_flow::events::{Event, EventError, deliveries};
+        for (what, v) in [("topic", topic), ("event id", id)] {
+            if v.is_empty() || v.len() > windlass_flow::events::MAX_EVENT_NAME_BYTES {
+                return Err(EventError::InvalidName {
+                    what,
+                    value: v.to_owned(),
+                });
+            }
+        }
+        let payload = serde_json::to_value(payload).map_err(|e| EventError::Payload {
+            topic: topic.into(),
+            message: e.to_string(),
+        })?;
+        let event = Event {
+            id: id.into(),
+            topic: topic.into(),
+            payload,
+            published_at_ms: self.clock.now_ms(),
+        };
+        let old: String = tx
+            .query_one("SELECT current_setting('search_path')", &[])
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        tx.execute(
+            "SELECT set_config('search_path', $1, true)",
+            &[&self.schema.to_string()],
+        )
+        .await
+        .map_err(pg_error)?;
+        let published = async {
+            let subscriptions = flow::subscriptions_on(tx, Some(topic.into())).await?;
+            let deliveries = deliveries(&event, &subscriptions)?;
+            let stored = flow::publish_on(
+                tx,
+                &event,
+                &deliveries,
+                event.published_at_ms,
+                &self.channel,
+            )
+            .await?;
+            Ok::<_, EventError>(windlass_flow::Published {
+                event: event.id.clone(),
+                duplicate: !stored,
+                delivered: if stored { deliveries.len() } else { 0 },
+            })
+        }
+        .await;
+        tx.execute("SELECT set_config('search_path', $1, true)", &[&old])
+            .await
+            .map_err(pg_error)?;
+        published
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool
             .get()

@@ -94,6 +94,29 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     -- waiting again (a snooze or a retry), the job is due at once instead.
     ALTER TABLE windlass_jobs ADD COLUMN wake_requested BOOLEAN NOT NULL DEFAULT false;",
     ),
+    (
+        4,
+        "-- Durable events (windlass-flow `Events`): each published event once (its id is
+    -- unique, so a publisher's retry delivers nothing twice), and the stored subscriptions
+    -- it is delivered to, in the same transaction, as jobs or workflow runs.
+    CREATE TABLE windlass_events (
+        id TEXT PRIMARY KEY,
+        topic TEXT NOT NULL,
+        payload JSONB NOT NULL,
+        published_at BIGINT NOT NULL,
+        delivered INTEGER NOT NULL
+    );
+    CREATE INDEX windlass_events_topic ON windlass_events (topic, published_at);
+    CREATE TABLE windlass_subscriptions (
+        topic TEXT NOT NULL,
+        name TEXT NOT NULL,
+        target TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        attempt_timeout_ms BIGINT NOT NULL,
+        PRIMARY KEY (topic, name)
+    );",
+    ),
 ];
 
 /// Creates the schema if needed and applies every migration newer than its version.

@@ -188,3 +188,88 @@ async fn bad_settings_are_refused_before_connecting() {
         "{e}"
     );
 }
+
+/// A subscriber of `order.placed` (only its kind matters here: nothing runs it).
+struct Ship;
+impl windlass_queue::Job for Ship {
+    const KIND: &'static str = "ship";
+    type Payload = serde_json::Value;
+    async fn run(
+        &self,
+        _ctx: windlass_queue::JobContext,
+        _p: serde_json::Value,
+    ) -> Result<(), windlass_queue::JobError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_in_the_callers_transaction_delivers_iff_it_commits() {
+    let Some(url) = database_url() else { return };
+    let store = PostgresStore::builder(&url)
+        .schema(schema_name())
+        .pool_size(2)
+        .open()
+        .await
+        .unwrap();
+    let queue = windlass_queue::Queue::new(store.clone());
+    let events = windlass_flow::Events::new(&queue);
+    events
+        .subscribe_job::<Ship>("order.placed", "warehouse", "ship")
+        .await
+        .unwrap();
+    let ships = || async {
+        store
+            .list(windlass_queue::JobFilter {
+                kind: Some("ship".into()),
+                ..windlass_queue::JobFilter::default()
+            })
+            .await
+            .unwrap()
+    };
+    let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute("CREATE TEMP TABLE orders (id int)")
+        .await
+        .unwrap();
+
+    let tx = client.transaction().await.unwrap();
+    tx.execute("INSERT INTO orders VALUES (1)", &[])
+        .await
+        .unwrap();
+    let sent = store
+        .publish_in(&tx, "order.placed", "o-1", &serde_json::json!({"order": 1}))
+        .await
+        .unwrap();
+    assert_eq!((sent.delivered, sent.duplicate), (1, false));
+    // The caller's search path is theirs again inside the transaction.
+    tx.execute("INSERT INTO orders VALUES (2)", &[])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert!(ships().await.is_empty(), "a delivery outlived its rollback");
+
+    let tx = client.transaction().await.unwrap();
+    tx.execute("INSERT INTO orders VALUES (3)", &[])
+        .await
+        .unwrap();
+    let sent = store
+        .publish_in(&tx, "order.placed", "o-1", &serde_json::json!({"order": 1}))
+        .await
+        .unwrap();
+    assert!(!sent.duplicate, "the rolled-back event was never stored");
+    tx.commit().await.unwrap();
+    let delivered = ships().await;
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].payload, serde_json::json!({"order": 1}));
+    // The publisher retries outside any transaction: nothing is delivered twice.
+    let again = events
+        .publish_with_id("order.placed", "o-1", &serde_json::json!({"order": 1}))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(ships().await.len(), 1);
+}

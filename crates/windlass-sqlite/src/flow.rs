@@ -5,6 +5,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use serde_json::Value;
+use windlass_flow::events::{Delivery, Event, Subscription, Target};
 use windlass_flow::store::{EndRun, Resumed};
 use windlass_flow::{
     EntryKind, FlowStore, JournalEntry, NewRun, RunFilter, RunRecord, RunStart, RunStatus, Started,
@@ -131,6 +132,61 @@ fn job_over(c: &Connection, id: JobId) -> Result<bool, StoreError> {
         .is_none_or(|s| s.is_terminal()))
 }
 
+/// Starts a run inside the writer's transaction (see [`FlowStore::start_run`]).
+fn start_run_in(
+    c: &Connection,
+    start: &RunStart,
+    input: &str,
+    now: i64,
+) -> Result<Started, StoreError> {
+    let inserted = c
+        .prepare_cached(
+            "INSERT INTO windlass_flow_runs (id, kind, input, status, job_id, created_at)
+             VALUES (?1, ?2, ?3, 'running', 0, ?4) ON CONFLICT (id) DO NOTHING",
+        )
+        .map_err(sql_error)?
+        .execute(params![start.id, start.kind, input, start.created_at_ms])
+        .map_err(sql_error)?;
+    if inserted == 0 {
+        let run = get_run(c, &start.id)?.ok_or_else(|| {
+            StoreError::Database(format!("run `{}` vanished on insert", start.id))
+        })?;
+        return Ok(Started {
+            run,
+            created: false,
+            claimed: None,
+        });
+    }
+    let claim = start.claim.as_ref().map(|claim| {
+        (
+            claim.worker.as_str(),
+            now.saturating_add(duration_ms(claim.lease_for)),
+        )
+    });
+    let (job, claimed) = crate::ops::insert_job(c, &start.job, now, claim)?;
+    c.prepare_cached("UPDATE windlass_flow_runs SET job_id = ?2 WHERE id = ?1")
+        .map_err(sql_error)?
+        .execute(params![start.id, job.0])
+        .map_err(sql_error)?;
+    Ok(start.clone().created(job, claimed))
+}
+
+fn subscription_from(row: &Row<'_>) -> rusqlite::Result<Result<Subscription, StoreError>> {
+    let topic: String = row.get(0)?;
+    let name: String = row.get(1)?;
+    let target: String = row.get(2)?;
+    let kind: String = row.get(3)?;
+    let queue: String = row.get(4)?;
+    let timeout: i64 = row.get(5)?;
+    Ok(Target::from_columns(&target, kind, queue, timeout)
+        .map(|target| Subscription {
+            topic,
+            name,
+            target,
+        })
+        .ok_or_else(|| corrupt("a subscription's target", &target)))
+}
+
 const ENTRY_COLUMNS: &str = "seq, key, kind, output, error, attempts, started_at, finished_at";
 
 impl FlowStore for SqliteStore {
@@ -140,38 +196,7 @@ impl FlowStore for SqliteStore {
         let queued = start.claim.is_none();
         self.writer
             .call(
-                move |c| {
-                    let inserted = c
-                        .prepare_cached(
-                            "INSERT INTO windlass_flow_runs (id, kind, input, status, job_id, created_at)
-                             VALUES (?1, ?2, ?3, 'running', 0, ?4) ON CONFLICT (id) DO NOTHING",
-                        )
-                        .map_err(sql_error)?
-                        .execute(params![start.id, start.kind, input, start.created_at_ms])
-                        .map_err(sql_error)?;
-                    if inserted == 0 {
-                        let run = get_run(c, &start.id)?.ok_or_else(|| {
-                            StoreError::Database(format!("run `{}` vanished on insert", start.id))
-                        })?;
-                        return Ok(Started {
-                            run,
-                            created: false,
-                            claimed: None,
-                        });
-                    }
-                    let claim = start.claim.as_ref().map(|claim| {
-                        (
-                            claim.worker.as_str(),
-                            now.saturating_add(duration_ms(claim.lease_for)),
-                        )
-                    });
-                    let (job, claimed) = crate::ops::insert_job(c, &start.job, now, claim)?;
-                    c.prepare_cached("UPDATE windlass_flow_runs SET job_id = ?2 WHERE id = ?1")
-                        .map_err(sql_error)?
-                        .execute(params![start.id, job.0])
-                        .map_err(sql_error)?;
-                    Ok(start.created(job, claimed))
-                },
+                move |c| start_run_in(c, &start, &input, now),
                 if queued { self.wake() } else { None },
             )
             .await
@@ -229,6 +254,106 @@ impl FlowStore for SqliteStore {
                     Ok(EndRun::Stored)
                 },
                 None,
+            )
+            .await
+    }
+
+    async fn subscribe(&self, sub: Subscription) -> Result<(), StoreError> {
+        let (target, kind, queue, timeout) = sub.target.columns();
+        self.writer
+            .call(
+                move |c| {
+                    c.prepare_cached(
+                        "INSERT INTO windlass_subscriptions
+                            (topic, name, target, kind, queue, attempt_timeout_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT (topic, name) DO UPDATE SET target = excluded.target,
+                            kind = excluded.kind, queue = excluded.queue,
+                            attempt_timeout_ms = excluded.attempt_timeout_ms",
+                    )
+                    .map_err(sql_error)?
+                    .execute(params![sub.topic, sub.name, target, kind, queue, timeout])
+                    .map_err(sql_error)?;
+                    Ok(())
+                },
+                None,
+            )
+            .await
+    }
+
+    async fn unsubscribe(&self, topic: String, name: String) -> Result<bool, StoreError> {
+        self.writer
+            .call(
+                move |c| {
+                    Ok(c.prepare_cached(
+                        "DELETE FROM windlass_subscriptions WHERE topic = ?1 AND name = ?2",
+                    )
+                    .map_err(sql_error)?
+                    .execute(params![topic, name])
+                    .map_err(sql_error)?
+                        > 0)
+                },
+                None,
+            )
+            .await
+    }
+
+    async fn subscriptions(&self, topic: Option<String>) -> Result<Vec<Subscription>, StoreError> {
+        self.writer
+            .call(
+                move |c| {
+                    let mut stmt = c
+                        .prepare_cached(
+                            "SELECT topic, name, target, kind, queue, attempt_timeout_ms
+                             FROM windlass_subscriptions WHERE ?1 IS NULL OR topic = ?1
+                             ORDER BY topic, name",
+                        )
+                        .map_err(sql_error)?;
+                    let rows = stmt
+                        .query_map(params![topic], subscription_from)
+                        .map_err(sql_error)?;
+                    let mut out = Vec::new();
+                    for row in rows {
+                        out.push(row.map_err(sql_error)??);
+                    }
+                    Ok(out)
+                },
+                None,
+            )
+            .await
+    }
+
+    async fn publish(&self, event: Event, deliveries: Vec<Delivery>) -> Result<bool, StoreError> {
+        let payload = to_text(&event.payload)?;
+        let now = self.clock.now_ms();
+        let count = i64::try_from(deliveries.len()).unwrap_or(i64::MAX);
+        self.writer
+            .call(
+                move |c| {
+                    let inserted = c
+                        .prepare_cached(
+                            "INSERT INTO windlass_events (id, topic, payload, published_at, delivered)
+                             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+                        )
+                        .map_err(sql_error)?
+                        .execute(params![event.id, event.topic, payload, event.published_at_ms, count])
+                        .map_err(sql_error)?;
+                    if inserted == 0 {
+                        return Ok(false);
+                    }
+                    for delivery in &deliveries {
+                        match delivery {
+                            Delivery::Job(job) => {
+                                crate::ops::insert_job(c, job, now, None)?;
+                            }
+                            Delivery::Run(start) => {
+                                start_run_in(c, start, &to_text(&start.input)?, now)?;
+                            }
+                        }
+                    }
+                    Ok(true)
+                },
+                self.wake(),
             )
             .await
     }

@@ -28,6 +28,7 @@ pub use windlass_queue::conformance::T0;
 
 mod cancel;
 mod child;
+mod events;
 mod inline;
 mod signal;
 pub use cancel::{
@@ -39,6 +40,7 @@ pub use cancel::{
     a_run_past_its_deadline_is_cancelled_and_compensated,
 };
 pub use child::a_parent_waits_for_its_children_and_reads_their_results;
+pub use events::a_published_event_reaches_every_subscriber_once;
 mod store;
 pub use inline::{
     a_cancelled_direct_run_returns_instead_of_hanging, a_direct_run_executes_in_the_caller,
@@ -93,6 +95,7 @@ macro_rules! flow_conformance_tests {
             a_direct_run_cancelled_mid_step_rolls_back_in_its_caller,
             a_cancel_and_a_completion_never_both_win,
             a_failed_run_resumes_from_its_failed_step,
+            a_published_event_reaches_every_subscriber_once,
         );
     };
     (@cases $fresh:path; $($case:ident),* $(,)?) => {
