@@ -217,7 +217,8 @@ enum FlowsCommand {
     Resume {
         /// The run's id.
         id: String,
-        /// The flows queue whose workers will drive it.
+        /// The flows queue whose workers will drive it, if its old job is gone (otherwise
+        /// the old job's queue).
         #[arg(long, default_value = "flows")]
         queue: String,
     },

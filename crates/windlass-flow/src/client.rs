@@ -103,10 +103,10 @@ impl<S: FlowStore> FlowsBuilder<S> {
             });
         }
         for (field, every) in [("poll", self.poll), ("cancel_check", self.cancel_check)] {
-            if every.is_zero() || every > MAX_DURATION {
+            if every < Duration::from_millis(1) || every > MAX_DURATION {
                 return Err(StartError::InvalidOption {
                     field,
-                    reason: format!("must be more than zero and at most {MAX_DURATION:?}"),
+                    reason: format!("must be 1 ms to {MAX_DURATION:?}"),
                 });
             }
         }
@@ -551,7 +551,13 @@ impl<S: FlowStore> Flows<S> {
         run: impl Into<String>,
         reason: impl Into<String>,
     ) -> Result<CancelOutcome, CancelError> {
-        cancel(&**self.queue.store(), run.into(), reason.into()).await
+        cancel(
+            &**self.queue.store(),
+            &self.driver.children,
+            run.into(),
+            reason.into(),
+        )
+        .await
     }
 
     /// Resumes a failed or halted run — or a stranded one, whose job is over while the run
@@ -562,42 +568,11 @@ impl<S: FlowStore> Flows<S> {
     /// again; a step whose compensation ran runs again too (its effect was undone); timers
     /// that fired and signals that arrived stay. Retired entries are not deleted but renamed
     /// `~r<n>:<key>` (the `n`th resume), so the run's history stays visible. The run is
-    /// driven by a new job on this `Flows`' queue, with no deadline. Returns how many journal
-    /// entries were retired.
+    /// driven by a new job on its old job's queue (this `Flows`' queue if that job is gone),
+    /// with no deadline. A stranded run that was rolling back goes on rolling back. Returns
+    /// how many journal entries were retired.
     pub async fn resume(&self, run: impl Into<String>) -> Result<usize, ResumeError> {
-        let run = run.into();
-        let store = self.queue.store();
-        let record = store
-            .run(run.clone())
-            .await?
-            .ok_or_else(|| ResumeError::NotFound(run.clone()))?;
-        let journal = store.journal(run.clone()).await?;
-        // The parent (if this run is a child) and the trace are read from its old job when
-        // it still exists.
-        let old = store.get(record.job).await?;
-        let trace = old.as_ref().and_then(|j| j.trace_context.clone());
-        let parent = old
-            .and_then(|j| serde_json::from_value::<RunPayload>(j.payload).ok())
-            .and_then(|p| p.parent);
-        let payload = RunPayload {
-            run: record.id.clone(),
-            workflow: record.kind.clone(),
-            input: record.input.clone(),
-            parent,
-            deadline_ms: None,
-        };
-        let job = driver_job(&self.driver.children, &payload, trace).map_err(ResumeError::Job)?;
-        match store
-            .resume_run(run.clone(), crate::resume::retirements(&journal), job)
-            .await?
-        {
-            None => Err(ResumeError::NotFound(run)),
-            Some(Resumed::Resumed { retired, .. }) => Ok(retired),
-            Some(Resumed::NotResumable(status)) => Err(ResumeError::NotResumable {
-                run,
-                status: status.as_str(),
-            }),
-        }
+        resume(&**self.queue.store(), &self.driver.children, run.into()).await
     }
 
     fn existing<O>(&self, run: RunRecord, kind: &str) -> Result<RunHandle<S, O>, StartError> {
@@ -610,6 +585,7 @@ impl<S: FlowStore> Flows<S> {
         }
         Ok(RunHandle {
             store: Arc::clone(self.queue.store()),
+            jobs: self.driver.children.clone(),
             id: run.id,
             _out: PhantomData,
         })
@@ -680,15 +656,67 @@ impl<S: FlowStore> Flows<S> {
             .await?
             .map(|run| RunHandle {
                 store: Arc::clone(self.queue.store()),
+                jobs: self.driver.children.clone(),
                 id: run.id,
                 _out: PhantomData,
             }))
     }
 }
 
+/// [`Flows::resume`], and the new job of a stranded run that a cancel found.
+async fn resume<S: FlowStore>(
+    store: &S,
+    jobs: &ChildJobs,
+    run: String,
+) -> Result<usize, ResumeError> {
+    let record = store
+        .run(run.clone())
+        .await?
+        .ok_or_else(|| ResumeError::NotFound(run.clone()))?;
+    // A run rolling back goes on rolling back: nothing is retired.
+    let renames = if record.status == RunStatus::Compensating {
+        Vec::new()
+    } else {
+        crate::resume::retirements(&store.journal(run.clone()).await?)
+    };
+    // The parent (if this run is a child) and the trace are read from its old job when
+    // it still exists.
+    let old = store.get(record.job).await?;
+    let trace = old.as_ref().and_then(|j| j.trace_context.clone());
+    let old_queue = old.as_ref().map(|j| (j.queue.clone(), j.timeout));
+    let parent = old
+        .and_then(|j| serde_json::from_value::<RunPayload>(j.payload).ok())
+        .and_then(|p| p.parent);
+    let payload = RunPayload {
+        run: record.id.clone(),
+        workflow: record.kind.clone(),
+        input: record.input.clone(),
+        parent,
+        deadline_ms: None,
+    };
+    // Its new job goes where its old one was, when that is known.
+    let jobs = match &old_queue {
+        Some((queue, attempt_timeout)) => ChildJobs {
+            queue: queue.clone(),
+            attempt_timeout: *attempt_timeout,
+        },
+        None => jobs.clone(),
+    };
+    let job = driver_job(&jobs, &payload, trace).map_err(ResumeError::Job)?;
+    match store.resume_run(run.clone(), renames, job).await? {
+        None => Err(ResumeError::NotFound(run)),
+        Some(Resumed::Resumed { retired, .. }) => Ok(retired),
+        Some(Resumed::NotResumable(status)) => Err(ResumeError::NotResumable {
+            run,
+            status: status.as_str(),
+        }),
+    }
+}
+
 /// [`Flows::cancel`] and [`RunHandle::cancel`].
 async fn cancel<S: FlowStore>(
     store: &S,
+    jobs: &ChildJobs,
     run: String,
     reason: String,
 ) -> Result<CancelOutcome, CancelError> {
@@ -703,8 +731,6 @@ async fn cancel<S: FlowStore>(
     } else {
         format!("cancelled: {reason}")
     };
-    // A `false` with the run still `running` is a snapshot that lost a race with a
-    // concurrent write (PostgreSQL): ask again.
     for _ in 0..3 {
         let Some((stored, moved)) = store.cancel_run(run.clone(), message.clone()).await? else {
             return Err(CancelError::NotFound(run));
@@ -716,11 +742,30 @@ async fn cancel<S: FlowStore>(
                 CancelOutcome::Cancelled
             }
             (false, RunStatus::Compensating) => CancelOutcome::AlreadyRollingBack,
+            // A snapshot that lost a race with a concurrent write (PostgreSQL's
+            // `UNION ALL` branch reads the statement's snapshot): ask again.
             (false, RunStatus::Running) => continue,
             (false, status) => return Ok(CancelOutcome::Finished(status)),
         };
-        // Wake it wherever it waits (a running attempt notices by itself).
-        store.wake(stored.job).await?;
+        if !moved {
+            // Already rolling back: wake it again, wherever it waits (a first cancel woke
+            // it in its own transaction).
+            store.wake(stored.job).await?;
+        }
+        // A stranded run (its job over or gone) has no driver to roll it back: give it one.
+        let alive = store
+            .get(stored.job)
+            .await?
+            .is_some_and(|j| !j.state.is_terminal());
+        if !alive {
+            match resume(store, jobs, run.clone()).await {
+                Ok(_) | Err(ResumeError::NotResumable { .. }) => {}
+                Err(ResumeError::Store(e)) => return Err(CancelError::Store(e)),
+                Err(e) => {
+                    return Err(CancelError::Store(StoreError::Invalid(e.to_string())));
+                }
+            }
+        }
         return Ok(outcome);
     }
     Err(CancelError::Store(StoreError::Unavailable(format!(
@@ -756,6 +801,8 @@ fn hand_over(mut finish: Finish) -> Finish {
 /// A handle on one run: await its result, read its status and journal.
 pub struct RunHandle<S, O> {
     store: Arc<S>,
+    /// Where a new job for the run goes, should a cancel find it stranded.
+    jobs: ChildJobs,
     id: String,
     _out: PhantomData<fn() -> O>,
 }
@@ -782,7 +829,7 @@ impl<S: FlowStore, O: DeserializeOwned> RunHandle<S, O> {
 
     /// Cancels the run, as [`Flows::cancel`] does.
     pub async fn cancel(&self, reason: impl Into<String>) -> Result<CancelOutcome, CancelError> {
-        cancel(&*self.store, self.id.clone(), reason.into()).await
+        cancel(&*self.store, &self.jobs, self.id.clone(), reason.into()).await
     }
 
     /// Where the run is.

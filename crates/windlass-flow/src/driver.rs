@@ -432,13 +432,23 @@ impl<S: FlowStore> FlowDriver<S> {
                     }
                 }
             }
-            let nap = deadline_ms.map_or(self.cancel_check, |d| {
-                let left = u64::try_from(d.saturating_sub(now)).unwrap_or(0);
-                self.cancel_check.min(Duration::from_millis(left))
-            });
+            // Until the deadline, wake at it at the latest; past it (a cancel that failed),
+            // try again every `cancel_check`, never in a tight loop.
+            let nap = match deadline_ms {
+                Some(d) if d > now => self
+                    .cancel_check
+                    .min(Duration::from_millis(u64::try_from(d - now).unwrap_or(0))),
+                _ => self.cancel_check,
+            };
             tokio::time::sleep(nap.max(Duration::from_millis(1))).await;
             match store.run(run.id.clone()).await {
-                Ok(Some(stored)) if stored.status != RunStatus::Running => return,
+                // Cancelled, or no longer this job's to drive (an operator resumed it with a
+                // new job): either way this resumption stops, and the next pass decides.
+                Ok(Some(stored))
+                    if stored.status != RunStatus::Running || stored.job != run.job =>
+                {
+                    return;
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(run = %run.id, error = %e, "reading whether a run was cancelled failed")

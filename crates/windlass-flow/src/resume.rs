@@ -6,8 +6,12 @@
 //! - a step that failed goes: it runs again;
 //! - a completed step whose compensation ran goes, with its `~undo:` entry: its effect was
 //!   undone, so it must be done again (and may be compensated again later);
-//! - everything else stays: completed, uncompensated steps keep their results; fired timers,
-//!   delivered signals, waits and children keep their outcomes.
+//! - a signal wait that timed out goes, with its journaled deadline: it waits again, from a
+//!   new deadline;
+//! - everything else stays: completed, uncompensated steps keep their results; timers keep
+//!   their wake-up times (one whose time has passed does not sleep again); delivered
+//!   signals, waits that took one, and children keep their outcomes. A failed child stays
+//!   failed: resume the child first, or its parent fails again.
 //!
 //! Entries are renamed `~r<n>:<key>` — `n` one more than any earlier resume's — never
 //! deleted: the run's history stays readable, and the names can match no step.
@@ -19,6 +23,9 @@ use crate::store::{EntryKind, JournalEntry};
 
 /// The prefix of a compensation's key.
 const UNDO: &str = "~undo:";
+
+/// The suffix of a signal wait's journaled deadline (`<wait key>~until`).
+const UNTIL: &str = "~until";
 
 /// The `(from, to)` renames that retire what a resume must run again, in journal order.
 pub(crate) fn retirements(journal: &[JournalEntry]) -> Vec<(String, String)> {
@@ -32,6 +39,11 @@ pub(crate) fn retirements(journal: &[JournalEntry]) -> Vec<(String, String)> {
         .filter(|e| e.kind == EntryKind::Compensation)
         .filter_map(|e| e.key.strip_prefix(UNDO))
         .collect();
+    let timed_out: HashSet<&str> = journal
+        .iter()
+        .filter(|e| e.kind == EntryKind::Signal && e.outcome.is_err())
+        .map(|e| e.key.as_str())
+        .collect();
     journal
         .iter()
         .filter(|e| resume_number(&e.key).is_none())
@@ -39,7 +51,12 @@ pub(crate) fn retirements(journal: &[JournalEntry]) -> Vec<(String, String)> {
             EntryKind::Failure => e.key == FAILURE_KEY,
             EntryKind::Compensation => true,
             EntryKind::Step => e.outcome.is_err() || undone.contains(e.key.as_str()),
-            EntryKind::Sleep | EntryKind::Signal => false,
+            // A wait that timed out waits again, from a new deadline.
+            EntryKind::Signal => e.outcome.is_err(),
+            EntryKind::Sleep => e
+                .key
+                .strip_suffix(UNTIL)
+                .is_some_and(|wait| timed_out.contains(wait)),
         })
         .map(|e| (e.key.clone(), format!("~r{n}:{}", e.key)))
         .collect()
@@ -118,6 +135,18 @@ mod tests {
                 ("$failure".to_owned(), "~r2:$failure".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn a_timed_out_wait_is_retired_with_its_deadline_but_a_taken_one_stays() {
+        let journal = [
+            entry("approved~until", EntryKind::Sleep, true),
+            entry("approved", EntryKind::Signal, false),
+            entry("paid~until", EntryKind::Sleep, true),
+            entry("paid", EntryKind::Signal, true),
+            entry("nap", EntryKind::Sleep, true),
+        ];
+        assert_eq!(from(&retirements(&journal)), ["approved~until", "approved"]);
     }
 
     #[test]

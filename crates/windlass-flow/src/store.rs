@@ -372,8 +372,9 @@ pub trait FlowStore: Store {
     ) -> impl Future<Output = Result<EndRun, StoreError>> + Send;
 
     /// Cancels a `running` run: moves it to `compensating` with `reason` as its error, so
-    /// that its driver stops its code and rolls it back. One conditional write, so a cancel
-    /// and the run's completion race on the run's row and exactly one wins. Returns the run
+    /// that its driver stops its code and rolls it back, and wakes its job as
+    /// [`Store::wake`] does, in the same transaction. One conditional write of the run, so a
+    /// cancel and the run's completion race on the run's row and exactly one wins. Returns the run
     /// as stored afterwards and whether this call moved it (`false`: it was no longer
     /// running), or `None` when no run has the id.
     fn cancel_run(
@@ -385,8 +386,9 @@ pub trait FlowStore: Store {
     /// Reopens a run for an operator, **in one transaction**: if the run is failed or
     /// halted, or is running or compensating while its job is over or gone (a stranded
     /// run), each journal entry `from` in `renames` is renamed `to` (retired, kept as
-    /// history), the run becomes `running` with no output, error or finish time, and a new
-    /// job (`job`) drives it. Otherwise nothing is written. `None` when no run has the id.
+    /// history), the run becomes `running` with no output, error or finish time — a
+    /// `compensating` run stays `compensating`, with its error: its rollback goes on — and a
+    /// new job (`job`) drives it. Otherwise nothing is written. `None` when no run has the id.
     fn resume_run(
         &self,
         id: String,

@@ -479,18 +479,30 @@ impl FlowStore for PostgresStore {
                 "WITH upd AS (
                     UPDATE windlass_flow_runs SET status = 'compensating', error = $2
                     WHERE id = $1 AND status = 'running'
-                    RETURNING {RUN_COLUMNS})
-                 SELECT {RUN_COLUMNS}, true FROM upd
+                    RETURNING {RUN_COLUMNS}),
+                 w AS (
+                    UPDATE windlass_jobs SET
+                        run_at = CASE WHEN state = 'running' THEN run_at ELSE LEAST(run_at, $3) END,
+                        wake_requested = (state = 'running') OR wake_requested
+                    WHERE id IN (SELECT job_id FROM upd)
+                      AND state IN ('scheduled', 'available', 'retryable', 'running')
+                    RETURNING id)
+                 SELECT {RUN_COLUMNS}, true,
+                     (SELECT count(pg_notify($4, '')) FROM w) FROM upd
                  UNION ALL
-                 SELECT {RUN_COLUMNS}, false FROM windlass_flow_runs
+                 SELECT {RUN_COLUMNS}, false, 0 FROM windlass_flow_runs
                  WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM upd)"
             ))
             .await
             .map_err(pg_error)?;
+        let now = self.clock.now_ms();
         let row = client
-            .query_opt(&stmt, &[&id, &reason])
+            .query_opt(&stmt, &[&id, &reason, &now, &&*self.channel])
             .await
             .map_err(pg_error)?;
+        drop(client);
+        // The run's job was woken in the same statement (a sleeping run rolls back now).
+        self.wake();
         row.map(|row| Ok((run_from(&row)?, row.try_get(9).map_err(pg_error)?)))
             .transpose()
     }
@@ -554,8 +566,10 @@ impl FlowStore for PostgresStore {
         let row = tx
             .query_one(
                 &format!(
-                    "UPDATE windlass_flow_runs SET status = 'running', output = NULL,
-                         error = NULL, finished_at = NULL, job_id = $2
+                    "UPDATE windlass_flow_runs SET
+                         status = CASE WHEN status = 'compensating' THEN status ELSE 'running' END,
+                         error = CASE WHEN status = 'compensating' THEN error END,
+                         output = NULL, finished_at = NULL, job_id = $2
                      WHERE id = $1 RETURNING {RUN_COLUMNS}"
                 ),
                 &[&id, &job.0],

@@ -363,6 +363,7 @@ impl FlowStore for SqliteStore {
         id: String,
         reason: String,
     ) -> Result<Option<(RunRecord, bool)>, StoreError> {
+        let now = self.clock.now_ms();
         self.writer
             .call(
                 move |c| {
@@ -374,9 +375,16 @@ impl FlowStore for SqliteStore {
                         .map_err(sql_error)?
                         .execute(params![id, reason])
                         .map_err(sql_error)?;
-                    Ok(get_run(c, &id)?.map(|run| (run, moved > 0)))
+                    let run = get_run(c, &id)?;
+                    if moved > 0
+                        && let Some(run) = &run
+                    {
+                        // Woken in the same transaction: a sleeping run rolls back now.
+                        crate::ops::wake(c, run.job, now)?;
+                    }
+                    Ok(run.map(|run| (run, moved > 0)))
                 },
-                None,
+                self.wake(),
             )
             .await
     }
@@ -415,8 +423,10 @@ impl FlowStore for SqliteStore {
                     }
                     let (job, _) = crate::ops::insert_job(c, &job, now, None)?;
                     c.prepare_cached(
-                        "UPDATE windlass_flow_runs SET status = 'running', output = NULL,
-                             error = NULL, finished_at = NULL, job_id = ?2
+                        "UPDATE windlass_flow_runs SET
+                             status = CASE WHEN status = 'compensating' THEN status ELSE 'running' END,
+                             error = CASE WHEN status = 'compensating' THEN error END,
+                             output = NULL, finished_at = NULL, job_id = ?2
                          WHERE id = ?1",
                     )
                     .map_err(sql_error)?

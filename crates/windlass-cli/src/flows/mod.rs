@@ -95,7 +95,10 @@ pub async fn run<S: FlowStore + Clone>(
             let (outcome, said) = match flows.cancel(id.clone(), reason).await? {
                 CancelOutcome::Cancelled => (
                     "cancelled",
-                    format!("run `{id}` cancelled: it stops and rolls back on its worker\n"),
+                    format!(
+                        "run `{id}` cancelled: its running steps stop and its completed steps \
+                         are compensated by the flows workers\n"
+                    ),
                 ),
                 CancelOutcome::AlreadyRollingBack => (
                     "already_rolling_back",
@@ -303,18 +306,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn cancel_rolls_a_run_back_and_resume_reopens_it() {
+    async fn cancel_gives_a_stranded_run_a_driver_and_resume_reopens_a_failed_one() {
         let store = SqliteStore::in_memory().await.unwrap();
-        store
-            .insert_run(NewRun {
-                id: "r1".into(),
-                kind: "checkout".into(),
-                input: Value::Null,
-                job: JobId(999),
-                created_at_ms: 0,
-            })
-            .await
-            .unwrap();
+        let new_run = |id: &str| NewRun {
+            id: id.into(),
+            kind: "checkout".into(),
+            input: Value::Null,
+            job: JobId(999),
+            created_at_ms: 0,
+        };
+        store.insert_run(new_run("r1")).await.unwrap();
         let cancel = |reason: &str| FlowAction::Cancel {
             id: "r1".into(),
             reason: reason.into(),
@@ -324,29 +325,15 @@ mod tests {
         let run_now = store.run("r1".into()).await.unwrap().unwrap();
         assert_eq!(run_now.status, RunStatus::Compensating);
         assert_eq!(run_now.error.as_deref(), Some("cancelled: fraud"));
+        // Its job (999) does not exist: the cancel gave the run a new one, which rolls it
+        // back on the flows queue's workers.
+        assert_ne!(run_now.job, JobId(999));
+        let job = store.get(run_now.job).await.unwrap().unwrap();
+        assert_eq!(job.queue, "flows");
+        assert_eq!(job.state, windlass_queue::JobState::Available);
         let again: Value =
             serde_json::from_str(&run(&store, cancel("twice"), true).await.unwrap()).unwrap();
         assert_eq!(again["outcome"], "already_rolling_back");
-        // Its job (999) does not exist: the run is stranded, so it can be resumed.
-        let resumed: Value = serde_json::from_str(
-            &run(
-                &store,
-                FlowAction::Resume {
-                    id: "r1".into(),
-                    queue: "flows-2".into(),
-                },
-                true,
-            )
-            .await
-            .unwrap(),
-        )
-        .unwrap();
-        assert_eq!(resumed["retired"], 0);
-        let run_now = store.run("r1".into()).await.unwrap().unwrap();
-        assert_eq!(run_now.status, RunStatus::Running);
-        assert_eq!(run_now.error, None);
-        let job = store.get(run_now.job).await.unwrap().unwrap();
-        assert_eq!(job.queue, "flows-2");
         let e = run(
             &store,
             FlowAction::Resume {
@@ -358,6 +345,34 @@ mod tests {
         .await
         .unwrap_err()
         .to_string();
-        assert!(e.contains("is running"), "{e}");
+        assert!(e.contains("is compensating"), "{e}");
+
+        // A failed run (its old job gone) is reopened on the queue named.
+        store.insert_run(new_run("r2")).await.unwrap();
+        store
+            .set_run_status("r2".into(), RunStatus::Failed, None, Some("boom".into()))
+            .await
+            .unwrap();
+        let resumed: Value = serde_json::from_str(
+            &run(
+                &store,
+                FlowAction::Resume {
+                    id: "r2".into(),
+                    queue: "flows-2".into(),
+                },
+                true,
+            )
+            .await
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(resumed["retired"], 0);
+        let run_now = store.run("r2".into()).await.unwrap().unwrap();
+        assert_eq!(run_now.status, RunStatus::Running);
+        assert_eq!(run_now.error, None);
+        assert_eq!(
+            store.get(run_now.job).await.unwrap().unwrap().queue,
+            "flows-2"
+        );
     }
 }

@@ -594,3 +594,106 @@ pub async fn a_failed_run_resumes_from_its_failed_step<S: FlowStore>(
     ));
     worker.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Case: cancels and completions racing on many runs, from two stores on one database (two
+/// processes): for every run exactly one wins — the cancel (the run is compensating, and a
+/// direct run's combined end wrote neither the run nor its job) or the completion (the run
+/// is completed, and the cancel says it was not running).
+pub async fn racing_cancels_and_completions_have_one_winner_each<S: FlowStore>(
+    db: FlowDb<S>,
+    _clock: ManualClock,
+) {
+    let (ours, theirs) = (Arc::new(db.store), Arc::new((db.reopen)().await));
+    let claim = InlineClaim {
+        worker: "inline-test".into(),
+        lease_for: Duration::from_secs(30),
+    };
+    let mut leases = Vec::new();
+    for i in 0..24 {
+        let id = format!("race-{i}");
+        let started = ours
+            .start_run(super::store::start(&id, Some(claim.clone())))
+            .await
+            .expect("start");
+        leases.push((id, started.claimed.expect("claimed").lease));
+    }
+    let mut racers = tokio::task::JoinSet::new();
+    for (i, (id, lease)) in leases.into_iter().enumerate() {
+        let (ours, theirs) = (Arc::clone(&ours), Arc::clone(&theirs));
+        racers.spawn(async move {
+            let cancel = {
+                let (theirs, id) = (Arc::clone(&theirs), id.clone());
+                tokio::spawn(async move {
+                    theirs
+                        .cancel_run(id, "cancelled: race".into())
+                        .await
+                        .expect("cancel")
+                        .expect("the run")
+                        .1
+                })
+            };
+            // Half the runs complete through the direct start's combined end, half through
+            // the driver's conditional status write.
+            let completed = if i % 2 == 0 {
+                let finish = Finish {
+                    lease,
+                    next: NextState::Completed,
+                    record: AttemptRecord {
+                        attempt: 1,
+                        worker: "inline-test".into(),
+                        at_ms: T0,
+                        outcome: "completed".into(),
+                        error: None,
+                        class: None,
+                    },
+                };
+                let end = ours
+                    .end_run(
+                        id.clone(),
+                        RunStatus::Completed,
+                        Some(json!(1)),
+                        None,
+                        finish,
+                    )
+                    .await
+                    .expect("end");
+                assert_ne!(end, EndRun::LeaseLost, "{id}");
+                end == EndRun::Stored
+            } else {
+                ours.set_run_status(id.clone(), RunStatus::Completed, Some(json!(1)), None)
+                    .await
+                    .expect("complete")
+            };
+            let cancelled = cancel.await.expect("the cancel's task");
+            (id, cancelled, completed, i % 2 == 0)
+        });
+    }
+    let (mut cancels, mut completions) = (0, 0);
+    while let Some(done) = racers.join_next().await {
+        let (id, cancelled, completed, inline) = done.expect("a racer");
+        assert!(
+            cancelled != completed,
+            "{id}: exactly one of cancel ({cancelled}) and completion ({completed}) wins"
+        );
+        let run = ours.run(id.clone()).await.expect("run").expect("the run");
+        let job = ours.get(run.job).await.expect("get").expect("job");
+        if cancelled {
+            cancels += 1;
+            assert_eq!(run.status, RunStatus::Compensating, "{id}");
+            if inline {
+                assert_eq!(
+                    job.state,
+                    JobState::Running,
+                    "{id}: the job still drives it"
+                );
+            }
+        } else {
+            completions += 1;
+            assert_eq!(run.status, RunStatus::Completed, "{id}");
+            if inline {
+                assert_eq!(job.state, JobState::Completed, "{id}");
+            }
+        }
+    }
+    assert_eq!(cancels + completions, 24);
+}

@@ -38,6 +38,7 @@ pub use cancel::{
     a_direct_run_cancelled_mid_step_rolls_back_in_its_caller,
     a_failed_run_resumes_from_its_failed_step,
     a_run_past_its_deadline_is_cancelled_and_compensated,
+    racing_cancels_and_completions_have_one_winner_each,
 };
 pub use child::a_parent_waits_for_its_children_and_reads_their_results;
 pub use events::a_published_event_reaches_every_subscriber_once;
@@ -96,6 +97,7 @@ macro_rules! flow_conformance_tests {
             a_cancel_and_a_completion_never_both_win,
             a_failed_run_resumes_from_its_failed_step,
             a_published_event_reaches_every_subscriber_once,
+            racing_cancels_and_completions_have_one_winner_each,
         );
     };
     (@cases $fresh:path; $($case:ident),* $(,)?) => {
