@@ -363,6 +363,29 @@ enum OtherDemo {
         #[arg(long)]
         json: bool,
     },
+    /// The thumbnail pipeline as a durable workflow (embedded SQLite): a step per image,
+    /// bounded fan-out; a worker process drives it and is killed mid-run (SIGKILL), and a
+    /// worker here resumes the run from its journal.
+    Thumbnails {
+        /// Images to process.
+        #[arg(long, default_value_t = 300)]
+        items: usize,
+        /// Images in flight at once.
+        #[arg(long, default_value_t = 8)]
+        limit: usize,
+        /// Kill the worker process once this many images are uploaded (0: no kill).
+        #[arg(long, default_value_t = 100)]
+        kill_after: usize,
+        /// Keep the run in this SQLite file (default: a fresh temporary file).
+        #[arg(long)]
+        db: Option<std::path::PathBuf>,
+        /// Print JSON instead of the story.
+        #[arg(long)]
+        json: bool,
+        /// Internal: be the worker process for this SQLite file.
+        #[arg(long, hide = true)]
+        worker_for: Option<std::path::PathBuf>,
+    },
     /// The thumbnail pipeline — fetch, thumbnail (CPU), upload — sequential, unbounded,
     /// bounded, and streaming with CPU offload.
     Pipeline {
@@ -397,6 +420,35 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", demo::checkout::table(&report));
+            }
+        }
+        Command::Demo {
+            other:
+                Some(OtherDemo::Thumbnails {
+                    items,
+                    limit,
+                    kill_after,
+                    db,
+                    json,
+                    worker_for,
+                }),
+            ..
+        } => {
+            if let Some(db) = worker_for {
+                runtime.block_on(demo::thumbnails::serve_worker(&db))?;
+                return Ok(());
+            }
+            let opts = demo::thumbnails::ThumbnailOptions {
+                items,
+                limit,
+                kill_after,
+                db,
+            };
+            let report = runtime.block_on(demo::thumbnails::run(&opts))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", demo::thumbnails::story(&report));
             }
         }
         Command::Demo {

@@ -47,9 +47,27 @@ pub(crate) trait Journal: Send + Sync {
     fn now_ms(&self) -> i64;
     /// Starts a run (a child), or returns the one with its id.
     fn start_run(&self, start: RunStart) -> BoxFuture<'static, Result<Started, StoreError>>;
+    /// Cancels a run (a child of a run rolling back); whether it moved.
+    fn cancel_child(
+        &self,
+        id: String,
+        reason: String,
+    ) -> BoxFuture<'static, Result<bool, StoreError>>;
 }
 
 impl<S: FlowStore> Journal for Arc<S> {
+    fn cancel_child(
+        &self,
+        id: String,
+        reason: String,
+    ) -> BoxFuture<'static, Result<bool, StoreError>> {
+        let store = Arc::clone(self);
+        Box::pin(async move {
+            Ok(FlowStore::cancel_run(&*store, id, reason)
+                .await?
+                .is_some_and(|(_, moved)| moved))
+        })
+    }
     fn start_run(&self, start: RunStart) -> BoxFuture<'static, Result<Started, StoreError>> {
         let store = Arc::clone(self);
         Box::pin(async move { FlowStore::start_run(&*store, start).await })
@@ -119,6 +137,8 @@ struct Inner {
     kind: String,
     /// The run's trace context (W3C `traceparent`), inherited by its children.
     trace: Option<String>,
+    /// The run's deadline (ms, store clock), inherited by its children.
+    deadline_ms: Option<i64>,
     store: Arc<dyn Journal>,
     children: ChildJobs,
     state: Mutex<State>,
@@ -163,6 +183,7 @@ impl FlowContext {
     pub(crate) fn new(
         run: &crate::store::RunRecord,
         trace: Option<String>,
+        deadline_ms: Option<i64>,
         journal: Vec<JournalEntry>,
         store: Arc<dyn Journal>,
         children: ChildJobs,
@@ -172,6 +193,7 @@ impl FlowContext {
                 run: run.id.clone(),
                 kind: run.kind.clone(),
                 trace,
+                deadline_ms,
                 store,
                 children,
                 state: Mutex::new(State {
@@ -406,7 +428,10 @@ impl FlowContext {
     /// neither starts the child again nor waits for it. Children run on the workers; give
     /// them ids derived from this run's (e.g. `format!("{}-invoice", ctx.run_id())`).
     ///
-    /// An id taken by a run of another workflow halts this run, naming both.
+    /// An id taken by a run of another workflow halts this run, naming both. A child inherits
+    /// its parent's deadline and trace; when the parent rolls back (it failed or was
+    /// cancelled) while a child it started is still running, the child is cancelled too and
+    /// compensates its own completed steps.
     pub async fn child<W: crate::Workflow>(
         &self,
         id: impl Into<String>,
@@ -421,6 +446,14 @@ impl FlowContext {
             Some(entry) => entry,
             None => {
                 if let Some(refused) = self.refused_while_rolling_back(&key) {
+                    // A child started in an earlier attempt and still running is cancelled
+                    // with its parent: it rolls back its own completed steps.
+                    let reason =
+                        format!("cancelled: its parent `{}` is rolling back", self.inner.run);
+                    if let Err(e) = self.inner.store.cancel_child(id.clone(), reason).await {
+                        tracing::warn!(run = %self.inner.run, child = %id, error = %e, "cancelling a child failed");
+                        return self.halt(Halt::Store(e)).await;
+                    }
                     return Err(refused);
                 }
                 let input = match serde_json::to_value(input) {
@@ -438,7 +471,7 @@ impl FlowContext {
                     workflow: W::KIND.into(),
                     input,
                     parent: Some(self.inner.run.clone()),
-                    deadline_ms: None,
+                    deadline_ms: self.inner.deadline_ms,
                 };
                 let start = match crate::client::run_start(
                     &self.inner.children,

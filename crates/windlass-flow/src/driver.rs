@@ -307,6 +307,7 @@ impl<S: FlowStore> FlowDriver<S> {
         let ctx = FlowContext::new(
             &run,
             trace,
+            payload.deadline_ms,
             journal,
             Arc::new(Arc::clone(store)) as Arc<dyn Journal>,
             self.children.clone(),

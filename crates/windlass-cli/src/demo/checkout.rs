@@ -244,18 +244,7 @@ pub async fn run(
 ) -> anyhow::Result<CheckoutReport> {
     let path = match db {
         Some(p) => p,
-        None => {
-            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "windlass-checkout-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-            ));
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let path = dir.join("checkout.db");
-            let _ = std::fs::remove_file(&path);
-            path
-        }
+        None => super::temp_db("checkout")?,
     };
     let store = SqliteStore::open(&path)
         .await

@@ -7,6 +7,7 @@ pub mod checkout;
 pub mod client;
 pub mod measure;
 pub mod pipeline;
+pub mod thumbnails;
 pub mod upstream;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -285,6 +286,22 @@ pub fn table(r: &DemoReport) -> String {
         ));
     }
     out
+}
+
+/// A fresh SQLite file for a demo's runs, in a directory of its own under the temporary
+/// directory.
+pub(crate) fn temp_db(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context as _;
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "windlass-{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{name}.db"));
+    let _ = std::fs::remove_file(&path);
+    Ok(path)
 }
 
 #[cfg(test)]

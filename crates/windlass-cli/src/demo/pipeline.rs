@@ -127,10 +127,15 @@ pub fn thumbnail(rgb: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Uploads received, by image id.
+pub type Uploads = Arc<std::sync::Mutex<std::collections::HashMap<u64, u32>>>;
+
 /// The local image server: `GET /image/{i}` and `POST /upload/{i}`, each taking ~1 ms.
 pub struct ImageServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// How many uploads it received for each image.
+    pub uploads: Uploads,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -145,6 +150,8 @@ impl ImageServer {
     pub async fn start() -> std::io::Result<ImageServer> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
+        let uploads = Uploads::default();
+        let counted = Arc::clone(&uploads);
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -152,8 +159,10 @@ impl ImageServer {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                let counted = Arc::clone(&counted);
                 conns.spawn(async move {
-                    let svc = hyper::service::service_fn(serve);
+                    let svc =
+                        hyper::service::service_fn(move |req| serve(req, Arc::clone(&counted)));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
@@ -161,11 +170,18 @@ impl ImageServer {
                 while conns.try_join_next().is_some() {}
             }
         });
-        Ok(ImageServer { addr, task })
+        Ok(ImageServer {
+            addr,
+            uploads,
+            task,
+        })
     }
 }
 
-async fn serve(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn serve(
+    req: Request<Incoming>,
+    uploads: Uploads,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let id: u64 = req
         .uri()
         .path()
@@ -179,6 +195,11 @@ async fn serve(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallib
         Method::GET => *resp.body_mut() = Full::new(Bytes::from(image(id))),
         Method::POST => {
             let _ = req.into_body().collect().await;
+            *uploads
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(id)
+                .or_default() += 1;
             *resp.status_mut() = StatusCode::CREATED;
         }
         _ => *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED,
@@ -188,14 +209,23 @@ async fn serve(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallib
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// An HTTP client of the image server.
 #[derive(Clone)]
-struct Io {
+pub(crate) struct Io {
     client: HttpClient,
     base: Arc<str>,
 }
 
 impl Io {
-    async fn fetch(&self, i: u64) -> anyhow::Result<Bytes> {
+    /// A client of the server at `base` (`http://host:port`).
+    pub(crate) fn new(base: &str) -> Io {
+        Io {
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            base: base.into(),
+        }
+    }
+
+    pub(crate) async fn fetch(&self, i: u64) -> anyhow::Result<Bytes> {
         let req = Request::get(format!("{}/image/{i}", self.base)).body(Full::new(Bytes::new()))?;
         let resp = self.client.request(req).await?;
         anyhow::ensure!(
@@ -206,7 +236,7 @@ impl Io {
         Ok(resp.into_body().collect().await?.to_bytes())
     }
 
-    async fn upload(&self, i: u64, thumb: Vec<u8>) -> anyhow::Result<()> {
+    pub(crate) async fn upload(&self, i: u64, thumb: Vec<u8>) -> anyhow::Result<()> {
         let req = Request::post(format!("{}/upload/{i}", self.base))
             .body(Full::new(Bytes::from(thumb)))?;
         let resp = self.client.request(req).await?;
@@ -241,10 +271,7 @@ pub async fn run(opts: &PipelineOptions) -> anyhow::Result<Vec<StageReport>> {
     let mut reports = Vec::new();
     for &n in &opts.items {
         for stage in ["sequential", "unbounded", "bounded", "streaming+offload"] {
-            let io = Io {
-                client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
-                base: format!("http://{}", server.addr).into(),
-            };
+            let io = Io::new(&format!("http://{}", server.addr));
             reports.push(run_stage(stage, n, opts, io).await?);
             // Let the server close the stage's connections before the next stage measures.
             tokio::time::sleep(Duration::from_millis(200)).await;

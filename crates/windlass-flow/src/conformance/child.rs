@@ -102,3 +102,136 @@ pub async fn a_parent_waits_for_its_children_and_reads_their_results<S: FlowStor
     }
     worker.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Holds something (compensated), then sleeps a day.
+struct Slow {
+    log: Log,
+}
+
+impl Workflow for Slow {
+    const KIND: &'static str = "slow";
+    type Input = ();
+    type Output = ();
+    async fn run(&self, ctx: FlowContext, _: ()) -> Result<(), FlowError> {
+        let (log, undo_log) = (self.log.clone(), self.log.clone());
+        ctx.step("hold", move || {
+            let log = log.clone();
+            async move {
+                log.push("hold");
+                Ok::<_, String>(())
+            }
+        })
+        .compensate_with(move |_: ()| {
+            let log = undo_log.clone();
+            async move {
+                log.push("undo hold");
+                Ok::<_, String>(())
+            }
+        })
+        .await?;
+        ctx.sleep("a-day", Duration::from_secs(86_400)).await;
+        Ok(())
+    }
+}
+
+/// Books (compensated), then waits for a `Slow` child.
+struct Booker {
+    log: Log,
+}
+
+impl Workflow for Booker {
+    const KIND: &'static str = "booker";
+    type Input = ();
+    type Output = ();
+    async fn run(&self, ctx: FlowContext, _: ()) -> Result<(), FlowError> {
+        let (log, undo_log) = (self.log.clone(), self.log.clone());
+        ctx.step("book", move || {
+            let log = log.clone();
+            async move {
+                log.push("book");
+                Ok::<_, String>(())
+            }
+        })
+        .compensate_with(move |_: ()| {
+            let log = undo_log.clone();
+            async move {
+                log.push("undo book");
+                Ok::<_, String>(())
+            }
+        })
+        .await?;
+        let child = format!("{}-child", ctx.run_id());
+        ctx.child::<Slow>(child, &()).await
+    }
+}
+
+/// Case: cancelling a parent that waits for a running child cancels the child too: both roll
+/// back their own completed steps and end `failed`, the child naming its parent; the child
+/// inherited its parent's deadline. The clock never moves.
+pub async fn a_cancelled_parent_cancels_its_running_child<S: FlowStore>(
+    db: FlowDb<S>,
+    _clock: ManualClock,
+) {
+    let queue = Queue::new(db.store);
+    let log = Log::default();
+    let flows = Flows::builder(&queue)
+        .register(Slow { log: log.clone() })
+        .register(Booker { log: log.clone() })
+        .poll(POLL)
+        .build()
+        .expect("flows");
+    let worker = start_worker(&queue, &flows).await;
+    let parent = flows
+        .start_with::<Booker>(
+            "trip",
+            &(),
+            &crate::RunOptions::new().deadline(Duration::from_secs(3600)),
+        )
+        .await
+        .expect("start");
+    let parent_job = parent.record().await.expect("record").job;
+    super::until_job_in(
+        &queue,
+        parent_job,
+        windlass_queue::JobState::Scheduled,
+        "the parent never waited",
+    )
+    .await;
+    let child = flows
+        .handle("trip-child")
+        .await
+        .expect("handle")
+        .expect("the child was started");
+    let child_job = child.record().await.expect("record").job;
+    super::until_job_in(
+        &queue,
+        child_job,
+        windlass_queue::JobState::Scheduled,
+        "the child never slept",
+    )
+    .await;
+    let payload = queue
+        .get(child_job)
+        .await
+        .expect("get")
+        .expect("job")
+        .payload;
+    assert_eq!(
+        payload["deadline_ms"],
+        serde_json::json!(super::T0 + 3_600_000),
+        "the child inherits its parent's deadline"
+    );
+    parent.cancel("trip called off").await.expect("cancel");
+    assert!(matches!(
+        parent.result(WAIT, POLL).await,
+        Err(WaitError::Failed(m)) if m == "cancelled: trip called off"
+    ));
+    match child.result(WAIT, POLL).await {
+        Err(WaitError::Failed(m)) => assert!(m.contains("parent `trip`"), "{m}"),
+        other => panic!("the child ended as {other:?}"),
+    }
+    let mut all = log.all();
+    all.sort();
+    assert_eq!(all, ["book", "hold", "undo book", "undo hold"]);
+    worker.shutdown(Duration::from_secs(5)).await;
+}

@@ -40,7 +40,10 @@ pub use cancel::{
     a_run_past_its_deadline_is_cancelled_and_compensated,
     racing_cancels_and_completions_have_one_winner_each,
 };
-pub use child::a_parent_waits_for_its_children_and_reads_their_results;
+pub use child::{
+    a_cancelled_parent_cancels_its_running_child,
+    a_parent_waits_for_its_children_and_reads_their_results,
+};
 pub use events::a_published_event_reaches_every_subscriber_once;
 mod store;
 pub use inline::{
@@ -98,6 +101,7 @@ macro_rules! flow_conformance_tests {
             a_failed_run_resumes_from_its_failed_step,
             a_published_event_reaches_every_subscriber_once,
             racing_cancels_and_completions_have_one_winner_each,
+            a_cancelled_parent_cancels_its_running_child,
         );
     };
     (@cases $fresh:path; $($case:ident),* $(,)?) => {
