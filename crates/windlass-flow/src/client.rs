@@ -234,7 +234,10 @@ impl RunOptions {
     /// The run must be over within `deadline` of its start: past it, the run is cancelled
     /// as by [`Flows::cancel`] (its running steps stopped, its completed steps compensated)
     /// and ends `failed` with "deadline exceeded". A run sleeping past its deadline is woken
-    /// at it. Measured on the store's clock.
+    /// at it; one whose code is running notices within
+    /// [`cancel_check`](FlowsBuilder::cancel_check); one waiting in the queue (behind the
+    /// flows queue's limits, or in a retry's backoff) is cancelled when it is next resumed.
+    /// Children inherit it. Measured on the store's clock.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self
@@ -543,9 +546,13 @@ impl<S: FlowStore> Flows<S> {
     /// Cancels a run: its running steps are stopped (within
     /// [`cancel_check`](FlowsBuilder::cancel_check)), then the compensations of its
     /// completed steps run, latest first, and it ends `failed` with `cancelled: <reason>`.
-    /// A run waiting for a timer, a signal or a child is woken to roll back at once. The
-    /// cancel and the run's completion race on one conditional write of the run's row:
-    /// exactly one wins, so a run is never both completed and compensated.
+    /// A run waiting for a timer, a signal or a child is woken to roll back at once; a child
+    /// it is waiting for is cancelled too. The cancel and the run's completion race on one
+    /// conditional write of the run's row: exactly one wins, so a run is never both completed
+    /// and compensated. A step stopped mid-way is not compensated (like a failed step, it has
+    /// no result to undo with): a step whose effect must not be left half-done should be
+    /// idempotent or clean up after itself. A stranded run (its job over) is given a new job
+    /// to roll back with.
     pub async fn cancel(
         &self,
         run: impl Into<String>,
