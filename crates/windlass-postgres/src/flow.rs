@@ -368,6 +368,12 @@ impl FlowStore for PostgresStore {
         // The run's row is locked first, so a cancel cannot slip between the check that
         // the run may take this end and the writes: the job's end is written only if the
         // run may take it, and the run's only if the job's was.
+        //
+        // A run that journaled anything commits its end without waiting for the WAL flush:
+        // every entry it depends on (and its start, earlier in the WAL) is flushed already,
+        // so a database crash that loses the end leaves the run and its job as they were
+        // before it — the job's lease expires and a worker replays the run from its journal,
+        // running no step again, to the same end. A run that journaled nothing waits.
         let stmt = client
             .prepare_cached(&format!(
                 "WITH lk AS (SELECT status FROM windlass_flow_runs WHERE id = $6 FOR UPDATE),
@@ -384,7 +390,9 @@ impl FlowStore for PostgresStore {
                     SET status = $7, output = COALESCE($8, output), error = COALESCE($9, error),
                         finished_at = COALESCE($10, finished_at)
                     WHERE id = $6 AND EXISTS (SELECT 1 FROM f))
-                 SELECT (SELECT count(*) FROM f), (SELECT status FROM lk)",
+                 SELECT (SELECT count(*) FROM f), (SELECT status FROM lk),
+                     (SELECT set_config('synchronous_commit', 'off', true)
+                      WHERE EXISTS (SELECT 1 FROM windlass_flow_journal WHERE run_id = $6))",
                 may_become_sql("$7")
             ))
             .await
