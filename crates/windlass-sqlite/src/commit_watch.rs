@@ -111,3 +111,57 @@ fn watch_until_error(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Waits (up to 20 s of real time: the retry sleeps a real second) until the signal is
+    /// past `seen`.
+    fn until_bumped(rx: &watch::Receiver<u64>, seen: u64) -> u64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = *rx.borrow();
+            if now != seen {
+                return now;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the watch never woke the workers"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_watch_that_cannot_open_the_file_retries_wakes_once_it_can_then_sees_commits() {
+        let dir = std::env::temp_dir().join(format!(
+            "windlass-watch-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        ));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let path = dir.join("late.db");
+        let (tx, rx) = watch::channel(0u64);
+        let tx = Arc::new(tx);
+        // No file yet: the first open fails, and the watch retries a second later.
+        spawn(path.clone(), Duration::from_millis(5), Arc::downgrade(&tx)).expect("spawn");
+        let writer = Connection::open(&path).expect("create the file");
+        writer
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER);")
+            .expect("a table");
+        // Reconnecting, it cannot know what it missed: it wakes the workers once.
+        let after_reconnect = until_bumped(&rx, 0);
+        // From then on, another connection's commit wakes them.
+        writer
+            .execute("INSERT INTO t VALUES (1)", [])
+            .expect("a commit");
+        until_bumped(&rx, after_reconnect);
+        drop(tx);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
