@@ -11,9 +11,13 @@
 //! to every subscription of its topic **in one transaction**: a subscription naming a queue
 //! job gets one job (payload: the event's payload; tags `event:<id>` and `topic:<topic>`), a
 //! subscription naming a workflow gets one run (id `<subscription>:<event id>`, input: the
-//! payload). Either all of that is stored or none of it. An event id is unique: publishing
-//! the same id again ([`Events::publish_with_id`], for a publisher that retries) delivers
-//! nothing and reports the duplicate. From there the queue's guarantees hold — the job or
+//! payload). Either all of that is stored or none of it, and the subscriptions it goes to
+//! are those of one moment (read in the same transaction). An event id names one event,
+//! **whatever its topic**: publishing the same id again ([`Events::publish_with_id`], for a
+//! publisher that retries) delivers nothing and reports the duplicate — so derive ids from
+//! the topic too (`order-17-placed`, `order-17-shipped`). Run ids of the form
+//! `<subscription>:<event id>` belong to event deliveries: a run started by hand with such an
+//! id takes the delivery's place (it is not started again, nor counted as delivered). From there the queue's guarantees hold — the job or
 //! run survives crashes and is retried until done. On PostgreSQL,
 //! `PostgresStore::publish_in` does the same inside the caller's own transaction: the
 //! event exists if and only if the business data does (the outbox pattern, with no relay).
@@ -182,8 +186,11 @@ pub struct Published {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EventError {
-    /// A topic, event id or subscription name is empty or too long.
-    #[error("invalid {what} {value:?}: must be 1 to {MAX_EVENT_NAME_BYTES} bytes")]
+    /// A topic, event id or subscription name is empty or too long (or a subscription name
+    /// holds a `:`).
+    #[error(
+        "invalid {what} {value:?}: must be 1 to {MAX_EVENT_NAME_BYTES} bytes (and a subscription name has no `:`)"
+    )]
     InvalidName {
         /// Which one.
         what: &'static str,
@@ -212,7 +219,12 @@ pub enum EventError {
 }
 
 fn check(what: &'static str, value: &str) -> Result<(), EventError> {
-    if value.is_empty() || value.len() > MAX_EVENT_NAME_BYTES {
+    // A workflow delivery's run id is `<subscription>:<event id>`: with no `:` in a
+    // subscription's name, two deliveries never share one.
+    if value.is_empty()
+        || value.len() > MAX_EVENT_NAME_BYTES
+        || (what == "subscription name" && value.contains(':'))
+    {
         return Err(EventError::InvalidName {
             what,
             value: value.to_owned(),
@@ -397,16 +409,14 @@ impl<S: FlowStore> Events<S> {
             payload,
             published_at_ms: self.store.now_ms(),
         };
-        let subscriptions = self.store.subscriptions(Some(topic.into())).await?;
-        let deliveries = deliveries(&event, &subscriptions)?;
-        let delivered = deliveries.len();
-        let stored = self.store.publish(event, deliveries).await?;
+        let delivered = self.store.publish(event).await?;
+        let stored = delivered.is_some();
         metrics::counter!("windlass_events_published_total", "topic" => topic.to_owned(), "duplicate" => if stored { "false" } else { "true" })
             .increment(1);
         Ok(Published {
             event: id.into(),
             duplicate: !stored,
-            delivered: if stored { delivered } else { 0 },
+            delivered: delivered.unwrap_or(0),
         })
     }
 }

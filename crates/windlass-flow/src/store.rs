@@ -427,14 +427,15 @@ pub trait FlowStore: Store {
         topic: Option<String>,
     ) -> impl Future<Output = Result<Vec<crate::events::Subscription>, StoreError>> + Send;
 
-    /// Stores `event` and its `deliveries` (jobs enqueued, runs started) **in one
-    /// transaction**, unless an event with its id exists: then nothing is written and the
-    /// answer is `false`. A run delivery whose id is taken is skipped (the run exists).
+    /// Stores `event` and delivers it — one job or run per subscription of its topic, built
+    /// by [`deliveries`](crate::events::deliveries) from the subscriptions read in the same
+    /// transaction — **in one transaction**, unless an event with its id exists: then nothing
+    /// is written and the answer is `None`. Otherwise, how many subscriptions got it: a run
+    /// delivery whose id is taken is not started again, and not counted.
     fn publish(
         &self,
         event: crate::events::Event,
-        deliveries: Vec<crate::events::Delivery>,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<usize>, StoreError>> + Send;
 
     /// Stores `entry` in `run`'s journal unless it already has one under the same key;
     /// returns the stored entry (with its `seq`).

@@ -154,16 +154,18 @@ pub(crate) async fn start_run_on<C: tokio_postgres::GenericClient>(
 pub(crate) async fn subscriptions_on<C: tokio_postgres::GenericClient>(
     c: &C,
     topic: Option<String>,
+    share_lock: bool,
 ) -> Result<Vec<Subscription>, StoreError> {
-    let rows = c
-        .query(
-            "SELECT topic, name, target, kind, queue, attempt_timeout_ms
-             FROM windlass_subscriptions WHERE $1::text IS NULL OR topic = $1
-             ORDER BY topic, name",
-            &[&topic],
-        )
-        .await
-        .map_err(pg_error)?;
+    let sql = if share_lock {
+        "SELECT topic, name, target, kind, queue, attempt_timeout_ms
+         FROM windlass_subscriptions WHERE $1::text IS NULL OR topic = $1
+         ORDER BY topic, name FOR SHARE"
+    } else {
+        "SELECT topic, name, target, kind, queue, attempt_timeout_ms
+         FROM windlass_subscriptions WHERE $1::text IS NULL OR topic = $1
+         ORDER BY topic, name"
+    };
+    let rows = c.query(sql, &[&topic]).await.map_err(pg_error)?;
     rows.iter()
         .map(|r| {
             let target: String = r.try_get(2).map_err(pg_error)?;
@@ -183,33 +185,36 @@ pub(crate) async fn subscriptions_on<C: tokio_postgres::GenericClient>(
         .collect()
 }
 
-/// Stores `event` and its deliveries through `c` (inside a transaction): `false`, writing
-/// nothing, when the event's id is taken.
+/// Stores `event` through `c` (inside a transaction) and delivers it to the subscriptions of
+/// its topic as of that transaction: `None`, writing nothing, when the event's id is taken;
+/// otherwise how many subscriptions got it (a run whose id was taken is not delivered again).
 pub(crate) async fn publish_on<C: tokio_postgres::GenericClient>(
     c: &C,
     event: &Event,
-    deliveries: &[Delivery],
     now: i64,
     channel: &str,
-) -> Result<bool, StoreError> {
-    let count = i32::try_from(deliveries.len()).unwrap_or(i32::MAX);
+) -> Result<Option<usize>, StoreError> {
     let inserted = c
         .execute(
             "INSERT INTO windlass_events (id, topic, payload, published_at, delivered)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+             VALUES ($1, $2, $3, $4, 0) ON CONFLICT (id) DO NOTHING",
             &[
                 &event.id,
                 &event.topic,
                 &event.payload,
                 &event.published_at_ms,
-                &count,
             ],
         )
         .await
         .map_err(pg_error)?;
     if inserted == 0 {
-        return Ok(false);
+        return Ok(None);
     }
+    // Read under a share lock: a subscribe or unsubscribe of this topic waits for this
+    // transaction, so the event goes to the subscriptions of one moment.
+    let subscriptions = subscriptions_on(c, Some(event.topic.clone()), true).await?;
+    let deliveries = windlass_flow::events::deliveries(event, &subscriptions)
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
     let jobs: Vec<NewJob> = deliveries
         .iter()
         .filter_map(|d| match d {
@@ -217,21 +222,32 @@ pub(crate) async fn publish_on<C: tokio_postgres::GenericClient>(
             Delivery::Run(_) => None,
         })
         .collect();
+    let mut delivered = jobs.len();
     if !jobs.is_empty() {
         crate::ops::enqueue(c, &crate::ops::Prep::Plain, &jobs, now, channel).await?;
     }
     let mut stmt = None;
-    for delivery in deliveries {
+    for delivery in &deliveries {
         if let Delivery::Run(start) = delivery {
             let stmt = match &stmt {
                 Some(s) => s,
                 None => stmt.insert(c.prepare(START_RUN).await.map_err(pg_error)?),
             };
-            // A taken run id is skipped: that run exists.
-            start_run_on(c, stmt, start, now, channel).await?;
+            if start_run_on(c, stmt, start, now, channel).await?.is_some() {
+                delivered += 1;
+            } else {
+                tracing::warn!(run = %start.id, event = %event.id, "an event's run id was taken: not delivered again");
+            }
         }
     }
-    Ok(true)
+    let count = i32::try_from(delivered).unwrap_or(i32::MAX);
+    c.execute(
+        "UPDATE windlass_events SET delivered = $2 WHERE id = $1",
+        &[&event.id, &count],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(Some(delivered))
 }
 
 impl FlowStore for PostgresStore {
@@ -369,11 +385,9 @@ impl FlowStore for PostgresStore {
         // the run may take this end and the writes: the job's end is written only if the
         // run may take it, and the run's only if the job's was.
         //
-        // A run that journaled anything commits its end without waiting for the WAL flush:
-        // every entry it depends on (and its start, earlier in the WAL) is flushed already,
-        // so a database crash that loses the end leaves the run and its job as they were
-        // before it — the job's lease expires and a worker replays the run from its journal,
-        // running no step again, to the same end. A run that journaled nothing waits.
+        // The end waits for its WAL flush: the caller is told the run's outcome once it is
+        // returned, and an unflushed end lost to a database crash could be replayed to a
+        // different one (its deadline passed, a cancel arrived meanwhile).
         let stmt = client
             .prepare_cached(&format!(
                 "WITH lk AS (SELECT status FROM windlass_flow_runs WHERE id = $6 FOR UPDATE),
@@ -390,9 +404,7 @@ impl FlowStore for PostgresStore {
                     SET status = $7, output = COALESCE($8, output), error = COALESCE($9, error),
                         finished_at = COALESCE($10, finished_at)
                     WHERE id = $6 AND EXISTS (SELECT 1 FROM f))
-                 SELECT (SELECT count(*) FROM f), (SELECT status FROM lk),
-                     (SELECT set_config('synchronous_commit', 'off', true)
-                      WHERE EXISTS (SELECT 1 FROM windlass_flow_journal WHERE run_id = $6))",
+                 SELECT (SELECT count(*) FROM f), (SELECT status FROM lk)",
                 may_become_sql("$7")
             ))
             .await
@@ -461,19 +473,19 @@ impl FlowStore for PostgresStore {
 
     async fn subscriptions(&self, topic: Option<String>) -> Result<Vec<Subscription>, StoreError> {
         let client = self.client().await?;
-        subscriptions_on(&**client, topic).await
+        subscriptions_on(&**client, topic, false).await
     }
 
-    async fn publish(&self, event: Event, deliveries: Vec<Delivery>) -> Result<bool, StoreError> {
+    async fn publish(&self, event: Event) -> Result<Option<usize>, StoreError> {
         let now = self.clock.now_ms();
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
-        let stored = publish_on(&*tx, &event, &deliveries, now, &self.channel).await?;
+        let delivered = publish_on(&*tx, &event, now, &self.channel).await?;
         tx.commit().await.map_err(pg_error)?;
-        if stored {
+        if delivered.is_some() {
             self.wake();
         }
-        Ok(stored)
+        Ok(delivered)
     }
 
     async fn cancel_run(

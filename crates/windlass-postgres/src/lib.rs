@@ -226,10 +226,14 @@ impl PostgresStore {
             &self.channel,
         )
         .await;
-        tx.execute("SELECT set_config('search_path', $1, true)", &[&old])
-            .await
-            .map_err(pg_error)?;
-        out
+        // After a failed statement the transaction is aborted and the restore fails too:
+        // the first error is the one to report.
+        let restored = tx
+            .execute("SELECT set_config('search_path', $1, true)", &[&old])
+            .await;
+        let out = out?;
+        restored.map_err(pg_error)?;
+        Ok(out)
     }
 
     /// Publishes an event inside the caller's transaction (the **outbox**, with no relay):
@@ -244,7 +248,7 @@ impl PostgresStore {
         id: &str,
         payload: &T,
     ) -> Result<windlass_flow::Published, windlass_flow::EventError> {
-        use windlass_flow::events::{Event, EventError, deliveries};
+        use windlass_flow::events::{Event, EventError};
         for (what, v) in [("topic", topic), ("event id", id)] {
             if v.is_empty() || v.len() > windlass_flow::events::MAX_EVENT_NAME_BYTES {
                 return Err(EventError::InvalidName {
@@ -274,28 +278,21 @@ impl PostgresStore {
         )
         .await
         .map_err(pg_error)?;
-        let published = async {
-            let subscriptions = flow::subscriptions_on(tx, Some(topic.into())).await?;
-            let deliveries = deliveries(&event, &subscriptions)?;
-            let stored = flow::publish_on(
-                tx,
-                &event,
-                &deliveries,
-                event.published_at_ms,
-                &self.channel,
-            )
-            .await?;
-            Ok::<_, EventError>(windlass_flow::Published {
-                event: event.id.clone(),
-                duplicate: !stored,
-                delivered: if stored { deliveries.len() } else { 0 },
-            })
-        }
-        .await;
-        tx.execute("SELECT set_config('search_path', $1, true)", &[&old])
+        let published = flow::publish_on(tx, &event, event.published_at_ms, &self.channel)
             .await
-            .map_err(pg_error)?;
-        published
+            .map(|delivered| windlass_flow::Published {
+                event: event.id.clone(),
+                duplicate: delivered.is_none(),
+                delivered: delivered.unwrap_or(0),
+            });
+        // Put the caller's search path back. After a failed statement the transaction is
+        // aborted and this fails too: the first error is the one to report.
+        let restored = tx
+            .execute("SELECT set_config('search_path', $1, true)", &[&old])
+            .await;
+        let published = published?;
+        restored.map_err(pg_error)?;
+        Ok(published)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {

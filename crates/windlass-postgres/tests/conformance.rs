@@ -84,11 +84,18 @@ async fn enqueue_in_the_callers_transaction_exists_iff_it_commits() {
     tx.execute("INSERT INTO orders VALUES (1)", &[])
         .await
         .unwrap();
-    let rolled_back = store.enqueue_in(&tx, vec![job(1)]).await.unwrap()[0].id;
-    // The caller's search path is theirs again inside the transaction.
-    tx.execute("INSERT INTO orders VALUES (2)", &[])
+    let before: String = tx
+        .query_one("SELECT current_setting('search_path')", &[])
         .await
-        .unwrap();
+        .unwrap()
+        .get(0);
+    let rolled_back = store.enqueue_in(&tx, vec![job(1)]).await.unwrap()[0].id;
+    let after: String = tx
+        .query_one("SELECT current_setting('search_path')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(after, before, "the caller's search path is theirs again");
     tx.rollback().await.unwrap();
     assert!(
         store.get(rolled_back).await.unwrap().is_none(),
@@ -240,15 +247,22 @@ async fn publish_in_the_callers_transaction_delivers_iff_it_commits() {
     tx.execute("INSERT INTO orders VALUES (1)", &[])
         .await
         .unwrap();
+    let before: String = tx
+        .query_one("SELECT current_setting('search_path')", &[])
+        .await
+        .unwrap()
+        .get(0);
     let sent = store
         .publish_in(&tx, "order.placed", "o-1", &serde_json::json!({"order": 1}))
         .await
         .unwrap();
     assert_eq!((sent.delivered, sent.duplicate), (1, false));
-    // The caller's search path is theirs again inside the transaction.
-    tx.execute("INSERT INTO orders VALUES (2)", &[])
+    let after: String = tx
+        .query_one("SELECT current_setting('search_path')", &[])
         .await
-        .unwrap();
+        .unwrap()
+        .get(0);
+    assert_eq!(after, before, "the caller's search path is theirs again");
     tx.rollback().await.unwrap();
     assert!(ships().await.is_empty(), "a delivery outlived its rollback");
 

@@ -171,6 +171,25 @@ fn start_run_in(
     Ok(start.clone().created(job, claimed))
 }
 
+/// The subscriptions of `topic` (all: `None`), by topic and name.
+fn subscriptions_in(c: &Connection, topic: Option<&str>) -> Result<Vec<Subscription>, StoreError> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT topic, name, target, kind, queue, attempt_timeout_ms
+             FROM windlass_subscriptions WHERE ?1 IS NULL OR topic = ?1
+             ORDER BY topic, name",
+        )
+        .map_err(sql_error)?;
+    let rows = stmt
+        .query_map(params![topic], subscription_from)
+        .map_err(sql_error)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row.map_err(sql_error)??);
+    }
+    Ok(out)
+}
+
 fn subscription_from(row: &Row<'_>) -> rusqlite::Result<Result<Subscription, StoreError>> {
     let topic: String = row.get(0)?;
     let name: String = row.get(1)?;
@@ -300,58 +319,53 @@ impl FlowStore for SqliteStore {
 
     async fn subscriptions(&self, topic: Option<String>) -> Result<Vec<Subscription>, StoreError> {
         self.writer
-            .call(
-                move |c| {
-                    let mut stmt = c
-                        .prepare_cached(
-                            "SELECT topic, name, target, kind, queue, attempt_timeout_ms
-                             FROM windlass_subscriptions WHERE ?1 IS NULL OR topic = ?1
-                             ORDER BY topic, name",
-                        )
-                        .map_err(sql_error)?;
-                    let rows = stmt
-                        .query_map(params![topic], subscription_from)
-                        .map_err(sql_error)?;
-                    let mut out = Vec::new();
-                    for row in rows {
-                        out.push(row.map_err(sql_error)??);
-                    }
-                    Ok(out)
-                },
-                None,
-            )
+            .call(move |c| subscriptions_in(c, topic.as_deref()), None)
             .await
     }
 
-    async fn publish(&self, event: Event, deliveries: Vec<Delivery>) -> Result<bool, StoreError> {
+    async fn publish(&self, event: Event) -> Result<Option<usize>, StoreError> {
         let payload = to_text(&event.payload)?;
         let now = self.clock.now_ms();
-        let count = i64::try_from(deliveries.len()).unwrap_or(i64::MAX);
         self.writer
             .call(
                 move |c| {
                     let inserted = c
                         .prepare_cached(
                             "INSERT INTO windlass_events (id, topic, payload, published_at, delivered)
-                             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+                             VALUES (?1, ?2, ?3, ?4, 0) ON CONFLICT (id) DO NOTHING",
                         )
                         .map_err(sql_error)?
-                        .execute(params![event.id, event.topic, payload, event.published_at_ms, count])
+                        .execute(params![event.id, event.topic, payload, event.published_at_ms])
                         .map_err(sql_error)?;
                     if inserted == 0 {
-                        return Ok(false);
+                        return Ok(None);
                     }
+                    // The subscriptions as of this transaction: a subscribe or unsubscribe
+                    // commits before or after it, never half-way.
+                    let subscriptions = subscriptions_in(c, Some(&event.topic))?;
+                    let deliveries = windlass_flow::events::deliveries(&event, &subscriptions)
+                        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+                    let mut delivered = 0i64;
                     for delivery in &deliveries {
                         match delivery {
                             Delivery::Job(job) => {
                                 crate::ops::insert_job(c, job, now, None)?;
+                                delivered += 1;
                             }
                             Delivery::Run(start) => {
-                                start_run_in(c, start, &to_text(&start.input)?, now)?;
+                                if start_run_in(c, start, &to_text(&start.input)?, now)?.created {
+                                    delivered += 1;
+                                } else {
+                                    tracing::warn!(run = %start.id, event = %event.id, "an event's run id was taken: not delivered again");
+                                }
                             }
                         }
                     }
-                    Ok(true)
+                    c.prepare_cached("UPDATE windlass_events SET delivered = ?2 WHERE id = ?1")
+                        .map_err(sql_error)?
+                        .execute(params![event.id, delivered])
+                        .map_err(sql_error)?;
+                    Ok(Some(usize::try_from(delivered).unwrap_or(0)))
                 },
                 self.wake(),
             )

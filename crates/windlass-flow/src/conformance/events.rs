@@ -139,6 +139,20 @@ pub async fn a_published_event_reaches_every_subscriber_once<S: FlowStore>(
         .await
         .expect("publish after");
     assert_eq!(after.delivered, 1, "only the workflow is still subscribed");
+    // Delivered in the publish's own transaction: the jobs are there (or not) already.
+    let invoices = queue
+        .store()
+        .list(JobFilter {
+            kind: Some("invoice".into()),
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        invoices.len(),
+        1,
+        "no invoice for an event after the unsubscribe"
+    );
     let run = flows
         .handle("welcome:o-2")
         .await
@@ -148,6 +162,13 @@ pub async fn a_published_event_reaches_every_subscriber_once<S: FlowStore>(
     assert!(matches!(
         events.publish("", &1).await,
         Err(EventError::InvalidName { what: "topic", .. })
+    ));
+    assert!(matches!(
+        events.subscribe_job::<Invoice>("t", "a:b", "q").await,
+        Err(EventError::InvalidName {
+            what: "subscription name",
+            ..
+        })
     ));
     assert!(matches!(
         events
