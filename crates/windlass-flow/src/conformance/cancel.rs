@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use windlass_queue::conformance::T0;
-use windlass_queue::{AttemptRecord, Finish, JobState, Lease, ManualClock, NextState, Queue};
+use windlass_queue::{JobState, Lease, ManualClock, Queue};
 
 use super::{FlowDb, Log, POLL, WAIT, start_worker, until, until_job_in};
 use crate::{
@@ -416,18 +416,7 @@ pub async fn a_cancel_and_a_completion_never_both_win<S: FlowStore>(
         .await
         .expect("cancel")
         .expect("the run");
-    let finish = || Finish {
-        lease: lease.clone(),
-        next: NextState::Completed,
-        record: AttemptRecord {
-            attempt: 1,
-            worker: "inline-test".into(),
-            at_ms: T0,
-            outcome: "completed".into(),
-            error: None,
-            class: None,
-        },
-    };
+    let finish = || super::store::completed(lease.clone());
     let late = store
         .end_run(
             "e".into(),
@@ -635,18 +624,7 @@ pub async fn racing_cancels_and_completions_have_one_winner_each<S: FlowStore>(
             // Half the runs complete through the direct start's combined end, half through
             // the driver's conditional status write.
             let completed = if i % 2 == 0 {
-                let finish = Finish {
-                    lease,
-                    next: NextState::Completed,
-                    record: AttemptRecord {
-                        attempt: 1,
-                        worker: "inline-test".into(),
-                        at_ms: T0,
-                        outcome: "completed".into(),
-                        error: None,
-                        class: None,
-                    },
-                };
+                let finish = super::store::completed(lease);
                 let end = ours
                     .end_run(
                         id.clone(),

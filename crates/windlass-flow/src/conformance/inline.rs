@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use windlass_queue::{JobState, ManualClock, Queue};
 
-use super::{FlowDb, Log, Nap, POLL, Three, WAIT, start_worker, until, until_job_in};
+use super::timer::Nap;
+use super::{FlowDb, Log, POLL, Three, WAIT, start_worker, until, until_job_in};
 use crate::{FlowStore, Flows, RunError, RunStatus, WaitError};
 
 const LEASE: Duration = Duration::from_secs(30);

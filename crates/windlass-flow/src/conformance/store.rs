@@ -77,6 +77,22 @@ pub async fn concurrent_writers_of_one_entry_agree<S: FlowStore>(
     assert_eq!(answers.len(), 40);
 }
 
+/// A completed first attempt of an inline run's job under `lease` (worker `inline-test`).
+pub(super) fn completed(lease: Lease) -> Finish {
+    Finish {
+        lease,
+        next: NextState::Completed,
+        record: AttemptRecord {
+            attempt: 1,
+            worker: "inline-test".into(),
+            at_ms: T0,
+            outcome: "completed".into(),
+            error: None,
+            class: None,
+        },
+    }
+}
+
 pub(super) fn start(id: &str, claim: Option<InlineClaim>) -> RunStart {
     RunStart {
         id: id.into(),
@@ -154,18 +170,7 @@ pub async fn a_run_and_its_job_start_and_end_together<S: FlowStore>(
         .sum();
     assert_eq!(jobs, 2, "a second start of an id stores no job");
 
-    let finish = |lease: Lease| Finish {
-        lease,
-        next: NextState::Completed,
-        record: AttemptRecord {
-            attempt: 1,
-            worker: "inline-test".into(),
-            at_ms: T0,
-            outcome: "completed".into(),
-            error: None,
-            class: None,
-        },
-    };
+    let finish = completed;
     let stale = Lease {
         token: claimed.lease.token + 1,
         ..claimed.lease.clone()
