@@ -162,6 +162,29 @@ pub struct Event {
     pub published_at_ms: i64,
 }
 
+impl Event {
+    /// An event to publish at `now_ms`: the topic and id checked, the payload serialised.
+    pub fn new<T: Serialize>(
+        topic: &str,
+        id: &str,
+        payload: &T,
+        now_ms: i64,
+    ) -> Result<Event, EventError> {
+        check("topic", topic)?;
+        check("event id", id)?;
+        let payload = serde_json::to_value(payload).map_err(|e| EventError::Payload {
+            topic: topic.into(),
+            message: e.to_string(),
+        })?;
+        Ok(Event {
+            id: id.into(),
+            topic: topic.into(),
+            payload,
+            published_at_ms: now_ms,
+        })
+    }
+}
+
 /// One event's delivery to one subscription, stored with the event.
 #[derive(Debug, Clone)]
 pub enum Delivery {
@@ -397,18 +420,7 @@ impl<S: FlowStore> Events<S> {
         id: &str,
         payload: &T,
     ) -> Result<Published, EventError> {
-        check("topic", topic)?;
-        check("event id", id)?;
-        let payload = serde_json::to_value(payload).map_err(|e| EventError::Payload {
-            topic: topic.into(),
-            message: e.to_string(),
-        })?;
-        let event = Event {
-            id: id.into(),
-            topic: topic.into(),
-            payload,
-            published_at_ms: self.store.now_ms(),
-        };
+        let event = Event::new(topic, id, payload, self.store.now_ms())?;
         let delivered = self.store.publish(event).await?;
         let stored = delivered.is_some();
         metrics::counter!("windlass_events_published_total", "topic" => topic.to_owned(), "duplicate" => if stored { "false" } else { "true" })

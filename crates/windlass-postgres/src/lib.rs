@@ -248,25 +248,7 @@ impl PostgresStore {
         id: &str,
         payload: &T,
     ) -> Result<windlass_flow::Published, windlass_flow::EventError> {
-        use windlass_flow::events::{Event, EventError};
-        for (what, v) in [("topic", topic), ("event id", id)] {
-            if v.is_empty() || v.len() > windlass_flow::events::MAX_EVENT_NAME_BYTES {
-                return Err(EventError::InvalidName {
-                    what,
-                    value: v.to_owned(),
-                });
-            }
-        }
-        let payload = serde_json::to_value(payload).map_err(|e| EventError::Payload {
-            topic: topic.into(),
-            message: e.to_string(),
-        })?;
-        let event = Event {
-            id: id.into(),
-            topic: topic.into(),
-            payload,
-            published_at_ms: self.clock.now_ms(),
-        };
+        let event = windlass_flow::events::Event::new(topic, id, payload, self.clock.now_ms())?;
         let old: String = tx
             .query_one("SELECT current_setting('search_path')", &[])
             .await

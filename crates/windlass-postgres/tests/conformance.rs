@@ -58,6 +58,14 @@ async fn fresh(clock: ManualClock) -> Option<PostgresStore> {
 
 windlass_queue::conformance_tests!(fresh);
 
+/// The transaction's search path, as the caller sees it.
+async fn search_path(tx: &tokio_postgres::Transaction<'_>) -> String {
+    tx.query_one("SELECT current_setting('search_path')", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 fn job(n: i64) -> NewJob {
     NewJob::new("k", serde_json::json!({ "n": n }), JobOptions::default()).unwrap()
 }
@@ -84,17 +92,9 @@ async fn enqueue_in_the_callers_transaction_exists_iff_it_commits() {
     tx.execute("INSERT INTO orders VALUES (1)", &[])
         .await
         .unwrap();
-    let before: String = tx
-        .query_one("SELECT current_setting('search_path')", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let before = search_path(&tx).await;
     let rolled_back = store.enqueue_in(&tx, vec![job(1)]).await.unwrap()[0].id;
-    let after: String = tx
-        .query_one("SELECT current_setting('search_path')", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let after = search_path(&tx).await;
     assert_eq!(after, before, "the caller's search path is theirs again");
     tx.rollback().await.unwrap();
     assert!(
@@ -247,21 +247,13 @@ async fn publish_in_the_callers_transaction_delivers_iff_it_commits() {
     tx.execute("INSERT INTO orders VALUES (1)", &[])
         .await
         .unwrap();
-    let before: String = tx
-        .query_one("SELECT current_setting('search_path')", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let before = search_path(&tx).await;
     let sent = store
         .publish_in(&tx, "order.placed", "o-1", &serde_json::json!({"order": 1}))
         .await
         .unwrap();
     assert_eq!((sent.delivered, sent.duplicate), (1, false));
-    let after: String = tx
-        .query_one("SELECT current_setting('search_path')", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let after = search_path(&tx).await;
     assert_eq!(after, before, "the caller's search path is theirs again");
     tx.rollback().await.unwrap();
     assert!(ships().await.is_empty(), "a delivery outlived its rollback");

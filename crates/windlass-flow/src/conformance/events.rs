@@ -44,6 +44,18 @@ impl Workflow for Welcome {
     }
 }
 
+/// The `invoice` jobs in the store.
+async fn invoice_jobs<S: FlowStore>(queue: &Queue<S>) -> Vec<windlass_queue::JobRecord> {
+    queue
+        .store()
+        .list(JobFilter {
+            kind: Some("invoice".into()),
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list")
+}
+
 /// Case: an event is delivered in its publish's transaction to every subscription of its
 /// topic — one `invoice` job (tagged with the event) and one `welcome` run (id
 /// `<subscription>:<event>`, input the payload) — and to nothing else; publishing its id
@@ -116,14 +128,7 @@ pub async fn a_published_event_reaches_every_subscriber_once<S: FlowStore>(
         .expect("the event started a run");
     assert_eq!(run.result(WAIT, POLL).await.expect("run"), "welcome 1");
     until("the invoice job", || log.all() == ["invoice 1"]).await;
-    let invoices = queue
-        .store()
-        .list(JobFilter {
-            kind: Some("invoice".into()),
-            ..JobFilter::default()
-        })
-        .await
-        .expect("list");
+    let invoices = invoice_jobs(&queue).await;
     assert_eq!(invoices.len(), 1, "one job per event, retry or not");
     assert!(invoices[0].tags.contains(&"event:o-1".to_owned()));
     assert!(invoices[0].tags.contains(&"topic:order.placed".to_owned()));
@@ -140,14 +145,7 @@ pub async fn a_published_event_reaches_every_subscriber_once<S: FlowStore>(
         .expect("publish after");
     assert_eq!(after.delivered, 1, "only the workflow is still subscribed");
     // Delivered in the publish's own transaction: the jobs are there (or not) already.
-    let invoices = queue
-        .store()
-        .list(JobFilter {
-            kind: Some("invoice".into()),
-            ..JobFilter::default()
-        })
-        .await
-        .expect("list");
+    let invoices = invoice_jobs(&queue).await;
     assert_eq!(
         invoices.len(),
         1,
