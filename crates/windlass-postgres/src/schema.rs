@@ -117,6 +117,17 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         PRIMARY KEY (topic, name)
     );",
     ),
+    (
+        5,
+        "-- One index of running jobs instead of two (as SQLite's migration 2): limited claims
+    -- count by (queue, limit_key), and the rescuer scans it for expired leases (running jobs
+    -- are few: what is in flight). Each claim and each heartbeat maintains one entry fewer.
+    -- Index names are read by no code: workers of version 4 run on unchanged.
+    CREATE INDEX windlass_jobs_running ON windlass_jobs (queue, limit_key, lease_until)
+        WHERE state = 'running';
+    DROP INDEX windlass_jobs_leases;
+    DROP INDEX windlass_jobs_running_keys;",
+    ),
 ];
 
 /// Creates the schema if needed and applies every migration newer than its version.

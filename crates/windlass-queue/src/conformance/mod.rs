@@ -16,11 +16,13 @@
 //! delays, backoff and lease expiry are exact. Worker cases run a real [`Worker`](crate::Worker)
 //! against the store and wait for events, never for wall-clock time.
 
+mod claim_probe;
 pub mod crash;
 mod limit_cases;
 mod store_cases;
 mod worker_cases;
 
+pub use claim_probe::ClaimProbe;
 pub use limit_cases::*;
 pub use store_cases::*;
 pub use worker_cases::*;
@@ -74,6 +76,7 @@ macro_rules! conformance_tests {
             worker_cancellation_reaches_the_handler,
             worker_shutdown_releases_unfinished_jobs,
             worker_respects_its_concurrency,
+            worker_keeps_up_to_its_claims_in_flight,
             worker_reports_unknown_kinds,
             worker_prunes_finished_jobs_after_their_retention,
             worker_schedules_periodic_jobs,

@@ -394,6 +394,64 @@ pub async fn worker_respects_its_concurrency<S: Store>(store: S, _clock: ManualC
     worker.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A busy worker keeps up to `claims_in_flight` claims on their way at once, never more,
+/// and each job still runs exactly once. Each claim yields a few times before it reaches
+/// the store (the probe), so a worker able to send the next claim meanwhile does.
+pub async fn worker_keeps_up_to_its_claims_in_flight<S: Store>(store: S, _clock: ManualClock) {
+    let store = Arc::new(store);
+    for (round, in_flight) in [1usize, 3].into_iter().enumerate() {
+        let probe = crate::conformance::ClaimProbe::new(store.clone(), 8);
+        let (peak, claims) = (probe.peak(), probe.claims());
+        let queue = Queue::new(probe);
+        let base = u32::try_from(round).unwrap() * 100;
+        let ids: Vec<_> = queue
+            .enqueue_many::<Flaky>(
+                &(base..base + 40).map(|n| Work { n }).collect::<Vec<_>>(),
+                JobOptions::default(),
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        let flaky = Flaky::new(0);
+        let runs = flaky.runs.clone();
+        // Room for many claims of 4: only `claims_in_flight` bounds them.
+        let config = WorkerConfig {
+            concurrency: 2,
+            prefetch: 62,
+            fetch_batch: 4,
+            claims_in_flight: in_flight,
+            ..fast()
+        };
+        let worker = Worker::builder(&queue)
+            .register(flaky)
+            .config(config)
+            .build()
+            .unwrap()
+            .start()
+            .await
+            .unwrap();
+        for id in ids {
+            assert_eq!(
+                queue.wait(id, WAIT, POLL).await.unwrap().state,
+                JobState::Completed
+            );
+        }
+        worker.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 40, "each job ran exactly once");
+        assert!(
+            claims.load(Ordering::SeqCst) >= 10,
+            "40 jobs, claims of at most 4"
+        );
+        assert_eq!(
+            peak.load(Ordering::SeqCst),
+            in_flight,
+            "claims in flight at once, with claims_in_flight = {in_flight}"
+        );
+    }
+}
+
 pub async fn worker_reports_unknown_kinds<S: Store>(store: S, _clock: ManualClock) {
     let queue = Queue::new(store);
     let stray = NewJob::new(

@@ -2,8 +2,10 @@
 //! concurrency, keeps their leases alive, and stores how each attempt ended.
 //!
 //! One worker is a handful of tokio tasks around the store:
-//! - the **fetcher** claims as many jobs as there are free slots (one batched claim), and
-//!   otherwise sleeps until the store says there may be work (or the poll interval passes);
+//! - the **fetcher** claims as many jobs as there are free slots (batched claims, up to
+//!   `claims_in_flight` of them on their way at once, so a busy worker is not held to one
+//!   claim per commit), and otherwise sleeps until the store says there may be work (or the
+//!   poll interval passes);
 //! - each job runs in its own task under its hard timeout and a cancellation token;
 //! - the **completer** stores finished attempts in batches (one transaction for all that
 //!   ended meanwhile), retrying while the store is down — an attempt's end is never dropped;
@@ -53,6 +55,10 @@ pub struct WorkerConfig {
     pub prefetch: usize,
     /// At most this many jobs per claim (default 64).
     pub fetch_batch: usize,
+    /// Claims a worker keeps in flight at once (default 2). A claim is a round trip and a
+    /// commit; while one waits for its commit, the next can already be on its way, so a
+    /// busy worker is not held to one claim per commit latency. 1 claims strictly in turn.
+    pub claims_in_flight: usize,
     /// How long a claim's lease lasts without a heartbeat (default 30 s).
     pub lease: Duration,
     /// How often leases are renewed (default 10 s; less than `lease`).
@@ -84,6 +90,7 @@ impl Default for WorkerConfig {
             concurrency: 16,
             prefetch: 48,
             fetch_batch: 64,
+            claims_in_flight: 2,
             lease: Duration::from_secs(30),
             heartbeat: Duration::from_secs(10),
             poll: Duration::from_secs(1),
@@ -136,6 +143,9 @@ impl WorkerConfig {
         }
         if self.fetch_batch == 0 || self.fetch_batch > 10_000 {
             return bad("fetch_batch", "must be 1 to 10000");
+        }
+        if self.claims_in_flight == 0 || self.claims_in_flight > 64 {
+            return bad("claims_in_flight", "must be 1 to 64");
         }
         for (field, d) in [
             ("lease", self.lease),
@@ -296,6 +306,13 @@ mod tests {
                 "fetch_batch",
                 WorkerConfig {
                     fetch_batch: 0,
+                    ..d()
+                },
+            ),
+            (
+                "claims_in_flight",
+                WorkerConfig {
+                    claims_in_flight: 0,
                     ..d()
                 },
             ),

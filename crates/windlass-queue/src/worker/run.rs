@@ -323,77 +323,91 @@ async fn fetch_loop<S: Store>(shared: Arc<Shared<S>>, stop: CancellationToken) {
     // lightly loaded worker), claim as soon as one slot is free: latency first.
     let batch_at = (cfg.prefetch / 3).clamp(1, cfg.fetch_batch);
     let total = cfg.concurrency + cfg.prefetch;
+    // Up to `claims_in_flight` claims at once, each holding the permits of the jobs it may
+    // bring (`room`). A claim that found nothing makes the worker idle: no new claim until
+    // the store signals work, or `poll` passes with no claim left in flight.
+    let mut claims = futures_util::stream::FuturesUnordered::new();
+    let mut claiming = 0usize;
+    let mut idle = false;
     loop {
         let running = cfg.concurrency - shared.run_slots.available_permits().min(cfg.concurrency);
         let held = total - shared.in_flight.available_permits().min(total);
         let waiting = held.saturating_sub(running);
         let first = if waiting >= 2 * batch_at { batch_at } else { 1 };
+        let may_claim = !idle && claims.len() < cfg.claims_in_flight;
         tokio::select! {
             biased;
-            _ = stop.cancelled() => return,
-            p = shared.in_flight.acquire_many(u32::try_from(first).unwrap_or(1)) => match p {
-                Ok(p) => p.forget(),
-                Err(_) => return,
-            },
-        };
-        let mut room = first;
-        while room < cfg.fetch_batch {
-            match shared.in_flight.try_acquire() {
-                Ok(p) => {
-                    p.forget();
-                    room += 1;
-                }
-                Err(_) => break,
-            }
-        }
-        let request = ClaimRequest {
-            queues: cfg.queues.clone(),
-            kinds: kinds.clone(),
-            limit: room,
-            worker: shared.worker_id.clone(),
-            lease_for: cfg.lease,
-        };
-        signal.borrow_and_update();
-        let claimed = tokio::select! {
-            biased;
             _ = stop.cancelled() => {
-                shared.in_flight.add_permits(room);
+                // Claims still in flight are dropped: what they took is released by lease
+                // expiry, as with any claim whose answer never arrives.
+                shared.in_flight.add_permits(claiming);
                 return;
             }
-            c = shared.store.claim(request) => c,
-        };
-        match claimed {
-            Ok(jobs) => {
-                retry_in = Duration::ZERO;
-                let got = jobs.len().min(room);
-                shared.in_flight.add_permits(room - got);
-                for job in jobs.into_iter().take(room) {
-                    start_job(&shared, job);
-                }
-                if got == 0 {
-                    tokio::select! {
-                        biased;
-                        _ = stop.cancelled() => return,
-                        woke = tokio::time::timeout(cfg.poll, signal.changed()) => {
-                            if let Ok(Err(_)) = woke {
-                                // The store dropped its signal: poll.
-                                tokio::time::sleep(cfg.poll).await;
+            Some((room, claimed)) = futures_util::StreamExt::next(&mut claims), if !claims.is_empty() => {
+                claiming -= room;
+                match claimed {
+                    Ok(jobs) => {
+                        retry_in = Duration::ZERO;
+                        let jobs: Vec<ClaimedJob> = jobs;
+                        let got = jobs.len().min(room);
+                        shared.in_flight.add_permits(room - got);
+                        for job in jobs.into_iter().take(room) {
+                            start_job(&shared, job);
+                        }
+                        idle = got == 0;
+                    }
+                    Err(e) => {
+                        shared.in_flight.add_permits(room);
+                        retry_in = backoff(retry_in);
+                        tracing::warn!(error = %e, retry_in = ?retry_in, "claim failed; backing off");
+                        metrics::counter!("windlass_queue_store_errors_total", "op" => "claim")
+                            .increment(1);
+                        tokio::select! {
+                            biased;
+                            _ = stop.cancelled() => {
+                                shared.in_flight.add_permits(claiming);
+                                return;
                             }
+                            _ = tokio::time::sleep(retry_in) => {}
                         }
                     }
                 }
             }
-            Err(e) => {
-                shared.in_flight.add_permits(room);
-                retry_in = backoff(retry_in);
-                tracing::warn!(error = %e, retry_in = ?retry_in, "claim failed; backing off");
-                metrics::counter!("windlass_queue_store_errors_total", "op" => "claim")
-                    .increment(1);
-                tokio::select! {
-                    biased;
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(retry_in) => {}
+            woke = tokio::time::timeout(cfg.poll, signal.changed()), if idle && claims.is_empty() => {
+                if let Ok(Err(_)) = woke {
+                    // The store dropped its signal: poll.
+                    tokio::time::sleep(cfg.poll).await;
                 }
+                idle = false;
+            }
+            p = shared.in_flight.acquire_many(u32::try_from(first).unwrap_or(1)), if may_claim => {
+                let Ok(p) = p else {
+                    shared.in_flight.add_permits(claiming);
+                    return;
+                };
+                p.forget();
+                let mut room = first;
+                while room < cfg.fetch_batch {
+                    match shared.in_flight.try_acquire() {
+                        Ok(p) => {
+                            p.forget();
+                            room += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let request = ClaimRequest {
+                    queues: cfg.queues.clone(),
+                    kinds: kinds.clone(),
+                    limit: room,
+                    worker: shared.worker_id.clone(),
+                    lease_for: cfg.lease,
+                };
+                // Work signalled from here on wakes an idle worker after this claim.
+                signal.borrow_and_update();
+                claiming += room;
+                let store = shared.store.clone();
+                claims.push(async move { (room, store.claim(request).await) });
             }
         }
     }
