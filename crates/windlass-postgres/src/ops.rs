@@ -159,9 +159,10 @@ async fn insert_plain<C: GenericClient>(
         }
         .as_str();
         let max_attempts = i32::try_from(o.retry.max_attempts).unwrap_or(i32::MAX);
-        let retry = to_json(&o.retry)?;
+        // Serialised straight into the statement's parameters, without a `Value` between.
+        let retry = tokio_postgres::types::Json(&o.retry);
         let timeout_ms = duration_ms(o.timeout);
-        let tags = to_json(&o.tags)?;
+        let tags = tokio_postgres::types::Json(&o.tags);
         let run_at = now.saturating_add(delay);
         if jobs.len() == 1 {
             let unique_key = o.unique.as_ref().map(|u| u.key.as_str());
@@ -333,7 +334,11 @@ pub(crate) fn claimed(rows: Vec<Row>, worker: &str) -> Result<Vec<ClaimedJob>, S
                 queue: r.get(2),
                 payload: r.get(3),
                 attempt: u32::try_from(attempt).unwrap_or(0),
-                retry: parse_retry(r.get(5))?,
+                // Straight from the column's bytes to the schedule, without a `Value` between.
+                retry: r
+                    .try_get::<_, tokio_postgres::types::Json<RetrySchedule>>(5)
+                    .map_err(|e| StoreError::Corrupt(format!("retry schedule: {e}")))?
+                    .0,
                 timeout: std::time::Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0)),
                 run_at_ms: r.get(7),
                 created_at_ms: r.get(8),
