@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::store::{ClaimRequest, ClaimedJob, Fenced, Finish, Heartbeat, Lease, Rescued, Store};
 use crate::{Enqueued, JobFilter, JobId, JobRecord, JobState, NewJob, QueueStats, StoreError};
@@ -21,6 +22,9 @@ pub struct ClaimProbe<S> {
     claiming: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
     claims: Arc<AtomicUsize>,
+    /// If set, each claim's answer is held back (after the store has claimed) until a
+    /// permit is given, and the number of jobs it took is reported first.
+    hold: Option<(Arc<Semaphore>, mpsc::UnboundedSender<usize>)>,
 }
 
 impl<S> ClaimProbe<S> {
@@ -31,7 +35,18 @@ impl<S> ClaimProbe<S> {
             claiming: Arc::default(),
             peak: Arc::default(),
             claims: Arc::default(),
+            hold: None,
         }
+    }
+    /// Holds each claim's answer until `permits` gives one; reports on `claimed` how many
+    /// jobs the store gave the claim as soon as it has.
+    pub fn holding_answers(
+        mut self,
+        permits: Arc<Semaphore>,
+        claimed: mpsc::UnboundedSender<usize>,
+    ) -> Self {
+        self.hold = Some((permits, claimed));
+        self
     }
     /// The most claims that were in flight at once.
     pub fn peak(&self) -> Arc<AtomicUsize> {
@@ -67,7 +82,14 @@ impl<S: Store> Store for ClaimProbe<S> {
         for _ in 0..self.yields {
             tokio::task::yield_now().await;
         }
-        self.inner.claim(request).await
+        let answer = self.inner.claim(request).await;
+        if let Some((permits, claimed)) = &self.hold {
+            let _ = claimed.send(answer.as_ref().map_or(0, Vec::len));
+            if let Ok(p) = permits.acquire().await {
+                p.forget();
+            }
+        }
+        answer
     }
     async fn heartbeat(
         &self,

@@ -77,6 +77,7 @@ macro_rules! conformance_tests {
             worker_shutdown_releases_unfinished_jobs,
             worker_respects_its_concurrency,
             worker_keeps_up_to_its_claims_in_flight,
+            worker_shutdown_settles_claims_in_flight,
             worker_reports_unknown_kinds,
             worker_prunes_finished_jobs_after_their_retention,
             worker_schedules_periodic_jobs,

@@ -452,6 +452,64 @@ pub async fn worker_keeps_up_to_its_claims_in_flight<S: Store>(store: S, _clock:
     }
 }
 
+/// A worker shut down while a claim is on its way still takes that claim's answer: the
+/// jobs the store gave it run (or are released) within the shutdown, never left `running`
+/// under a lease nobody holds until it expires.
+pub async fn worker_shutdown_settles_claims_in_flight<S: Store>(store: S, _clock: ManualClock) {
+    let answers = Arc::new(Semaphore::new(0));
+    let (claimed_tx, mut claimed) = mpsc::unbounded_channel();
+    let probe = crate::conformance::ClaimProbe::new(Arc::new(store), 0)
+        .holding_answers(answers.clone(), claimed_tx);
+    let queue = Queue::new(probe);
+    let ids: Vec<_> = queue
+        .enqueue_many::<Flaky>(
+            &(0..4).map(|n| Work { n }).collect::<Vec<_>>(),
+            JobOptions::default(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let flaky = Flaky::new(0);
+    let runs = flaky.runs.clone();
+    let worker = Worker::builder(&queue)
+        .register(flaky)
+        .config(WorkerConfig {
+            claims_in_flight: 1,
+            ..fast()
+        })
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    // The store has claimed all four; the answer is held back.
+    assert_eq!(
+        tokio::time::timeout(WAIT, claimed.recv()).await.unwrap(),
+        Some(4)
+    );
+    // Shutdown starts (its first poll stops the fetcher) while the answer is on its way.
+    let shutdown = worker.shutdown(Duration::from_secs(10));
+    tokio::pin!(shutdown);
+    tokio::select! {
+        biased;
+        _ = &mut shutdown => panic!("shutdown ended with a claim unanswered"),
+        () = std::future::ready(()) => {}
+    }
+    answers.add_permits(100);
+    let report = tokio::time::timeout(WAIT, shutdown).await.unwrap();
+    assert_eq!(report.released, 0);
+    assert_eq!(runs.load(Ordering::SeqCst), 4, "the claimed jobs ran");
+    for id in ids {
+        assert_eq!(
+            queue.get(id).await.unwrap().unwrap().state,
+            JobState::Completed,
+            "job {id:?}"
+        );
+    }
+}
+
 pub async fn worker_reports_unknown_kinds<S: Store>(store: S, _clock: ManualClock) {
     let queue = Queue::new(store);
     let stray = NewJob::new(

@@ -24,6 +24,7 @@
 //! See the `windlass-sqlite` crate for a runnable example with a real store.
 
 mod attempt;
+mod fetch;
 pub mod inline;
 mod run;
 

@@ -1,4 +1,5 @@
-//! The worker's tasks: fetcher, job tasks, completer, heartbeat, rescuer, progress.
+//! The worker's tasks (the fetcher is in `fetch.rs`): job tasks, completer, heartbeat,
+//! rescuer, progress.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -16,7 +17,7 @@ use super::attempt::{Ended, next_state, secs_since};
 use crate::client::{JobEvent, JobEventKind};
 use crate::handler::{ErasedJob, JobContext};
 use crate::job::{AttemptRecord, JobId};
-use crate::store::{ClaimRequest, ClaimedJob, Fenced, Finish, Lease, NextState, Store};
+use crate::store::{ClaimedJob, Fenced, Finish, Lease, NextState, Store};
 
 const STOP_NONE: u8 = 0;
 const STOP_CANCELLED: u8 = 1;
@@ -52,12 +53,12 @@ impl Running {
     }
 }
 
-struct Shared<S> {
-    store: Arc<S>,
+pub(super) struct Shared<S> {
+    pub(super) store: Arc<S>,
     events: broadcast::Sender<JobEvent>,
-    config: super::WorkerConfig,
-    handlers: HashMap<&'static str, Arc<dyn ErasedJob>>,
-    worker_id: String,
+    pub(super) config: super::WorkerConfig,
+    pub(super) handlers: HashMap<&'static str, Arc<dyn ErasedJob>>,
+    pub(super) worker_id: String,
     running: Mutex<HashMap<JobId, Running>>,
     /// Signalled whenever a job leaves `running`.
     drained: Notify,
@@ -66,9 +67,9 @@ struct Shared<S> {
     counters: Arc<Counters>,
     /// Claimed jobs whose handler has not ended: `concurrency + prefetch` permits, taken by
     /// the fetcher (and forgotten) and given back as each handler ends.
-    in_flight: Arc<Semaphore>,
+    pub(super) in_flight: Arc<Semaphore>,
     /// Handlers running: `concurrency` permits.
-    run_slots: Arc<Semaphore>,
+    pub(super) run_slots: Arc<Semaphore>,
 }
 
 /// What a worker has done since it started, counted when the store confirmed it.
@@ -236,7 +237,10 @@ impl<S: Store> Worker<S> {
         let counters = shared.counters.clone();
         let stop_fetching = CancellationToken::new();
         let stop_background = CancellationToken::new();
-        let fetcher = tokio::spawn(fetch_loop(shared.clone(), stop_fetching.clone()));
+        let fetcher = tokio::spawn(super::fetch::fetch_loop(
+            shared.clone(),
+            stop_fetching.clone(),
+        ));
         let mut background = vec![
             tokio::spawn(complete_loop(
                 shared.clone(),
@@ -308,112 +312,11 @@ async fn drain<S: Store>(shared: Arc<Shared<S>>, grace: Duration) -> ShutdownRep
 }
 
 /// Doubles a back-off delay, from 50 ms up to 5 s.
-fn backoff(d: Duration) -> Duration {
+pub(super) fn backoff(d: Duration) -> Duration {
     (d * 2).clamp(Duration::from_millis(50), Duration::from_secs(5))
 }
 
-async fn fetch_loop<S: Store>(shared: Arc<Shared<S>>, stop: CancellationToken) {
-    let cfg = &shared.config;
-    let kinds: Vec<String> = shared.handlers.keys().map(|k| k.to_string()).collect();
-    let mut retry_in = Duration::ZERO;
-    let mut signal = shared.store.work_signal();
-    // While plenty of claimed jobs still wait for a handler, wait for room for a real batch
-    // instead of claiming each freed slot alone: fewer, larger claims (and commits), and the
-    // handlers do not notice, since the waiting jobs cover the claim. When few wait (an idle or
-    // lightly loaded worker), claim as soon as one slot is free: latency first.
-    let batch_at = (cfg.prefetch / 3).clamp(1, cfg.fetch_batch);
-    let total = cfg.concurrency + cfg.prefetch;
-    // Up to `claims_in_flight` claims at once, each holding the permits of the jobs it may
-    // bring (`room`). A claim that found nothing makes the worker idle: no new claim until
-    // the store signals work, or `poll` passes with no claim left in flight.
-    let mut claims = futures_util::stream::FuturesUnordered::new();
-    let mut claiming = 0usize;
-    let mut idle = false;
-    loop {
-        let running = cfg.concurrency - shared.run_slots.available_permits().min(cfg.concurrency);
-        let held = total - shared.in_flight.available_permits().min(total);
-        let waiting = held.saturating_sub(running);
-        let first = if waiting >= 2 * batch_at { batch_at } else { 1 };
-        let may_claim = !idle && claims.len() < cfg.claims_in_flight;
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => {
-                // Claims still in flight are dropped: what they took is released by lease
-                // expiry, as with any claim whose answer never arrives.
-                shared.in_flight.add_permits(claiming);
-                return;
-            }
-            Some((room, claimed)) = futures_util::StreamExt::next(&mut claims), if !claims.is_empty() => {
-                claiming -= room;
-                match claimed {
-                    Ok(jobs) => {
-                        retry_in = Duration::ZERO;
-                        let jobs: Vec<ClaimedJob> = jobs;
-                        let got = jobs.len().min(room);
-                        shared.in_flight.add_permits(room - got);
-                        for job in jobs.into_iter().take(room) {
-                            start_job(&shared, job);
-                        }
-                        idle = got == 0;
-                    }
-                    Err(e) => {
-                        shared.in_flight.add_permits(room);
-                        retry_in = backoff(retry_in);
-                        tracing::warn!(error = %e, retry_in = ?retry_in, "claim failed; backing off");
-                        metrics::counter!("windlass_queue_store_errors_total", "op" => "claim")
-                            .increment(1);
-                        tokio::select! {
-                            biased;
-                            _ = stop.cancelled() => {
-                                shared.in_flight.add_permits(claiming);
-                                return;
-                            }
-                            _ = tokio::time::sleep(retry_in) => {}
-                        }
-                    }
-                }
-            }
-            woke = tokio::time::timeout(cfg.poll, signal.changed()), if idle && claims.is_empty() => {
-                if let Ok(Err(_)) = woke {
-                    // The store dropped its signal: poll.
-                    tokio::time::sleep(cfg.poll).await;
-                }
-                idle = false;
-            }
-            p = shared.in_flight.acquire_many(u32::try_from(first).unwrap_or(1)), if may_claim => {
-                let Ok(p) = p else {
-                    shared.in_flight.add_permits(claiming);
-                    return;
-                };
-                p.forget();
-                let mut room = first;
-                while room < cfg.fetch_batch {
-                    match shared.in_flight.try_acquire() {
-                        Ok(p) => {
-                            p.forget();
-                            room += 1;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let request = ClaimRequest {
-                    queues: cfg.queues.clone(),
-                    kinds: kinds.clone(),
-                    limit: room,
-                    worker: shared.worker_id.clone(),
-                    lease_for: cfg.lease,
-                };
-                // Work signalled from here on wakes an idle worker after this claim.
-                signal.borrow_and_update();
-                claiming += room;
-                let store = shared.store.clone();
-                claims.push(async move { (room, store.claim(request).await) });
-            }
-        }
-    }
-}
-
-fn start_job<S: Store>(shared: &Arc<Shared<S>>, job: ClaimedJob) {
+pub(super) fn start_job<S: Store>(shared: &Arc<Shared<S>>, job: ClaimedJob) {
     let cancel = CancellationToken::new();
     let abort = CancellationToken::new();
     let stop = Arc::new(AtomicU8::new(STOP_NONE));
