@@ -117,17 +117,11 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         PRIMARY KEY (topic, name)
     );",
     ),
-    (
-        5,
-        "-- One index of running jobs instead of two (as SQLite's migration 2): limited claims
-    -- count by (queue, limit_key), and the rescuer scans it for expired leases (running jobs
-    -- are few: what is in flight). Each claim and each heartbeat maintains one entry fewer.
-    -- Index names are read by no code: workers of version 4 run on unchanged.
-    CREATE INDEX windlass_jobs_running ON windlass_jobs (queue, limit_key, lease_until)
-        WHERE state = 'running';
-    DROP INDEX windlass_jobs_leases;
-    DROP INDEX windlass_jobs_running_keys;",
-    ),
+    // Version 5 is retired: for an hour on 2026-11-24 it merged the two indexes of running
+    // jobs, then was withdrawn (a plain CREATE INDEX in the migration's transaction blocks
+    // every write to the jobs table, while older workers still run, for as long as it scans
+    // the table). A database may have applied it; the code reads no index by name, so both
+    // layouts work. The next migration is 6, never 5.
 ];
 
 /// Creates the schema if needed and applies every migration newer than its version.

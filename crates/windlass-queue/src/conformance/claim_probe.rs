@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::store::{ClaimRequest, ClaimedJob, Fenced, Finish, Heartbeat, Lease, Rescued, Store};
 use crate::{Enqueued, JobFilter, JobId, JobRecord, JobState, NewJob, QueueStats, StoreError};
@@ -25,6 +25,12 @@ pub struct ClaimProbe<S> {
     /// If set, each claim's answer is held back (after the store has claimed) until a
     /// permit is given, and the number of jobs it took is reported first.
     hold: Option<(Arc<Semaphore>, mpsc::UnboundedSender<usize>)>,
+    /// If set, the first claim never reaches the store: it waits for a permit, then answers
+    /// that nothing was due (as a claim sent just before an enqueue would).
+    first_finds_nothing: Option<Arc<Semaphore>>,
+    /// If set, the worker's work signal: one that never changes (no enqueue, commit or
+    /// notification wakes the worker; only its poll interval does).
+    quiet: Option<watch::Sender<u64>>,
 }
 
 impl<S> ClaimProbe<S> {
@@ -36,7 +42,20 @@ impl<S> ClaimProbe<S> {
             peak: Arc::default(),
             claims: Arc::default(),
             hold: None,
+            first_finds_nothing: None,
+            quiet: None,
         }
+    }
+    /// Gives workers a work signal that never changes.
+    pub fn quiet_signal(mut self) -> Self {
+        self.quiet = Some(watch::channel(0).0);
+        self
+    }
+    /// The first claim answers "nothing due" once `permits` gives one, without reaching
+    /// the store.
+    pub fn first_claim_finds_nothing(mut self, permits: Arc<Semaphore>) -> Self {
+        self.first_finds_nothing = Some(permits);
+        self
     }
     /// Holds each claim's answer until `permits` gives one; reports on `claimed` how many
     /// jobs the store gave the claim as soon as it has.
@@ -77,8 +96,16 @@ impl<S: Store> Store for ClaimProbe<S> {
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
         let now = self.claiming.fetch_add(1, Ordering::SeqCst) + 1;
         let _in_flight = InFlight(self.claiming.clone());
-        self.claims.fetch_add(1, Ordering::SeqCst);
+        let number = self.claims.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
+        if number == 1
+            && let Some(permits) = &self.first_finds_nothing
+        {
+            if let Ok(p) = permits.acquire().await {
+                p.forget();
+            }
+            return Ok(Vec::new());
+        }
         for _ in 0..self.yields {
             tokio::task::yield_now().await;
         }
@@ -143,7 +170,10 @@ impl<S: Store> Store for ClaimProbe<S> {
         self.inner.limits(queue).await
     }
     fn work_signal(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.work_signal()
+        match &self.quiet {
+            Some(quiet) => quiet.subscribe(),
+            None => self.inner.work_signal(),
+        }
     }
     fn now_ms(&self) -> i64 {
         self.inner.now_ms()

@@ -78,6 +78,7 @@ macro_rules! conformance_tests {
             worker_respects_its_concurrency,
             worker_keeps_up_to_its_claims_in_flight,
             worker_shutdown_settles_claims_in_flight,
+            worker_is_not_idled_by_an_older_empty_claim,
             worker_reports_unknown_kinds,
             worker_prunes_finished_jobs_after_their_retention,
             worker_schedules_periodic_jobs,

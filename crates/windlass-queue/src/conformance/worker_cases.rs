@@ -510,6 +510,62 @@ pub async fn worker_shutdown_settles_claims_in_flight<S: Store>(store: S, _clock
     }
 }
 
+/// An empty answer from an older claim, arriving after a newer claim found work, does not
+/// put the worker to sleep: only the newest claim's answer says that nothing is due. (Here
+/// nothing signals work and the poll interval is an hour, so a worker wrongly asleep never
+/// finishes the jobs.)
+pub async fn worker_is_not_idled_by_an_older_empty_claim<S: Store>(store: S, _clock: ManualClock) {
+    let first_answer = Arc::new(Semaphore::new(0));
+    let probe = crate::conformance::ClaimProbe::new(Arc::new(store), 0)
+        .first_claim_finds_nothing(first_answer.clone())
+        .quiet_signal();
+    let queue = Queue::new(probe);
+    let ids: Vec<_> = queue
+        .enqueue_many::<Flaky>(
+            &(0..6).map(|n| Work { n }).collect::<Vec<_>>(),
+            JobOptions::default(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let permits = Arc::new(Semaphore::new(0));
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let flaky = Flaky {
+        hold: Some((permits.clone(), entered_tx)),
+        ..Flaky::new(0)
+    };
+    // Two jobs in flight at most, one per claim: claim 1 (held, will find nothing) and
+    // claim 2 (a job, whose handler is held) take both.
+    let worker = Worker::builder(&queue)
+        .register(flaky)
+        .config(WorkerConfig {
+            concurrency: 1,
+            prefetch: 1,
+            fetch_batch: 1,
+            claims_in_flight: 2,
+            poll: Duration::from_secs(3600),
+            ..fast()
+        })
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, entered.recv()).await.unwrap();
+    // Claim 1 answers after claim 2 brought work: the worker must go on claiming.
+    first_answer.add_permits(1);
+    permits.add_permits(100);
+    for id in ids {
+        assert_eq!(
+            queue.wait(id, WAIT, POLL).await.unwrap().state,
+            JobState::Completed
+        );
+    }
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
 pub async fn worker_reports_unknown_kinds<S: Store>(store: S, _clock: ManualClock) {
     let queue = Queue::new(store);
     let stray = NewJob::new(

@@ -70,6 +70,8 @@ pub(super) struct Shared<S> {
     pub(super) in_flight: Arc<Semaphore>,
     /// Handlers running: `concurrency` permits.
     pub(super) run_slots: Arc<Semaphore>,
+    /// When a shutdown must be over (set before the fetcher is told to stop).
+    pub(super) stop_deadline: Arc<Mutex<Option<tokio::time::Instant>>>,
 }
 
 /// What a worker has done since it started, counted when the store confirmed it.
@@ -147,10 +149,14 @@ pub struct WorkerHandle {
     counters: Arc<Counters>,
     unknown_kinds: Vec<String>,
     stop_fetching: CancellationToken,
+    stop_deadline: Arc<Mutex<Option<tokio::time::Instant>>>,
     stop_background: CancellationToken,
     fetcher: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
-    drain: Box<dyn Fn(Duration) -> futures_util::future::BoxFuture<'static, ShutdownReport> + Send>,
+    drain: Box<
+        dyn Fn(tokio::time::Instant) -> futures_util::future::BoxFuture<'static, ShutdownReport>
+            + Send,
+    >,
 }
 
 /// What a graceful shutdown did.
@@ -190,10 +196,20 @@ impl WorkerHandle {
 
     /// Stops fetching, lets running jobs finish for up to `grace`, then stops the rest and
     /// releases them to their queue; returns once every attempt's end is stored.
+    ///
+    /// Claims already on their way when it is called are answered first, and the jobs they
+    /// took join the running ones, within the same `grace` (counted from the call). A claim
+    /// still unanswered when `grace` ends (the database unreachable) is left: if it did take
+    /// jobs, they wait for their leases to expire, as with any claim whose answer is lost.
     pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
+        let deadline = tokio::time::Instant::now() + grace.min(crate::job::MAX_DURATION);
+        *self
+            .stop_deadline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(deadline);
         self.stop_fetching.cancel();
         let _ = self.fetcher.await;
-        let report = (self.drain)(grace).await;
+        let report = (self.drain)(deadline).await;
         self.stop_background.cancel();
         for t in self.background {
             let _ = t.await;
@@ -233,8 +249,10 @@ impl<S: Store> Worker<S> {
                 self.config.concurrency + self.config.prefetch,
             )),
             run_slots: Arc::new(Semaphore::new(self.config.concurrency)),
+            stop_deadline: Arc::default(),
         });
         let counters = shared.counters.clone();
+        let stop_deadline = shared.stop_deadline.clone();
         let stop_fetching = CancellationToken::new();
         let stop_background = CancellationToken::new();
         let fetcher = tokio::spawn(super::fetch::fetch_loop(
@@ -263,9 +281,9 @@ impl<S: Store> Worker<S> {
             )));
         }
         let drain_shared = shared.clone();
-        let drain = Box::new(move |grace: Duration| {
+        let drain = Box::new(move |deadline: tokio::time::Instant| {
             let shared = drain_shared.clone();
-            Box::pin(drain(shared, grace))
+            Box::pin(drain(shared, deadline))
                 as futures_util::future::BoxFuture<'static, ShutdownReport>
         });
         Ok(WorkerHandle {
@@ -273,6 +291,7 @@ impl<S: Store> Worker<S> {
             counters,
             unknown_kinds,
             stop_fetching,
+            stop_deadline,
             stop_background,
             fetcher,
             background,
@@ -283,8 +302,7 @@ impl<S: Store> Worker<S> {
 
 /// Waits for running jobs up to `grace`, then releases the rest and waits for their ends to
 /// be stored.
-async fn drain<S: Store>(shared: Arc<Shared<S>>, grace: Duration) -> ShutdownReport {
-    let deadline = tokio::time::Instant::now() + grace.min(crate::job::MAX_DURATION);
+async fn drain<S: Store>(shared: Arc<Shared<S>>, deadline: tokio::time::Instant) -> ShutdownReport {
     let mut released = 0;
     let mut stopped = false;
     loop {
