@@ -2,14 +2,14 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use windlass_policy::{Backoff, Jitter, RetrySchedule};
 use windlass_queue::{
-    Fenced, Finish, InlineEnd, JobOptions, MAX_DURATION, NewJob, NextState, Queue, StoreError,
-    Unique, run_claimed_then,
+    Fenced, Finish, InlineEnd, JobOptions, MAX_DURATION, NewJob, NextState, Queue, QueueLimits,
+    StoreError, Unique, run_claimed_then,
 };
 
 use crate::context::ChildJobs;
@@ -135,6 +135,7 @@ impl<S: FlowStore> FlowsBuilder<S> {
             )),
             inline_lease: self.inline_lease,
             poll: self.poll,
+            limits: Arc::default(),
         })
     }
 
@@ -286,6 +287,8 @@ pub struct Flows<S> {
     inline_worker: Arc<str>,
     inline_lease: Duration,
     poll: Duration,
+    /// The flows queue's limits as last read, and when (read at most once a second).
+    limits: Arc<Mutex<Option<(std::time::Instant, QueueLimits)>>>,
 }
 
 impl<S> Clone for Flows<S> {
@@ -298,6 +301,7 @@ impl<S> Clone for Flows<S> {
             inline_worker: Arc::clone(&self.inline_worker),
             inline_lease: self.inline_lease,
             poll: self.poll,
+            limits: Arc::clone(&self.limits),
         }
     }
 }
@@ -427,8 +431,11 @@ impl<S: FlowStore> Flows<S> {
     /// call waits for its result (reading the run every `poll`, see [`FlowsBuilder::poll`]).
     ///
     /// An id that already has a run is not started again: the call waits for that run's
-    /// result instead (an idempotent start). Inline runs are not held back by the flows
-    /// queue's limits (they never wait in it), but they count against them while running.
+    /// result instead (an idempotent start). If the flows queue has limits
+    /// ([`QueueLimits`], e.g. a per-kind concurrency limit), the run is not executed here:
+    /// it waits its turn in the queue like a [`start`](Self::start)ed run, and this call
+    /// waits for its result, so that the limits hold for every run. The limits are read at
+    /// most once a second, so a change takes up to a second to reach direct starts.
     pub async fn run<W: Workflow>(
         &self,
         id: impl Into<String>,
@@ -446,13 +453,13 @@ impl<S: FlowStore> Flows<S> {
     ) -> Result<W::Output, RunError> {
         let id = id.into();
         self.check::<W>(&id)?;
-        let claim = InlineClaim {
+        // The queue's limits are kept by the workers' claims, which an inline run skips:
+        // under limits, the run goes through the queue.
+        let claim = (!self.queue_is_limited().await?).then(|| InlineClaim {
             worker: self.inline_worker.to_string(),
             lease_for: self.inline_lease,
-        };
-        let started = self
-            .start_run(W::KIND, id, input, Some(claim), options)
-            .await?;
+        });
+        let started = self.start_run(W::KIND, id, input, claim, options).await?;
         let fresh = started.created.then(|| started.run.clone());
         let handle: RunHandle<S, W::Output> = self.existing(started.run, W::KIND)?;
         if let Some(job) = started.claimed {
@@ -541,6 +548,19 @@ impl<S: FlowStore> Flows<S> {
             }
         }
         Ok(handle.result(Duration::MAX, self.poll).await?)
+    }
+
+    /// Whether the flows queue has any limit, as read at most a second ago.
+    async fn queue_is_limited(&self) -> Result<bool, StartError> {
+        let fresh = std::time::Instant::now();
+        if let Some((at, limits)) = *self.limits.lock().unwrap_or_else(PoisonError::into_inner)
+            && fresh.duration_since(at) < Duration::from_secs(1)
+        {
+            return Ok(limits != QueueLimits::default());
+        }
+        let limits = self.queue.store().limits(self.job_queue.clone()).await?;
+        *self.limits.lock().unwrap_or_else(PoisonError::into_inner) = Some((fresh, limits));
+        Ok(limits != QueueLimits::default())
     }
 
     /// Cancels a run: its running steps are stopped (within

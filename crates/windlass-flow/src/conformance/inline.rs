@@ -251,3 +251,103 @@ pub async fn a_cancelled_direct_run_returns_instead_of_hanging<S: FlowStore>(
     }
     assert_eq!(log.all(), ["a", "b"], "nothing ran after the cancel");
 }
+
+/// Holds each run inside its one step until a permit is given; the probe counts runs inside.
+struct Gated {
+    probe: windlass_test_support::Peak,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl crate::Workflow for Gated {
+    const KIND: &'static str = "gated";
+    type Input = u32;
+    type Output = u32;
+    async fn run(&self, ctx: crate::FlowContext, n: u32) -> Result<u32, crate::FlowError> {
+        let (probe, permits) = (self.probe.clone(), Arc::clone(&self.permits));
+        ctx.step("hold", move || {
+            let (probe, permits) = (probe.clone(), Arc::clone(&permits));
+            async move {
+                let _inside = probe.enter();
+                permits.acquire().await.map_err(|e| e.to_string())?.forget();
+                Ok::<_, String>(n)
+            }
+        })
+        .await
+    }
+}
+
+/// Case: with a per-kind concurrency limit of one on the flows queue, direct runs (`run`)
+/// keep it like started ones: three direct runs and one started run of one kind, and while
+/// the first is held inside its step, the others' jobs wait in the queue (not running);
+/// all four finish, never two inside at once.
+pub async fn a_direct_run_keeps_the_queues_limits<S: FlowStore>(
+    db: FlowDb<S>,
+    _clock: ManualClock,
+) {
+    let queue = Queue::new(db.store);
+    queue
+        .set_limits(
+            "flows",
+            windlass_queue::QueueLimits {
+                max_running_per_key: Some(1),
+                ..windlass_queue::QueueLimits::default()
+            },
+        )
+        .await
+        .expect("limits");
+    let probe = windlass_test_support::Peak::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(0));
+    let flows = Flows::builder(&queue)
+        .register(Gated {
+            probe: probe.clone(),
+            permits: Arc::clone(&permits),
+        })
+        .inline_lease(LEASE)
+        .poll(POLL)
+        .build()
+        .expect("flows");
+    let worker = start_worker(&queue, &flows).await;
+    let direct: Vec<_> = (0..3u32)
+        .map(|n| {
+            let flows = flows.clone();
+            tokio::spawn(async move { flows.run::<Gated>(format!("gated-{n}"), &n).await })
+        })
+        .collect();
+    let started = flows.start::<Gated>("gated-3", &3).await.expect("start");
+    // Every run is stored and one is inside its step.
+    let mut jobs = Vec::new();
+    for n in 0..4 {
+        let id = format!("gated-{n}");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let run = loop {
+            if let Some(run) = flows.handle(id.clone()).await.expect("handle") {
+                break run;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "run {id} never stored"
+            );
+            tokio::time::sleep(POLL).await;
+        };
+        jobs.push(run.record().await.expect("record").job);
+    }
+    until("a run inside its step", || probe.now() >= 1).await;
+    let mut running = 0;
+    for job in &jobs {
+        if queue.get(*job).await.expect("job").expect("the job").state == JobState::Running {
+            running += 1;
+        }
+    }
+    assert_eq!(
+        running, 1,
+        "one run's job runs; the others wait in the queue"
+    );
+    permits.add_permits(100);
+    for (n, run) in direct.into_iter().enumerate() {
+        let out = run.await.expect("the task").expect("run");
+        assert_eq!(out, u32::try_from(n).expect("small"));
+    }
+    assert_eq!(started.result(WAIT, POLL).await.expect("result"), 3);
+    assert_eq!(probe.max(), 1, "never two runs of the kind inside at once");
+    worker.shutdown(Duration::from_secs(5)).await;
+}

@@ -54,7 +54,7 @@ pub use events::a_published_event_reaches_every_subscriber_once;
 mod store;
 pub use inline::{
     a_cancelled_direct_run_returns_instead_of_hanging, a_direct_run_executes_in_the_caller,
-    a_direct_run_killed_mid_step_is_resumed_by_a_worker,
+    a_direct_run_keeps_the_queues_limits, a_direct_run_killed_mid_step_is_resumed_by_a_worker,
     a_direct_run_that_sleeps_is_finished_by_the_workers,
 };
 pub use signal::{
@@ -93,6 +93,7 @@ macro_rules! flow_conformance_tests {
             a_direct_run_killed_mid_step_is_resumed_by_a_worker,
             a_direct_run_that_sleeps_is_finished_by_the_workers,
             a_cancelled_direct_run_returns_instead_of_hanging,
+            a_direct_run_keeps_the_queues_limits,
             concurrent_writers_of_one_entry_agree,
             a_run_and_its_job_start_and_end_together,
             a_signal_wakes_a_waiting_run,
