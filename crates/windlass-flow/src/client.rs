@@ -1,11 +1,9 @@
 //! The client: register workflows, start runs (idempotently, by id), and follow them.
 
 use std::collections::HashMap;
-use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
 use windlass_policy::{Backoff, Jitter, RetrySchedule};
 use windlass_queue::{
     Fenced, Finish, InlineEnd, JobOptions, MAX_DURATION, NewJob, NextState, Queue, QueueLimits,
@@ -17,6 +15,7 @@ use crate::driver::{DRIVER_KIND, FlowDriver, RunEnd, RunPayload};
 use crate::error::{
     CancelError, CancelOutcome, ResumeError, RunError, SignalError, StartError, WaitError,
 };
+use crate::handle::RunHandle;
 use crate::store::{
     EndRun, FlowStore, InlineClaim, JournalEntry, Resumed, RunRecord, RunStart, RunStatus, Started,
 };
@@ -474,7 +473,7 @@ impl<S: FlowStore> Flows<S> {
             // job's end in one transaction (`end_run`) when the attempt is stored.
             let end: std::sync::Mutex<Option<RunEnd>> = std::sync::Mutex::new(None);
             let store = self.queue.store();
-            let run_id = handle.id.clone();
+            let run_id = handle.id().to_owned();
             let stored = run_claimed_then(
                 &**store,
                 &job,
@@ -537,7 +536,7 @@ impl<S: FlowStore> Flows<S> {
                 Some(RunEnd::Completed(output)) => {
                     return serde_json::from_value(output).map_err(|e| {
                         RunError::Wait(WaitError::Output {
-                            run: handle.id.clone(),
+                            run: handle.id().to_owned(),
                             message: e.to_string(),
                         })
                     });
@@ -610,12 +609,11 @@ impl<S: FlowStore> Flows<S> {
                 asked: kind.into(),
             });
         }
-        Ok(RunHandle {
-            store: Arc::clone(self.queue.store()),
-            jobs: self.driver.children.clone(),
-            id: run.id,
-            _out: PhantomData,
-        })
+        Ok(RunHandle::new(
+            Arc::clone(self.queue.store()),
+            self.driver.children.clone(),
+            run.id,
+        ))
     }
 
     /// Delivers a signal named `name` to a run: the run's next
@@ -676,17 +674,13 @@ impl<S: FlowStore> Flows<S> {
         id: impl Into<String>,
     ) -> Result<Option<RunHandle<S, serde_json::Value>>, StartError> {
         let id = id.into();
-        Ok(self
-            .queue
-            .store()
-            .run(id.clone())
-            .await?
-            .map(|run| RunHandle {
-                store: Arc::clone(self.queue.store()),
-                jobs: self.driver.children.clone(),
-                id: run.id,
-                _out: PhantomData,
-            }))
+        Ok(self.queue.store().run(id.clone()).await?.map(|run| {
+            RunHandle::new(
+                Arc::clone(self.queue.store()),
+                self.driver.children.clone(),
+                run.id,
+            )
+        }))
     }
 }
 
@@ -741,7 +735,7 @@ async fn resume<S: FlowStore>(
 }
 
 /// [`Flows::cancel`] and [`RunHandle::cancel`].
-async fn cancel<S: FlowStore>(
+pub(crate) async fn cancel<S: FlowStore>(
     store: &S,
     jobs: &ChildJobs,
     run: String,
@@ -823,92 +817,4 @@ fn hand_over(mut finish: Finish) -> Finish {
     finish.record.error =
         Some("cancelled as its code ended: handed to the workers to roll back".into());
     finish
-}
-
-/// A handle on one run: await its result, read its status and journal.
-pub struct RunHandle<S, O> {
-    store: Arc<S>,
-    /// Where a new job for the run goes, should a cancel find it stranded.
-    jobs: ChildJobs,
-    id: String,
-    _out: PhantomData<fn() -> O>,
-}
-
-impl<S, O> std::fmt::Debug for RunHandle<S, O> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunHandle").field("id", &self.id).finish()
-    }
-}
-
-impl<S: FlowStore, O: DeserializeOwned> RunHandle<S, O> {
-    /// The run's id.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// The run as stored now.
-    pub async fn record(&self) -> Result<RunRecord, WaitError> {
-        self.store
-            .run(self.id.clone())
-            .await?
-            .ok_or_else(|| WaitError::NotFound(self.id.clone()))
-    }
-
-    /// Cancels the run, as [`Flows::cancel`] does.
-    pub async fn cancel(&self, reason: impl Into<String>) -> Result<CancelOutcome, CancelError> {
-        cancel(&*self.store, &self.jobs, self.id.clone(), reason.into()).await
-    }
-
-    /// Where the run is.
-    pub async fn status(&self) -> Result<RunStatus, WaitError> {
-        Ok(self.record().await?.status)
-    }
-
-    /// The run's journal: its finished steps, timers and compensations, in order.
-    pub async fn journal(&self) -> Result<Vec<JournalEntry>, WaitError> {
-        Ok(self.store.journal(self.id.clone()).await?)
-    }
-
-    /// Waits up to `timeout` for the run to finish, reading it every `poll`; returns its
-    /// output, or why there is none.
-    pub async fn result(&self, timeout: Duration, poll: Duration) -> Result<O, WaitError> {
-        let deadline = windlass_policy::time::saturating_add(tokio::time::Instant::now(), timeout);
-        loop {
-            let run = self.record().await?;
-            match run.status {
-                RunStatus::Completed => {
-                    let output = run.output.unwrap_or(serde_json::Value::Null);
-                    return serde_json::from_value(output).map_err(|e| WaitError::Output {
-                        run: self.id.clone(),
-                        message: e.to_string(),
-                    });
-                }
-                RunStatus::Failed => {
-                    return Err(WaitError::Failed(run.error.unwrap_or_default()));
-                }
-                RunStatus::Halted => {
-                    return Err(WaitError::Halted(run.error.unwrap_or_default()));
-                }
-                RunStatus::Running | RunStatus::Compensating => {
-                    // A run whose job is over can never finish: say so instead of waiting.
-                    let job = self.store.get(run.job).await?.map(|j| j.state);
-                    if let Some(state) = job.filter(|s| s.is_terminal()) {
-                        let again = self.record().await?;
-                        if !again.status.is_terminal() {
-                            return Err(WaitError::Stranded {
-                                run: self.id.clone(),
-                                job_state: state.as_str(),
-                                status: again.status.as_str(),
-                            });
-                        }
-                        continue;
-                    }
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(WaitError::Timeout(self.id.clone()));
-            }
-            tokio::time::sleep(poll).await;
-        }
-    }
 }

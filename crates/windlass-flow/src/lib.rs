@@ -75,6 +75,7 @@ pub mod driver;
 mod error;
 pub mod events;
 pub mod graph;
+mod handle;
 mod resume;
 pub mod store;
 mod workflow;
@@ -82,7 +83,7 @@ mod workflow;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use client::{Flows, FlowsBuilder, MAX_REASON_BYTES, MAX_RUN_ID_BYTES, RunHandle, RunOptions};
+pub use client::{Flows, FlowsBuilder, MAX_REASON_BYTES, MAX_RUN_ID_BYTES, RunOptions};
 pub use context::{FlowContext, MAX_NAME_BYTES, Step};
 pub use driver::{DRIVER_KIND, FlowDriver, RunPayload};
 pub use error::{
@@ -90,6 +91,7 @@ pub use error::{
     StartError, WaitError,
 };
 pub use events::{EventError, Events, Published};
+pub use handle::RunHandle;
 pub use store::{
     EndRun, EntryKind, FlowStore, InlineClaim, JournalEntry, NewRun, Resumed, RunFilter, RunRecord,
     RunStart, RunStatus, Started,
