@@ -106,6 +106,34 @@ fn fast() -> WorkerConfig {
     }
 }
 
+/// Enqueues one `Flaky` job per number, in one batch; their ids in order.
+async fn works<S: Store>(queue: &Queue<S>, numbers: std::ops::Range<u32>) -> Vec<crate::JobId> {
+    let work: Vec<Work> = numbers.map(|n| Work { n }).collect();
+    queue
+        .enqueue_many::<Flaky>(&work, JobOptions::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect()
+}
+
+/// Starts a worker on `queue` with one handler.
+async fn start<S: Store, J: Job>(
+    queue: &Queue<S>,
+    handler: J,
+    config: WorkerConfig,
+) -> crate::WorkerHandle {
+    Worker::builder(queue)
+        .register(handler)
+        .config(config)
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap()
+}
+
 fn retry_at_once(attempts: u32) -> JobOptions {
     JobOptions {
         retry: windlass_policy::RetrySchedule {
@@ -122,14 +150,7 @@ pub async fn worker_runs_jobs_to_completion<S: Store>(store: S, _clock: ManualCl
     let queue = Queue::new(store);
     let flaky = Flaky::new(0);
     let runs = flaky.runs.clone();
-    let worker = Worker::builder(&queue)
-        .register(flaky)
-        .config(fast())
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let worker = start(&queue, flaky, fast()).await;
     let mut ids = Vec::new();
     for n in 0..20 {
         ids.push(
@@ -152,14 +173,7 @@ pub async fn worker_runs_jobs_to_completion<S: Store>(store: S, _clock: ManualCl
 
 pub async fn worker_retries_transient_failures<S: Store>(store: S, _clock: ManualClock) {
     let queue = Queue::new(store);
-    let worker = Worker::builder(&queue)
-        .register(Flaky::new(2))
-        .config(fast())
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let worker = start(&queue, Flaky::new(2), fast()).await;
     let ok = queue
         .enqueue::<Flaky>(&Work { n: 1 }, retry_at_once(3))
         .await
@@ -186,14 +200,7 @@ pub async fn worker_discards_malformed_payloads_and_goes_on<S: Store>(
     _clock: ManualClock,
 ) {
     let queue = Queue::new(store);
-    let worker = Worker::builder(&queue)
-        .register(Flaky::new(0))
-        .config(fast())
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let worker = start(&queue, Flaky::new(0), fast()).await;
     let bad = NewJob::new(
         "k",
         serde_json::json!({"n": "not a number"}),
@@ -231,14 +238,7 @@ pub async fn worker_hard_timeout_stops_the_handler<S: Store>(store: S, _clock: M
         started: started.clone(),
         dropped: dropped.clone(),
     };
-    let worker = Worker::builder(&queue)
-        .register(stuck)
-        .config(fast())
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let worker = start(&queue, stuck, fast()).await;
     let opts = JobOptions {
         timeout: Duration::from_millis(50),
         ..retry_at_once(2)
@@ -269,14 +269,7 @@ pub async fn worker_cancellation_reaches_the_handler<S: Store>(store: S, _clock:
             started: started.clone(),
             dropped: Arc::default(),
         };
-        let worker = Worker::builder(&queue)
-            .register(stuck)
-            .config(fast())
-            .build()
-            .unwrap()
-            .start()
-            .await
-            .unwrap();
+        let worker = start(&queue, stuck, fast()).await;
         let id = queue
             .enqueue::<Stuck>(&Work { n: 1 }, JobOptions::default())
             .await
@@ -304,14 +297,7 @@ pub async fn worker_shutdown_releases_unfinished_jobs<S: Store>(store: S, _clock
         started: started.clone(),
         dropped: Arc::default(),
     };
-    let worker = Worker::builder(&queue)
-        .register(stuck)
-        .config(fast())
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let worker = start(&queue, stuck, fast()).await;
     let id = queue
         .enqueue::<Stuck>(&Work { n: 1 }, JobOptions::default())
         .await
@@ -326,14 +312,7 @@ pub async fn worker_shutdown_releases_unfinished_jobs<S: Store>(store: S, _clock
     assert_eq!(rec.attempts[0].outcome, "released");
     // Another worker picks it up.
     let flaky = Flaky::new(0);
-    let worker = Worker::builder(&queue)
-        .register(flaky)
-        .config(fast())
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let worker = start(&queue, flaky, fast()).await;
     assert_eq!(
         queue.wait(id, WAIT, POLL).await.unwrap().state,
         JobState::Completed
@@ -355,14 +334,7 @@ pub async fn worker_respects_its_concurrency<S: Store>(store: S, _clock: ManualC
         fetch_batch: 2,
         ..fast()
     };
-    let worker = Worker::builder(&queue)
-        .register(flaky)
-        .config(config)
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let worker = start(&queue, flaky, config).await;
     let mut ids = Vec::new();
     for n in 0..10 {
         ids.push(
@@ -404,16 +376,7 @@ pub async fn worker_keeps_up_to_its_claims_in_flight<S: Store>(store: S, _clock:
         let (peak, claims) = (probe.peak(), probe.claims());
         let queue = Queue::new(probe);
         let base = u32::try_from(round).unwrap() * 100;
-        let ids: Vec<_> = queue
-            .enqueue_many::<Flaky>(
-                &(base..base + 40).map(|n| Work { n }).collect::<Vec<_>>(),
-                JobOptions::default(),
-            )
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.id)
-            .collect();
+        let ids = works(&queue, base..base + 40).await;
         let flaky = Flaky::new(0);
         let runs = flaky.runs.clone();
         // Room for many claims of 4: only `claims_in_flight` bounds them.
@@ -424,14 +387,7 @@ pub async fn worker_keeps_up_to_its_claims_in_flight<S: Store>(store: S, _clock:
             claims_in_flight: in_flight,
             ..fast()
         };
-        let worker = Worker::builder(&queue)
-            .register(flaky)
-            .config(config)
-            .build()
-            .unwrap()
-            .start()
-            .await
-            .unwrap();
+        let worker = start(&queue, flaky, config).await;
         for id in ids {
             assert_eq!(
                 queue.wait(id, WAIT, POLL).await.unwrap().state,
@@ -461,29 +417,18 @@ pub async fn worker_shutdown_settles_claims_in_flight<S: Store>(store: S, _clock
     let probe = crate::conformance::ClaimProbe::new(Arc::new(store), 0)
         .holding_answers(answers.clone(), claimed_tx);
     let queue = Queue::new(probe);
-    let ids: Vec<_> = queue
-        .enqueue_many::<Flaky>(
-            &(0..4).map(|n| Work { n }).collect::<Vec<_>>(),
-            JobOptions::default(),
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let ids = works(&queue, 0..4).await;
     let flaky = Flaky::new(0);
     let runs = flaky.runs.clone();
-    let worker = Worker::builder(&queue)
-        .register(flaky)
-        .config(WorkerConfig {
+    let worker = start(
+        &queue,
+        flaky,
+        WorkerConfig {
             claims_in_flight: 1,
             ..fast()
-        })
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     // The store has claimed all four; the answer is held back.
     assert_eq!(
         tokio::time::timeout(WAIT, claimed.recv()).await.unwrap(),
@@ -520,16 +465,7 @@ pub async fn worker_is_not_idled_by_an_older_empty_claim<S: Store>(store: S, _cl
         .first_claim_finds_nothing(first_answer.clone())
         .quiet_signal();
     let queue = Queue::new(probe);
-    let ids: Vec<_> = queue
-        .enqueue_many::<Flaky>(
-            &(0..6).map(|n| Work { n }).collect::<Vec<_>>(),
-            JobOptions::default(),
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let ids = works(&queue, 0..6).await;
     let permits = Arc::new(Semaphore::new(0));
     let (entered_tx, mut entered) = mpsc::unbounded_channel();
     let flaky = Flaky {
@@ -538,21 +474,19 @@ pub async fn worker_is_not_idled_by_an_older_empty_claim<S: Store>(store: S, _cl
     };
     // Two jobs in flight at most, one per claim: claim 1 (held, will find nothing) and
     // claim 2 (a job, whose handler is held) take both.
-    let worker = Worker::builder(&queue)
-        .register(flaky)
-        .config(WorkerConfig {
+    let worker = start(
+        &queue,
+        flaky,
+        WorkerConfig {
             concurrency: 1,
             prefetch: 1,
             fetch_batch: 1,
             claims_in_flight: 2,
             poll: Duration::from_secs(3600),
             ..fast()
-        })
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     tokio::time::timeout(WAIT, entered.recv()).await.unwrap();
     // Claim 1 answers after claim 2 brought work: the worker must go on claiming.
     first_answer.add_permits(1);
@@ -575,14 +509,7 @@ pub async fn worker_reports_unknown_kinds<S: Store>(store: S, _clock: ManualCloc
     )
     .unwrap();
     let stray = queue.enqueue_raw(vec![stray]).await.unwrap()[0].id;
-    let worker = Worker::builder(&queue)
-        .register(Flaky::new(0))
-        .config(fast())
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let worker = start(&queue, Flaky::new(0), fast()).await;
     assert_eq!(worker.unknown_kinds(), ["nobody_handles_me".to_string()]);
     let id = queue
         .enqueue::<Flaky>(&Work { n: 1 }, JobOptions::default())
@@ -612,14 +539,7 @@ pub async fn worker_prunes_finished_jobs_after_their_retention<S: Store>(
         dead_letter_retention: Duration::from_secs(600),
         ..fast()
     };
-    let worker = Worker::builder(&queue)
-        .register(Flaky::new(0))
-        .config(config)
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let worker = start(&queue, Flaky::new(0), config).await;
     let done = queue
         .enqueue::<Flaky>(&Work { n: 1 }, JobOptions::default())
         .await
@@ -710,9 +630,10 @@ pub async fn worker_late_completion_after_a_lost_lease_is_refused<S: Store>(
     let mut flaky = Flaky::new(0);
     flaky.hold = Some((permits.clone(), entered_tx));
     let lease = Duration::from_secs(30);
-    let worker = Worker::builder(&queue)
-        .register(flaky)
-        .config(WorkerConfig {
+    let worker = start(
+        &queue,
+        flaky,
+        WorkerConfig {
             lease,
             // No heartbeat of this worker's own may run during the case (the first comes one
             // period after start), nor a sweep (the first comes at start, before the claim).
@@ -723,12 +644,9 @@ pub async fn worker_late_completion_after_a_lost_lease_is_refused<S: Store>(
             rescue_every: Duration::from_secs(3600),
             gauges_every: Duration::from_secs(3600),
             ..fast()
-        })
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     let id = queue
         .enqueue::<Flaky>(&Work { n: 1 }, JobOptions::default())
         .await
