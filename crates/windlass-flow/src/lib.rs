@@ -76,6 +76,7 @@ mod error;
 pub mod events;
 pub mod graph;
 mod handle;
+mod options;
 mod resume;
 pub mod store;
 mod workflow;
@@ -83,7 +84,7 @@ mod workflow;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use client::{Flows, FlowsBuilder, MAX_REASON_BYTES, MAX_RUN_ID_BYTES, RunOptions};
+pub use client::{Flows, FlowsBuilder, MAX_REASON_BYTES, MAX_RUN_ID_BYTES};
 pub use context::{FlowContext, MAX_NAME_BYTES, Step};
 pub use driver::{DRIVER_KIND, FlowDriver, RunPayload};
 pub use error::{
@@ -92,6 +93,7 @@ pub use error::{
 };
 pub use events::{EventError, Events, Published};
 pub use handle::RunHandle;
+pub use options::RunOptions;
 pub use store::{
     EndRun, EntryKind, FlowStore, InlineClaim, JournalEntry, NewRun, Resumed, RunFilter, RunRecord,
     RunStart, RunStatus, Started,
