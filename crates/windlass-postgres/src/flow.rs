@@ -97,18 +97,7 @@ pub(crate) async fn start_run_on<C: tokio_postgres::GenericClient>(
     channel: &str,
 ) -> Result<Option<Row>, StoreError> {
     let o = start.job.options();
-    let delay = duration_ms(o.delay);
-    let state = match (&start.claim, delay > 0) {
-        (Some(_), _) => JobState::Running,
-        (None, true) => JobState::Scheduled,
-        (None, false) => JobState::Available,
-    }
-    .as_str();
-    let run_at = now.saturating_add(delay);
-    let max_attempts = i32::try_from(o.retry.max_attempts).unwrap_or(i32::MAX);
-    let retry = serde_json::to_value(o.retry).map_err(|e| corrupt("a retry schedule", e))?;
-    let tags = serde_json::to_value(&o.tags).map_err(|e| corrupt("a job's tags", e))?;
-    let timeout_ms = duration_ms(o.timeout);
+    let cols = crate::ops::JobColumns::of(o, now, start.claim.is_some());
     let unique_key = o.unique.as_ref().map(|u| u.key.as_str());
     let attempt: i32 = i32::from(start.claim.is_some());
     let token: i64 = i64::from(start.claim.is_some());
@@ -128,14 +117,14 @@ pub(crate) async fn start_run_on<C: tokio_postgres::GenericClient>(
             &start.job.kind(),
             &o.queue,
             start.job.payload(),
-            &state,
+            &cols.state,
             &o.priority,
-            &max_attempts,
-            &retry,
-            &timeout_ms,
-            &tags,
+            &cols.max_attempts,
+            &cols.retry,
+            &cols.timeout_ms,
+            &cols.tags,
             &unique_key,
-            &run_at,
+            &cols.run_at,
             &o.limit_key,
             &o.trace_context,
             &attempt,

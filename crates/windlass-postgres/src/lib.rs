@@ -205,19 +205,7 @@ impl PostgresStore {
         tx: &tokio_postgres::Transaction<'_>,
         jobs: Vec<NewJob>,
     ) -> Result<Vec<Enqueued>, StoreError> {
-        // Point this transaction at the store's schema for the enqueue, then put the
-        // caller's search path back (both are local to the transaction).
-        let old: String = tx
-            .query_one("SELECT current_setting('search_path')", &[])
-            .await
-            .map_err(pg_error)?
-            .get(0);
-        tx.execute(
-            "SELECT set_config('search_path', $1, true)",
-            &[&self.schema.to_string()],
-        )
-        .await
-        .map_err(pg_error)?;
+        let old = self.enter_schema(tx).await?;
         let out = ops::enqueue(
             tx,
             &ops::Prep::Plain,
@@ -226,14 +214,7 @@ impl PostgresStore {
             &self.channel,
         )
         .await;
-        // After a failed statement the transaction is aborted and the restore fails too:
-        // the first error is the one to report.
-        let restored = tx
-            .execute("SELECT set_config('search_path', $1, true)", &[&old])
-            .await;
-        let out = out?;
-        restored.map_err(pg_error)?;
-        Ok(out)
+        leave_schema(tx, &old, out).await
     }
 
     /// Publishes an event inside the caller's transaction (the **outbox**, with no relay):
@@ -249,6 +230,23 @@ impl PostgresStore {
         payload: &T,
     ) -> Result<windlass_flow::Published, windlass_flow::EventError> {
         let event = windlass_flow::events::Event::new(topic, id, payload, self.clock.now_ms())?;
+        let old = self.enter_schema(tx).await?;
+        let published = flow::publish_on(tx, &event, event.published_at_ms, &self.channel)
+            .await
+            .map(|delivered| windlass_flow::Published {
+                event: event.id.clone(),
+                duplicate: delivered.is_none(),
+                delivered: delivered.unwrap_or(0),
+            });
+        Ok(leave_schema(tx, &old, published).await?)
+    }
+
+    /// Points the caller's transaction at this store's schema (local to the transaction);
+    /// returns the caller's search path, for [`leave_schema`].
+    async fn enter_schema(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+    ) -> Result<String, StoreError> {
         let old: String = tx
             .query_one("SELECT current_setting('search_path')", &[])
             .await
@@ -260,21 +258,7 @@ impl PostgresStore {
         )
         .await
         .map_err(pg_error)?;
-        let published = flow::publish_on(tx, &event, event.published_at_ms, &self.channel)
-            .await
-            .map(|delivered| windlass_flow::Published {
-                event: event.id.clone(),
-                duplicate: delivered.is_none(),
-                delivered: delivered.unwrap_or(0),
-            });
-        // Put the caller's search path back. After a failed statement the transaction is
-        // aborted and this fails too: the first error is the one to report.
-        let restored = tx
-            .execute("SELECT set_config('search_path', $1, true)", &[&old])
-            .await;
-        let published = published?;
-        restored.map_err(pg_error)?;
-        Ok(published)
+        Ok(old)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -338,6 +322,22 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
         // No SQLSTATE: an I/O or protocol error on the connection.
         None => StoreError::Unavailable(e.to_string()),
     }
+}
+
+/// Puts the caller's search path `old` back after the work that gave `out`. After a failed
+/// statement the transaction is aborted and the restore fails too: the first error is the
+/// one reported.
+async fn leave_schema<T>(
+    tx: &tokio_postgres::Transaction<'_>,
+    old: &str,
+    out: Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let restored = tx
+        .execute("SELECT set_config('search_path', $1, true)", &[&old])
+        .await;
+    let out = out?;
+    restored.map_err(pg_error)?;
+    Ok(out)
 }
 
 impl Store for PostgresStore {

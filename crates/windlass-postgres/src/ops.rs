@@ -135,6 +135,40 @@ fn to_json(v: &impl serde::Serialize) -> Result<Value, StoreError> {
     serde_json::to_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// The columns of a new job that follow from its options, as statement parameters.
+pub(crate) struct JobColumns<'a> {
+    pub(crate) state: &'static str,
+    pub(crate) run_at: i64,
+    pub(crate) max_attempts: i32,
+    /// Serialised straight into the statement's parameters, without a `Value` between.
+    pub(crate) retry: tokio_postgres::types::Json<&'a RetrySchedule>,
+    pub(crate) timeout_ms: i64,
+    pub(crate) tags: tokio_postgres::types::Json<&'a Vec<String>>,
+}
+
+impl<'a> JobColumns<'a> {
+    /// A job with options `o` created at `now`: running at once if `claimed` (a direct
+    /// start), else scheduled after its delay or available now.
+    pub(crate) fn of(o: &'a windlass_queue::JobOptions, now: i64, claimed: bool) -> Self {
+        let delay = duration_ms(o.delay);
+        let state = if claimed {
+            JobState::Running
+        } else if delay > 0 {
+            JobState::Scheduled
+        } else {
+            JobState::Available
+        };
+        JobColumns {
+            state: state.as_str(),
+            run_at: now.saturating_add(delay),
+            max_attempts: i32::try_from(o.retry.max_attempts).unwrap_or(i32::MAX),
+            retry: tokio_postgres::types::Json(&o.retry),
+            timeout_ms: duration_ms(o.timeout),
+            tags: tokio_postgres::types::Json(&o.tags),
+        }
+    }
+}
+
 /// Inserts `jobs` (none unique) with one statement; ids in input order.
 async fn insert_plain<C: GenericClient>(
     c: &C,
@@ -151,19 +185,7 @@ async fn insert_plain<C: GenericClient>(
         .all(|j| j.kind() == first.kind() && j.options() == first.options());
     let rows = if jobs.len() == 1 || shared {
         let o = first.options();
-        let delay = duration_ms(o.delay);
-        let state = if delay > 0 {
-            JobState::Scheduled
-        } else {
-            JobState::Available
-        }
-        .as_str();
-        let max_attempts = i32::try_from(o.retry.max_attempts).unwrap_or(i32::MAX);
-        // Serialised straight into the statement's parameters, without a `Value` between.
-        let retry = tokio_postgres::types::Json(&o.retry);
-        let timeout_ms = duration_ms(o.timeout);
-        let tags = tokio_postgres::types::Json(&o.tags);
-        let run_at = now.saturating_add(delay);
+        let cols = JobColumns::of(o, now, false);
         if jobs.len() == 1 {
             let unique_key = o.unique.as_ref().map(|u| u.key.as_str());
             let stmt = prepare(c, prep, INSERT_ONE).await?;
@@ -173,15 +195,15 @@ async fn insert_plain<C: GenericClient>(
                     &first.kind(),
                     &o.queue,
                     first.payload(),
-                    &state,
+                    &cols.state,
                     &o.priority,
-                    &max_attempts,
-                    &retry,
-                    &timeout_ms,
-                    &tags,
+                    &cols.max_attempts,
+                    &cols.retry,
+                    &cols.timeout_ms,
+                    &cols.tags,
                     &unique_key,
                     &now,
-                    &run_at,
+                    &cols.run_at,
                     &channel,
                     &o.limit_key,
                     &o.trace_context,
@@ -198,14 +220,14 @@ async fn insert_plain<C: GenericClient>(
                     &first.kind(),
                     &o.queue,
                     &payloads,
-                    &state,
+                    &cols.state,
                     &o.priority,
-                    &max_attempts,
-                    &retry,
-                    &timeout_ms,
-                    &tags,
+                    &cols.max_attempts,
+                    &cols.retry,
+                    &cols.timeout_ms,
+                    &cols.tags,
                     &now,
-                    &run_at,
+                    &cols.run_at,
                     &channel,
                     &o.limit_key,
                     &o.trace_context,
