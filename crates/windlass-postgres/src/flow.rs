@@ -367,8 +367,8 @@ impl FlowStore for PostgresStore {
         windlass_flow::store::check_end(&finish)?;
         let now = self.clock.now_ms();
         let finished = status.is_terminal().then_some(now);
-        let record =
-            serde_json::to_value(&finish.record).map_err(|e| corrupt("an attempt record", e))?;
+        // The job's completing attempt stays in columns (its worker in locked_by).
+        let at_ms = finish.record.at_ms;
         let client = self.client().await?;
         // The run's row is locked first, so a cancel cannot slip between the check that
         // the run may take this end and the writes: the job's end is written only if the
@@ -382,8 +382,8 @@ impl FlowStore for PostgresStore {
                 "WITH lk AS (SELECT status FROM windlass_flow_runs WHERE id = $6 FOR UPDATE),
                  f AS (
                     UPDATE windlass_jobs j SET state = 'completed', finished_at = $3,
-                        locked_by = NULL, lease_until = NULL, cancel_requested = false,
-                        attempts = j.attempts || jsonb_build_array($5::jsonb)
+                        lease_until = NULL, cancel_requested = false,
+                        completed_at_ms = $5::int8
                     WHERE j.id = $1 AND j.state = 'running' AND j.lease_token = $2
                       AND j.locked_by = $4
                       AND EXISTS (SELECT 1 FROM lk WHERE {})
@@ -406,7 +406,7 @@ impl FlowStore for PostgresStore {
                     &finish.lease.token,
                     &now,
                     &finish.lease.worker,
-                    &record,
+                    &at_ms,
                     &id,
                     &status.as_str(),
                     &output,

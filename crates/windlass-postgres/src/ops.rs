@@ -464,11 +464,10 @@ pub(crate) async fn finish(
     {
         let stmt = c
             .prepare_cached(
+                // The completing attempt stays in columns (migration 6): its worker in
+                // locked_by, its end in completed_at_ms.
                 "UPDATE windlass_jobs j SET state = 'completed', finished_at = $3,
-                    locked_by = NULL, lease_until = NULL, cancel_requested = false,
-                    attempts = j.attempts || jsonb_build_array(jsonb_build_object(
-                        'attempt', j.attempt, 'worker', $4::text, 'at_ms', f.at_ms,
-                        'outcome', 'completed', 'error', NULL, 'class', NULL))
+                    lease_until = NULL, cancel_requested = false, completed_at_ms = f.at_ms
                  FROM unnest($1::int8[], $2::int8[], $5::int8[]) AS f(id, token, at_ms)
                  WHERE j.id = f.id AND j.state = 'running' AND j.lease_token = f.token
                    AND j.locked_by = $4
@@ -488,6 +487,7 @@ pub(crate) async fn finish(
     let mut finished_ats: Vec<Option<i64>> = Vec::new();
     let mut uncount: Vec<i32> = Vec::new();
     let mut records = Vec::new();
+    let mut at: Vec<i64> = Vec::new();
     for f in finished {
         let (state, run_at, u) = match f.next {
             NextState::Completed => (JobState::Completed, None, 0),
@@ -501,6 +501,7 @@ pub(crate) async fn finish(
         finished_ats.push(state.is_terminal().then_some(now));
         uncount.push(u);
         records.push(to_json(&f.record)?);
+        at.push(f.record.at_ms);
     }
     let stmt = c
         .prepare_cached(
@@ -512,12 +513,15 @@ pub(crate) async fn finish(
                 wake_requested = false,
                 finished_at = CASE WHEN j.cancel_requested
                     AND f.state IN ('retryable', 'scheduled') THEN $9 ELSE f.finished_at END,
-                attempt = j.attempt - f.uncount, locked_by = NULL,
-                lease_until = NULL, cancel_requested = false,
-                attempts = j.attempts || jsonb_build_array(f.record)
+                attempt = j.attempt - f.uncount, lease_until = NULL, cancel_requested = false,
+                -- A completion keeps its record in columns (migration 6); the rest append.
+                locked_by = CASE WHEN f.state = 'completed' THEN j.locked_by END,
+                completed_at_ms = CASE WHEN f.state = 'completed' THEN f.at_ms END,
+                attempts = CASE WHEN f.state = 'completed' THEN j.attempts
+                    ELSE j.attempts || jsonb_build_array(f.record) END
              FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::int8[],
-                $7::int4[], $8::jsonb[])
-                AS f(id, token, worker, state, run_at, finished_at, uncount, record)
+                $7::int4[], $8::jsonb[], $10::int8[])
+                AS f(id, token, worker, state, run_at, finished_at, uncount, record, at_ms)
              WHERE j.id = f.id AND j.state = 'running' AND j.lease_token = f.token
                AND j.locked_by = f.worker
              RETURNING j.id, j.lease_token",
@@ -537,6 +541,7 @@ pub(crate) async fn finish(
                 &uncount,
                 &records,
                 &now,
+                &at,
             ],
         )
         .await
@@ -660,7 +665,15 @@ pub(crate) async fn replay(
     let rows = c
         .query(
             "UPDATE windlass_jobs SET state = 'available', attempt = 0, lease_expiries = 0,
-                run_at = $2, finished_at = NULL, cancel_requested = false
+                run_at = $2, finished_at = NULL, cancel_requested = false,
+                -- A completion kept in columns joins the history (one stored by an older
+                -- worker is already in it).
+                attempts = CASE WHEN state = 'completed' AND completed_at_ms IS NOT NULL
+                    THEN attempts || jsonb_build_array(jsonb_build_object(
+                        'attempt', attempt, 'worker', locked_by, 'at_ms', completed_at_ms,
+                        'outcome', 'completed', 'error', NULL, 'class', NULL))
+                    ELSE attempts END,
+                locked_by = NULL, completed_at_ms = NULL
              WHERE id = ANY($1) AND state IN ('discarded', 'cancelled', 'completed')
              RETURNING id",
             &[&ids, &now],
@@ -695,20 +708,40 @@ pub(crate) async fn prune(
 
 const RECORD_COLUMNS: &str = "id, kind, queue, payload, state, priority, attempt, retry,
     timeout_ms, tags, unique_key, created_at, run_at, finished_at, locked_by, lease_expiries,
-    cancel_requested, progress, attempts, limit_key, trace_context";
+    cancel_requested, progress, attempts, limit_key, trace_context, completed_at_ms";
 
 fn record(r: &Row) -> Result<JobRecord, StoreError> {
     let attempt: i32 = r.get(6);
     let timeout_ms: i64 = r.get(8);
     let expiries: i32 = r.get(15);
+    let attempt = u32::try_from(attempt).unwrap_or(0);
+    let state = parse_state(r.get(4))?;
+    let mut attempts = serde_json::from_value::<Vec<AttemptRecord>>(r.get(18))
+        .map_err(|e| StoreError::Corrupt(format!("attempts: {e}")))?;
+    let mut locked_by: Option<String> = r.get(14);
+    if state == JobState::Completed {
+        // The completing attempt lives in columns (migration 6); an older worker's
+        // completion left completed_at_ms NULL and is already in `attempts`.
+        let at_ms: Option<i64> = r.get(21);
+        if let (Some(worker), Some(at_ms)) = (locked_by.take(), at_ms) {
+            attempts.push(AttemptRecord {
+                attempt,
+                worker,
+                at_ms,
+                outcome: "completed".into(),
+                error: None,
+                class: None,
+            });
+        }
+    }
     Ok(JobRecord {
         id: JobId(r.get(0)),
         kind: r.get(1),
         queue: r.get(2),
         payload: r.get(3),
-        state: parse_state(r.get(4))?,
+        state,
         priority: r.get(5),
-        attempt: u32::try_from(attempt).unwrap_or(0),
+        attempt,
         retry: parse_retry(r.get(7))?,
         timeout: std::time::Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0)),
         tags: serde_json::from_value(r.get(9)).map_err(|e| StoreError::Corrupt(e.to_string()))?,
@@ -716,12 +749,11 @@ fn record(r: &Row) -> Result<JobRecord, StoreError> {
         created_at_ms: r.get(11),
         run_at_ms: r.get(12),
         finished_at_ms: r.get(13),
-        locked_by: r.get(14),
+        locked_by,
         lease_expiries: u32::try_from(expiries).unwrap_or(0),
         cancel_requested: r.get(16),
         progress: r.get(17),
-        attempts: serde_json::from_value::<Vec<AttemptRecord>>(r.get(18))
-            .map_err(|e| StoreError::Corrupt(format!("attempts: {e}")))?,
+        attempts,
         limit_key: r.get(19),
         trace_context: r.get(20),
     })

@@ -122,6 +122,16 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     // every write to the jobs table, while older workers still run, for as long as it scans
     // the table). A database may have applied it; the code reads no index by name, so both
     // layouts work. The next migration is 6, never 5.
+    (
+        6,
+        "-- A completed job's last attempt is kept in columns, not appended to `attempts`:
+    -- its worker stays in locked_by and its end goes here. Completing is the hot path, and
+    -- appending to the JSON array rewrites and widens the row (every completion's new row
+    -- version is written to the WAL whole). A worker of an older version still appends (and
+    -- leaves this NULL); readers accept both. Adding a nullable column without a default
+    -- only changes the catalog: no rewrite, and the lock is held for an instant.
+    ALTER TABLE windlass_jobs ADD COLUMN completed_at_ms BIGINT;",
+    ),
 ];
 
 /// Creates the schema if needed and applies every migration newer than its version.

@@ -279,3 +279,67 @@ async fn publish_in_the_callers_transaction_delivers_iff_it_commits() {
     assert!(again.duplicate);
     assert_eq!(ships().await.len(), 1);
 }
+
+/// Since migration 6 a completion keeps its attempt in columns; a worker of an older version
+/// still appends it to `attempts` and clears `locked_by`. Both read as the same history, and
+/// a replay does not count the older worker's completion twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_stored_by_an_older_worker_reads_the_same() {
+    let Some(url) = database_url() else { return };
+    let store = PostgresStore::builder(&url)
+        .schema(schema_name())
+        .pool_size(2)
+        .open()
+        .await
+        .unwrap();
+    let id = store.enqueue(vec![job(1)]).await.unwrap()[0].id;
+    let claimed = store
+        .claim(windlass_queue::ClaimRequest {
+            queues: vec!["default".into()],
+            kinds: vec!["k".into()],
+            limit: 1,
+            worker: "old-worker".into(),
+            lease_for: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // The completion statement of a version-5 worker.
+    let n = client
+        .execute(
+            &format!(
+                "UPDATE {}.windlass_jobs j SET state = 'completed', finished_at = 7,
+                    locked_by = NULL, lease_until = NULL, cancel_requested = false,
+                    attempts = j.attempts || jsonb_build_array(jsonb_build_object(
+                        'attempt', j.attempt, 'worker', 'old-worker', 'at_ms', 7::int8,
+                        'outcome', 'completed', 'error', NULL, 'class', NULL))
+                 WHERE j.id = $1 AND j.state = 'running'",
+                store.schema()
+            ),
+            &[&id.0],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let want = vec![windlass_queue::AttemptRecord {
+        attempt: 1,
+        worker: "old-worker".into(),
+        at_ms: 7,
+        outcome: "completed".into(),
+        error: None,
+        class: None,
+    }];
+    let rec = store.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.state, rec.locked_by.clone()),
+        (JobState::Completed, None)
+    );
+    assert_eq!(rec.attempts, want);
+    assert_eq!(store.replay(vec![id]).await.unwrap(), vec![id]);
+    let rec = store.get(id).await.unwrap().unwrap();
+    assert_eq!(rec.attempts, want, "the replay kept the history as it was");
+}

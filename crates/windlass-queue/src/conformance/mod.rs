@@ -45,6 +45,7 @@ macro_rules! conformance_tests {
             claims_take_only_named_queues_and_kinds,
             concurrent_claims_never_share_a_job,
             completion_records_the_attempt,
+            a_mixed_batch_records_each_attempt,
             fencing_refuses_a_zombies_writes,
             expired_leases_are_retried_then_discarded,
             poison_jobs_are_quarantined,

@@ -207,6 +207,57 @@ pub async fn completion_records_the_attempt<S: Store>(store: S, clock: ManualClo
     );
 }
 
+/// One batch that ends attempts in different ways: each job gets its own state and its own
+/// attempt record (a completion's record included, however the store keeps it).
+pub async fn a_mixed_batch_records_each_attempt<S: Store>(store: S, clock: ManualClock) {
+    let ids = put(&store, vec![job(1), job(2), job(3)]).await;
+    let mut claimed = store.claim(claim_req("w1", 3)).await.unwrap();
+    claimed.sort_by_key(|c| c.lease.job);
+    clock.advance(Duration::from_secs(1));
+    let retry_at = T0 + 60_000;
+    let fin = vec![
+        done(
+            claimed[0].lease.clone(),
+            NextState::Completed,
+            1,
+            "completed",
+        ),
+        done(
+            claimed[1].lease.clone(),
+            NextState::Retryable {
+                run_at_ms: retry_at,
+            },
+            1,
+            "failed",
+        ),
+        done(claimed[2].lease.clone(), NextState::Discarded, 1, "failed"),
+    ];
+    assert_eq!(store.finish(fin).await.unwrap(), vec![Fenced::Applied; 3]);
+    let recs: Vec<_> = futures_util::future::join_all(ids.iter().map(|id| store.get(*id)))
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    assert_eq!(
+        recs.iter()
+            .map(|r| (r.state, r.locked_by.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (JobState::Completed, None),
+            (JobState::Retryable, None),
+            (JobState::Discarded, None)
+        ]
+    );
+    assert_eq!(recs[0].attempts, vec![record(1, "completed")]);
+    assert_eq!(recs[1].attempts, vec![record(1, "failed")]);
+    assert_eq!(recs[1].run_at_ms, retry_at);
+    assert_eq!(recs[2].attempts, vec![record(1, "failed")]);
+    assert_eq!(
+        recs.iter().map(|r| r.finished_at_ms).collect::<Vec<_>>(),
+        vec![Some(T0 + 1_000), None, Some(T0 + 1_000)]
+    );
+}
+
 pub async fn fencing_refuses_a_zombies_writes<S: Store>(store: S, clock: ManualClock) {
     let ids = put(&store, vec![job(1)]).await;
     let zombie = store.claim(claim_req("w1", 1)).await.unwrap().remove(0);
