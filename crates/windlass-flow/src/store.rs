@@ -92,8 +92,14 @@ impl RunStatus {
 /// [`RunStatus::may_become`] as an SQL condition on a row's `status` column, for backends:
 /// `next` is the placeholder of the new status (`?2`, `$7`).
 pub fn may_become_sql(next: &str) -> String {
+    may_become_sql_of("status", next)
+}
+
+/// [`may_become_sql`] on any expression of the current status (`lk.status`), for statements
+/// that join several tables with a `status` column.
+pub fn may_become_sql_of(current: &str, next: &str) -> String {
     format!(
-        "(status = 'running' OR (status = 'compensating' AND {next} IN ('compensating', 'failed', 'halted')))"
+        "({current} = 'running' OR ({current} = 'compensating' AND {next} IN ('compensating', 'failed', 'halted')))"
     )
 }
 

@@ -365,68 +365,36 @@ impl FlowStore for PostgresStore {
         finish: Finish,
     ) -> Result<EndRun, StoreError> {
         windlass_flow::store::check_end(&finish)?;
-        let now = self.clock.now_ms();
-        let finished = status.is_terminal().then_some(now);
-        // The job's completing attempt stays in columns (its worker in locked_by).
-        let at_ms = finish.record.at_ms;
-        let client = self.client().await?;
-        // The run's row is locked first, so a cancel cannot slip between the check that
-        // the run may take this end and the writes: the job's end is written only if the
-        // run may take it, and the run's only if the job's was.
+        // Through the group-commit writer (see `ends.rs`), which locks the run's row before
+        // it writes, so a cancel cannot slip between the check that the run may take this
+        // end and the writes: the job's end is written only if the run may take it, and the
+        // run's only if the job's was. Straight to the database if the writer's runtime is
+        // gone.
         //
         // The end waits for its WAL flush: the caller is told the run's outcome once it is
         // returned, and an unflushed end lost to a database crash could be replayed to a
         // different one (its deadline passed, a cancel arrived meanwhile).
-        let stmt = client
-            .prepare_cached(&format!(
-                "WITH lk AS (SELECT status FROM windlass_flow_runs WHERE id = $6 FOR UPDATE),
-                 f AS (
-                    UPDATE windlass_jobs j SET state = 'completed', finished_at = $3,
-                        lease_until = NULL, cancel_requested = false,
-                        completed_at_ms = $5::int8
-                    WHERE j.id = $1 AND j.state = 'running' AND j.lease_token = $2
-                      AND j.locked_by = $4
-                      AND EXISTS (SELECT 1 FROM lk WHERE {})
-                    RETURNING j.id),
-                 r AS (
-                    UPDATE windlass_flow_runs
-                    SET status = $7, output = COALESCE($8, output), error = COALESCE($9, error),
-                        finished_at = COALESCE($10, finished_at)
-                    WHERE id = $6 AND EXISTS (SELECT 1 FROM f))
-                 SELECT (SELECT count(*) FROM f), (SELECT status FROM lk)",
-                may_become_sql("$7")
+        let writer = self
+            .ends
+            .get_or_init(|| crate::ends::spawn(self.pool.clone()));
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = crate::ends::Pending {
+            run: id,
+            status,
+            output,
+            error,
+            finish,
+            now: self.clock.now_ms(),
+            reply,
+        };
+        if let Err(mpsc::error::SendError(p)) = writer.send(pending) {
+            let client = self.client().await?;
+            return crate::ends::end_one(&client, &p).await;
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the run-end writer stopped before answering".into(),
             ))
-            .await
-            .map_err(pg_error)?;
-        let row = client
-            .query_one(
-                &stmt,
-                &[
-                    &finish.lease.job.0,
-                    &finish.lease.token,
-                    &now,
-                    &finish.lease.worker,
-                    &at_ms,
-                    &id,
-                    &status.as_str(),
-                    &output,
-                    &error,
-                    &finished,
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
-        let applied: i64 = row.try_get(0).map_err(pg_error)?;
-        let was: Option<String> = row.try_get(1).map_err(pg_error)?;
-        let was = was
-            .ok_or_else(|| StoreError::Invalid(format!("end_run: no run `{id}`")))
-            .and_then(|s| RunStatus::parse(&s).ok_or_else(|| corrupt("a run's status", &s)))?;
-        Ok(if applied == 1 {
-            EndRun::Stored
-        } else if !was.may_become(status) {
-            EndRun::RunMoved(was)
-        } else {
-            EndRun::LeaseLost
         })
     }
 

@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+mod ends;
 mod flow;
 mod journal;
 mod limits;
@@ -142,6 +143,7 @@ impl PostgresStoreBuilder {
             }),
             limits_cache: Arc::default(),
             journal: Arc::default(),
+            ends: Arc::default(),
         })
     }
 }
@@ -158,6 +160,8 @@ pub struct PostgresStore {
     limits_cache: Arc<Mutex<HashMap<String, (std::time::Instant, windlass_queue::QueueLimits)>>>,
     /// The group-commit writer of workflow journal entries, started by the first write.
     journal: Arc<OnceLock<tokio::sync::mpsc::UnboundedSender<journal::Pending>>>,
+    /// The group-commit writer of direct runs' ends, started by the first end.
+    ends: Arc<OnceLock<tokio::sync::mpsc::UnboundedSender<ends::Pending>>>,
 }
 
 /// The `LISTEN` connection, started by the first fetcher that asks for the work signal (a

@@ -61,7 +61,10 @@ pub use signal::{
     a_signal_sent_while_the_run_is_busy_is_taken, a_signal_wait_times_out_at_its_deadline,
     a_signal_wakes_a_waiting_run,
 };
-pub use store::{a_run_and_its_job_start_and_end_together, concurrent_writers_of_one_entry_agree};
+pub use store::{
+    a_run_and_its_job_start_and_end_together, concurrent_writers_of_one_entry_agree,
+    ends_of_many_runs_at_once_are_each_decided_alone,
+};
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -96,6 +99,7 @@ macro_rules! flow_conformance_tests {
             a_direct_run_keeps_the_queues_limits,
             concurrent_writers_of_one_entry_agree,
             a_run_and_its_job_start_and_end_together,
+            ends_of_many_runs_at_once_are_each_decided_alone,
             a_signal_wakes_a_waiting_run,
             a_signal_wait_times_out_at_its_deadline,
             a_signal_sent_while_the_run_is_busy_is_taken,

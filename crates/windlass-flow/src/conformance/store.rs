@@ -211,3 +211,97 @@ pub async fn a_run_and_its_job_start_and_end_together<S: FlowStore>(
     assert_eq!(job.attempts.len(), 1);
     assert_eq!(job.attempts[0].outcome, "completed");
 }
+
+/// Case: many direct runs end at once (a backend may write their ends as one statement):
+/// each end is decided exactly as if it were alone. The runs whose lease holds are stored
+/// with their own outputs; a cancelled run refuses its code's end and keeps its job
+/// running; a stale lease writes nothing; and of two ends of one run, the stale one is
+/// refused and the right one stored, whichever is written first.
+pub async fn ends_of_many_runs_at_once_are_each_decided_alone<S: FlowStore>(
+    db: FlowDb<S>,
+    _clock: ManualClock,
+) {
+    let store = db.store;
+    let claim = InlineClaim {
+        worker: "inline-test".into(),
+        lease_for: Duration::from_secs(30),
+    };
+    let mut leases = Vec::new();
+    for n in 0..20 {
+        let started = store
+            .start_run(start(&format!("m{n}"), Some(claim.clone())))
+            .await
+            .expect("start");
+        leases.push(started.claimed.expect("claimed").lease);
+    }
+    store
+        .cancel_run("m3".into(), "cancelled: test".into())
+        .await
+        .expect("cancel")
+        .expect("the run");
+    let end = |n: usize, lease: Lease| {
+        store.end_run(
+            format!("m{n}"),
+            RunStatus::Completed,
+            Some(json!({ "n": n })),
+            None,
+            completed(lease),
+        )
+    };
+    let stale = |lease: &Lease| Lease {
+        token: lease.token + 1,
+        ..lease.clone()
+    };
+    // All sent before any is answered: polled together, they reach the store together.
+    let mut ends: Vec<_> = (0..20)
+        .filter(|n| *n != 5)
+        .map(|n| end(n, leases[n].clone()))
+        .collect();
+    ends.push(end(7, stale(&leases[7])));
+    ends.push(end(5, stale(&leases[5])));
+    let answers = futures_util::future::join_all(ends).await;
+    let answers: Vec<EndRun> = answers.into_iter().map(|a| a.expect("end")).collect();
+    for (i, n) in (0..20).filter(|n| *n != 5).enumerate() {
+        let want = if n == 3 {
+            EndRun::RunMoved(RunStatus::Compensating)
+        } else {
+            EndRun::Stored
+        };
+        assert_eq!(answers[i], want, "run m{n}");
+    }
+    // Refused either way: for its stale lease if it is written first, or because m7 has
+    // already ended if it is written second.
+    assert!(
+        matches!(
+            answers[19],
+            EndRun::LeaseLost | EndRun::RunMoved(RunStatus::Completed)
+        ),
+        "the stale second end of m7: {:?}",
+        answers[19]
+    );
+    assert_eq!(answers[20], EndRun::LeaseLost, "m5's only end, stale");
+    for n in 0..20 {
+        let run = store
+            .run(format!("m{n}"))
+            .await
+            .expect("run")
+            .expect("the run");
+        let job = store.get(run.job).await.expect("get").expect("its job");
+        match n {
+            3 => {
+                assert_eq!(run.status, RunStatus::Compensating, "m3");
+                assert_eq!(job.state, JobState::Running, "m3's job still drives it");
+            }
+            5 => {
+                assert_eq!((run.status, run.output), (RunStatus::Running, None), "m5");
+                assert_eq!(job.state, JobState::Running, "m5's job");
+            }
+            _ => {
+                assert_eq!(run.status, RunStatus::Completed, "m{n}");
+                assert_eq!(run.output, Some(json!({ "n": n })), "m{n}'s own output");
+                assert!(run.finished_at_ms.is_some(), "m{n}");
+                assert_eq!(job.state, JobState::Completed, "m{n}'s job");
+            }
+        }
+    }
+}
