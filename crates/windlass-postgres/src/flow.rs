@@ -69,7 +69,7 @@ pub(crate) fn entry_from(row: &Row, at: usize) -> Result<JournalEntry, StoreErro
 
 /// A run and its job in one statement (one commit): the job's id is drawn first so the run
 /// row can name it; on a conflict on the run's id neither row is written.
-const START_RUN: &str = "WITH jid AS (SELECT nextval('windlass_jobs_id_seq') AS id),
+pub(crate) const START_RUN: &str = "WITH jid AS (SELECT nextval('windlass_jobs_id_seq') AS id),
 r AS (
     INSERT INTO windlass_flow_runs (id, kind, input, status, job_id, created_at)
     SELECT $1, $2, $3, 'running', jid.id, $4 FROM jid
@@ -243,11 +243,36 @@ impl FlowStore for PostgresStore {
     async fn start_run(&self, start: RunStart) -> Result<Started, StoreError> {
         let now = self.clock.now_ms();
         let queued = start.claim.is_none();
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(START_RUN).await.map_err(pg_error)?;
-        let row = start_run_on(&**client, &stmt, &start, now, &self.channel).await?;
-        drop(client);
-        let Some(row) = row else {
+        let (job, start) = if queued {
+            let client = self.client().await?;
+            (
+                crate::starts::start_one(&client, &self.channel, &start, now).await?,
+                start,
+            )
+        } else {
+            // A direct start goes through the group-commit writer (see `starts.rs`);
+            // straight to the database if the writer's runtime is gone.
+            let writer = self.starts.get_or_init(|| {
+                crate::starts::spawn(self.pool.clone(), std::sync::Arc::clone(&self.channel))
+            });
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            match writer.send(crate::starts::Pending { start, now, reply }) {
+                Err(mpsc::error::SendError(p)) => {
+                    let client = self.client().await?;
+                    let job = crate::starts::start_one(&client, &self.channel, &p.start, now);
+                    (job.await?, p.start)
+                }
+                Ok(()) => {
+                    let (start, job) = answer.await.map_err(|_| {
+                        StoreError::Unavailable(
+                            "the run-start writer stopped before answering".into(),
+                        )
+                    })?;
+                    (job?, start)
+                }
+            }
+        };
+        let Some(job) = job else {
             // The id is taken (possibly by a start that committed after this statement's
             // snapshot: it waited for it): read the run with a new snapshot.
             let run = self.run(start.id.clone()).await?.ok_or_else(|| {
@@ -262,7 +287,7 @@ impl FlowStore for PostgresStore {
                 claimed: None,
             });
         };
-        let job = JobId(row.try_get(0).map_err(pg_error)?);
+        let job = JobId(job);
         if queued {
             self.wake();
         }

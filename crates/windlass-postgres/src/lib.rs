@@ -38,6 +38,7 @@ mod limits;
 mod listen;
 mod ops;
 mod schema;
+mod starts;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -144,6 +145,7 @@ impl PostgresStoreBuilder {
             limits_cache: Arc::default(),
             journal: Arc::default(),
             ends: Arc::default(),
+            starts: Arc::default(),
         })
     }
 }
@@ -162,6 +164,8 @@ pub struct PostgresStore {
     journal: Arc<OnceLock<tokio::sync::mpsc::UnboundedSender<journal::Pending>>>,
     /// The group-commit writer of direct runs' ends, started by the first end.
     ends: Arc<OnceLock<tokio::sync::mpsc::UnboundedSender<ends::Pending>>>,
+    /// The group-commit writer of direct starts, started by the first direct start.
+    starts: Arc<OnceLock<tokio::sync::mpsc::UnboundedSender<starts::Pending>>>,
 }
 
 /// The `LISTEN` connection, started by the first fetcher that asks for the work signal (a

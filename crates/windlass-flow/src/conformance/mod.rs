@@ -63,6 +63,7 @@ pub use signal::{
 };
 pub use store::{
     a_run_and_its_job_start_and_end_together, concurrent_writers_of_one_entry_agree,
+    direct_starts_of_many_runs_at_once_are_each_decided_alone,
     ends_of_many_runs_at_once_are_each_decided_alone,
 };
 
@@ -100,6 +101,7 @@ macro_rules! flow_conformance_tests {
             concurrent_writers_of_one_entry_agree,
             a_run_and_its_job_start_and_end_together,
             ends_of_many_runs_at_once_are_each_decided_alone,
+            direct_starts_of_many_runs_at_once_are_each_decided_alone,
             a_signal_wakes_a_waiting_run,
             a_signal_wait_times_out_at_its_deadline,
             a_signal_sent_while_the_run_is_busy_is_taken,

@@ -305,3 +305,71 @@ pub async fn ends_of_many_runs_at_once_are_each_decided_alone<S: FlowStore>(
         }
     }
 }
+
+/// Case: many direct starts at once (a backend may write them as one statement): each is
+/// decided as if alone. Every new id gets its run and its job, running under its own
+/// caller's lease; of two starts of one id, one creates the run and the other is told of it;
+/// an id that was taken before writes nothing.
+pub async fn direct_starts_of_many_runs_at_once_are_each_decided_alone<S: FlowStore>(
+    db: FlowDb<S>,
+    _clock: ManualClock,
+) {
+    let store = db.store;
+    let claim = InlineClaim {
+        worker: "inline-test".into(),
+        lease_for: Duration::from_secs(30),
+    };
+    let before = store
+        .start_run(start("s0", None))
+        .await
+        .expect("the earlier start");
+    // All sent before any is answered: polled together, they reach the store together.
+    let mut starts: Vec<_> = (0..20)
+        .map(|n| store.start_run(start(&format!("s{n}"), Some(claim.clone()))))
+        .collect();
+    starts.push(store.start_run(start("s7", Some(claim.clone()))));
+    let answers: Vec<_> = futures_util::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(|a| a.expect("start"))
+        .collect();
+    assert!(
+        !answers[0].created && answers[0].claimed.is_none(),
+        "s0 was taken"
+    );
+    assert_eq!(answers[0].run.job, before.run.job, "s0's first job stands");
+    let s7: Vec<_> = [&answers[7], &answers[20]]
+        .iter()
+        .map(|a| (a.created, a.claimed.is_some(), a.run.job))
+        .collect();
+    assert!(
+        s7 == [(true, true, s7[0].2), (false, false, s7[0].2)]
+            || s7 == [(false, false, s7[1].2), (true, true, s7[1].2)],
+        "one start of s7 created it, the other was told of that run: {s7:?}"
+    );
+    let mut jobs = std::collections::HashSet::new();
+    for (n, a) in answers.iter().enumerate().take(20).skip(1) {
+        assert_eq!(a.run.id, format!("s{n}"));
+        assert_eq!(a.run.status, RunStatus::Running);
+        assert!(jobs.insert(a.run.job), "s{n} has a job of its own");
+        let job = store.get(a.run.job).await.expect("get").expect("its job");
+        assert_eq!(
+            (job.state, job.attempt, job.locked_by.as_deref()),
+            (JobState::Running, 1, Some("inline-test")),
+            "s{n}'s job runs under its caller's lease"
+        );
+        if n != 7 {
+            let claimed = a.claimed.as_ref().expect("claimed");
+            assert!(a.created, "s{n}");
+            assert_eq!((claimed.lease.job, claimed.attempt), (a.run.job, 1), "s{n}");
+        }
+    }
+    let jobs_stored: u64 = store
+        .stats()
+        .await
+        .expect("stats")
+        .iter()
+        .map(|s| s.counts.iter().sum::<u64>())
+        .sum();
+    assert_eq!(jobs_stored, 20, "one job per id (s0's from before)");
+}
