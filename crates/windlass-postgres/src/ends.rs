@@ -190,7 +190,7 @@ pub(crate) async fn end_one(client: &ClientWrapper, p: &Pending) -> Result<EndRu
 
 /// Several ends (of distinct runs), one statement; answers in `batch`'s order. An error is
 /// the statement's: nothing of it was written.
-async fn end_many(
+pub(crate) async fn end_many(
     client: &ClientWrapper,
     batch: &[Pending],
 ) -> Result<Vec<Result<EndRun, StoreError>>, StoreError> {

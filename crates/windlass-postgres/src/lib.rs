@@ -31,6 +31,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(test)]
+mod batch_tests;
 mod ends;
 mod flow;
 mod journal;

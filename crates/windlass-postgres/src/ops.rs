@@ -667,8 +667,10 @@ pub(crate) async fn replay(
             "UPDATE windlass_jobs SET state = 'available', attempt = 0, lease_expiries = 0,
                 run_at = $2, finished_at = NULL, cancel_requested = false,
                 -- A completion kept in columns joins the history (one stored by an older
-                -- worker is already in it).
+                -- worker is already in it, and left locked_by NULL: the same test as the
+                -- reader's, so a stale completed_at_ms an older replay left is ignored).
                 attempts = CASE WHEN state = 'completed' AND completed_at_ms IS NOT NULL
+                    AND locked_by IS NOT NULL
                     THEN attempts || jsonb_build_array(jsonb_build_object(
                         'attempt', attempt, 'worker', locked_by, 'at_ms', completed_at_ms,
                         'outcome', 'completed', 'error', NULL, 'class', NULL))

@@ -128,8 +128,13 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     -- its worker stays in locked_by and its end goes here. Completing is the hot path, and
     -- appending to the JSON array rewrites and widens the row (every completion's new row
     -- version is written to the WAL whole). A worker of an older version still appends (and
-    -- leaves this NULL); readers accept both. Adding a nullable column without a default
-    -- only changes the catalog: no rewrite, and the lock is held for an instant.
+    -- leaves this NULL); readers accept both. During the rollout an older worker's replay
+    -- leaves this version's completion out of the history, and an older reader shows
+    -- locked_by on completed jobs. Adding a nullable column without a default only changes
+    -- the catalog: no rewrite, and the lock is held for an instant once granted. Queued
+    -- behind a long transaction on the table, though, it would stop every job write behind
+    -- it: past the lock timeout the migration fails instead (and is retried at the next open).
+    SET LOCAL lock_timeout = '5s';
     ALTER TABLE windlass_jobs ADD COLUMN completed_at_ms BIGINT;",
     ),
 ];

@@ -137,7 +137,7 @@ pub(crate) async fn start_one(
 
 /// Several direct starts (of distinct ids), one statement: the new job of each run that was
 /// created, by run id. An error is the statement's: nothing of it was written.
-async fn start_many(
+pub(crate) async fn start_many(
     client: &ClientWrapper,
     batch: &[Pending],
 ) -> Result<HashMap<String, i64>, StoreError> {

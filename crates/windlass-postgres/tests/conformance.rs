@@ -342,4 +342,62 @@ async fn a_completion_stored_by_an_older_worker_reads_the_same() {
     assert_eq!(store.replay(vec![id]).await.unwrap(), vec![id]);
     let rec = store.get(id).await.unwrap().unwrap();
     assert_eq!(rec.attempts, want, "the replay kept the history as it was");
+
+    // The other way round: this version completes, an older one replays (leaving
+    // completed_at_ms and locked_by as they are), claims and completes again (appending).
+    let claim = || windlass_queue::ClaimRequest {
+        queues: vec!["default".into()],
+        kinds: vec!["k".into()],
+        limit: 1,
+        worker: "new-worker".into(),
+        lease_for: Duration::from_secs(30),
+    };
+    let c = store.claim(claim()).await.unwrap().remove(0);
+    let record = windlass_queue::AttemptRecord {
+        attempt: 1,
+        worker: "new-worker".into(),
+        at_ms: 8,
+        outcome: "completed".into(),
+        error: None,
+        class: None,
+    };
+    let done = windlass_queue::Finish {
+        lease: c.lease,
+        next: windlass_queue::NextState::Completed,
+        record: record.clone(),
+    };
+    assert_eq!(
+        store.finish(vec![done]).await.unwrap(),
+        vec![windlass_queue::Fenced::Applied]
+    );
+    let schema = store.schema();
+    for sql in [
+        // A version-5 replay, claim and completion.
+        "UPDATE {s}.windlass_jobs SET state = 'available', attempt = 0, lease_expiries = 0,
+            run_at = 0, finished_at = NULL, cancel_requested = false WHERE id = $1",
+        "UPDATE {s}.windlass_jobs SET state = 'running', attempt = attempt + 1,
+            lease_token = lease_token + 1, locked_by = 'old-worker', lease_until = 99
+         WHERE id = $1",
+        "UPDATE {s}.windlass_jobs j SET state = 'completed', finished_at = 9,
+            locked_by = NULL, lease_until = NULL, cancel_requested = false,
+            attempts = j.attempts || jsonb_build_array(jsonb_build_object(
+                'attempt', j.attempt, 'worker', 'old-worker', 'at_ms', 9::int8,
+                'outcome', 'completed', 'error', NULL, 'class', NULL))
+         WHERE j.id = $1",
+    ] {
+        let n = client
+            .execute(&sql.replace("{s}", schema), &[&id.0])
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    assert_eq!(store.replay(vec![id]).await.unwrap(), vec![id]);
+    let rec = store.get(id).await.unwrap().unwrap();
+    let old = windlass_queue::AttemptRecord {
+        at_ms: 9,
+        ..want[0].clone()
+    };
+    // The older replay dropped this version's completion from the history (it knows
+    // nothing of the columns); the stale columns are not read as a second completion.
+    assert_eq!(rec.attempts, vec![want[0].clone(), old]);
 }
