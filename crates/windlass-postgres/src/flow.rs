@@ -250,25 +250,32 @@ impl FlowStore for PostgresStore {
                 start,
             )
         } else {
-            // A direct start goes through the group-commit writer (see `starts.rs`);
-            // straight to the database if the writer's runtime is gone.
+            // A direct start goes through the group-commit writer (see `starts.rs`), or,
+            // with a write slot free and nothing waiting, at once on this task; straight to
+            // the database if the writer's runtime is gone.
             let writer = self.starts.get_or_init(|| {
                 crate::starts::spawn(self.pool.clone(), std::sync::Arc::clone(&self.channel))
             });
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            match writer.send(crate::starts::Pending { start, now, reply }) {
-                Err(mpsc::error::SendError(p)) => {
-                    let client = self.client().await?;
-                    let job = crate::starts::start_one(&client, &self.channel, &p.start, now);
-                    (job.await?, p.start)
-                }
-                Ok(()) => {
-                    let (start, job) = answer.await.map_err(|_| {
-                        StoreError::Unavailable(
-                            "the run-start writer stopped before answering".into(),
-                        )
-                    })?;
-                    (job?, start)
+            if let Some(_slot) = writer.alone() {
+                let client = self.client().await?;
+                let job = crate::starts::start_one(&client, &self.channel, &start, now).await?;
+                (job, start)
+            } else {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                match writer.send(crate::starts::Pending { start, now, reply }) {
+                    Err(p) => {
+                        let client = self.client().await?;
+                        let job = crate::starts::start_one(&client, &self.channel, &p.start, now);
+                        (job.await?, p.start)
+                    }
+                    Ok(()) => {
+                        let (start, job) = answer.await.map_err(|_| {
+                            StoreError::Unavailable(
+                                "the run-start writer stopped before answering".into(),
+                            )
+                        })?;
+                        (job?, start)
+                    }
                 }
             }
         };

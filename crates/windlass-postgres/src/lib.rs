@@ -167,7 +167,7 @@ pub struct PostgresStore {
     /// The group-commit writer of direct runs' ends, started by the first end.
     ends: Arc<OnceLock<tokio::sync::mpsc::UnboundedSender<ends::Pending>>>,
     /// The group-commit writer of direct starts, started by the first direct start.
-    starts: Arc<OnceLock<tokio::sync::mpsc::UnboundedSender<starts::Pending>>>,
+    starts: Arc<OnceLock<starts::Writer>>,
 }
 
 /// The `LISTEN` connection, started by the first fetcher that asks for the work signal (a

@@ -4,8 +4,8 @@
 //! statement. With many runs started at once, one statement each costs a round trip, a plan
 //! and a transaction each. Here, as for journal entries (`journal.rs`) and run ends
 //! (`ends.rs`), the direct starts that arrive while earlier ones are being written wait
-//! together and go out as **one statement** over `unnest`ed arrays. A lone start is sent at
-//! once.
+//! together and go out as **one statement** over `unnest`ed arrays. A lone start, with a
+//! write slot free and nothing waiting, is written at once on its caller's own task.
 //!
 //! Each start is decided exactly as alone: a run whose id is taken writes neither its row
 //! nor its job (`ON CONFLICT DO NOTHING`, runs inserted in id order, so two batches never
@@ -22,7 +22,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use deadpool_postgres::{ClientWrapper, Pool};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use windlass_flow::RunStart;
 use windlass_queue::{StoreError, duration_ms};
 
@@ -45,11 +47,48 @@ pub(crate) struct Pending {
     pub(crate) reply: oneshot::Sender<(RunStart, Result<Option<i64>, StoreError>)>,
 }
 
+/// The sending side of the writer.
+pub(crate) struct Writer {
+    tx: mpsc::UnboundedSender<Pending>,
+    /// The writes in flight: `IN_FLIGHT` permits, shared by the writer's batches and the
+    /// callers who write alone.
+    slots: Arc<Semaphore>,
+    /// Starts sent and not yet taken by the writer.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Writer {
+    /// A write slot for a start to be written at once on the caller's own task, if nothing
+    /// waits for the writer and a slot is free: a lone start then costs no hop through the
+    /// writer task (WF3, start to first step, is this path). `None`: send it.
+    pub(crate) fn alone(&self) -> Option<OwnedSemaphorePermit> {
+        if self.queued.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Arc::clone(&self.slots).try_acquire_owned().ok()
+    }
+
+    /// Hands `p` to the writer; `Err` gives it back if the writer's runtime is gone.
+    pub(crate) fn send(&self, p: Pending) -> Result<(), Box<Pending>> {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.tx.send(p).map_err(|e| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            Box::new(e.0)
+        })
+    }
+}
+
 /// Starts the writer task on the current runtime; it ends when every sender is dropped.
-pub(crate) fn spawn(pool: Pool, channel: Arc<str>) -> mpsc::UnboundedSender<Pending> {
+pub(crate) fn spawn(pool: Pool, channel: Arc<str>) -> Writer {
     let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let queued = Arc::new(AtomicUsize::new(0));
+    let writer = Writer {
+        tx,
+        slots: Arc::clone(&slots),
+        queued: Arc::clone(&queued),
+    };
     tokio::spawn(async move {
-        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
         // Starts put off because their id was already in the batch being built.
         let mut later: Vec<Pending> = Vec::new();
         loop {
@@ -58,7 +97,10 @@ pub(crate) fn spawn(pool: Pool, channel: Arc<str>) -> mpsc::UnboundedSender<Pend
             };
             let first = if later.is_empty() {
                 match rx.recv().await {
-                    Some(p) => p,
+                    Some(p) => {
+                        queued.fetch_sub(1, Ordering::AcqRel);
+                        p
+                    }
                     None => return,
                 }
             } else {
@@ -77,8 +119,14 @@ pub(crate) fn spawn(pool: Pool, channel: Arc<str>) -> mpsc::UnboundedSender<Pend
             later = kept;
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(p) if ids.insert(p.start.id.clone()) => batch.push(p),
-                    Ok(p) => later.push(p),
+                    Ok(p) => {
+                        queued.fetch_sub(1, Ordering::AcqRel);
+                        if ids.insert(p.start.id.clone()) {
+                            batch.push(p);
+                        } else {
+                            later.push(p);
+                        }
+                    }
                     Err(_) => break,
                 }
             }
@@ -89,7 +137,7 @@ pub(crate) fn spawn(pool: Pool, channel: Arc<str>) -> mpsc::UnboundedSender<Pend
             });
         }
     });
-    tx
+    writer
 }
 
 async fn write(pool: &Pool, channel: &str, batch: Vec<Pending>) {
