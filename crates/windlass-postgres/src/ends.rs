@@ -16,16 +16,14 @@
 //!
 //! [`FlowStore::end_run`]: windlass_flow::FlowStore::end_run
 
-use std::collections::HashSet;
-use std::sync::Arc;
-
 use deadpool_postgres::{ClientWrapper, Pool};
 use serde_json::Value;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::oneshot;
 use windlass_flow::RunStatus;
 use windlass_flow::store::{EndRun, may_become_sql_of};
 use windlass_queue::{Finish, StoreError};
 
+use crate::group_commit::GroupWriter;
 use crate::pg_error;
 
 /// Batches written at once, each on its own connection (as for journal entries).
@@ -46,51 +44,18 @@ pub(crate) struct Pending {
     pub(crate) reply: oneshot::Sender<Result<EndRun, StoreError>>,
 }
 
-/// Starts the writer task on the current runtime; it ends when every sender is dropped.
-pub(crate) fn spawn(pool: Pool) -> mpsc::UnboundedSender<Pending> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
-    tokio::spawn(async move {
-        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-        // Ends put off because their run was already in the batch being built.
-        let mut later: Vec<Pending> = Vec::new();
-        loop {
-            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                return;
-            };
-            let first = if later.is_empty() {
-                match rx.recv().await {
-                    Some(p) => p,
-                    None => return,
-                }
-            } else {
-                later.remove(0)
-            };
-            let mut runs: HashSet<String> = HashSet::from([first.run.clone()]);
-            let mut batch = vec![first];
-            let mut kept = Vec::new();
-            for p in later.drain(..) {
-                if batch.len() < MAX_BATCH && runs.insert(p.run.clone()) {
-                    batch.push(p);
-                } else {
-                    kept.push(p);
-                }
-            }
-            later = kept;
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(p) if runs.insert(p.run.clone()) => batch.push(p),
-                    Ok(p) => later.push(p),
-                    Err(_) => break,
-                }
-            }
+/// Starts the writer task on the current runtime (see `group_commit.rs`); a run's ends
+/// never share a batch.
+pub(crate) fn spawn(pool: Pool) -> GroupWriter<Pending> {
+    GroupWriter::spawn(
+        MAX_BATCH,
+        IN_FLIGHT,
+        |p: &Pending| Some(p.run.clone()),
+        move |batch| {
             let pool = pool.clone();
-            tokio::spawn(async move {
-                write(&pool, batch).await;
-                drop(slot);
-            });
-        }
-    });
-    tx
+            async move { write(&pool, batch).await }
+        },
+    )
 }
 
 async fn write(pool: &Pool, batch: Vec<Pending>) {

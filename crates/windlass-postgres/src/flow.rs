@@ -4,7 +4,6 @@
 //! agree on the first.
 
 use serde_json::Value;
-use tokio::sync::mpsc;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use windlass_flow::events::{Delivery, Event, Subscription, Target};
@@ -419,7 +418,7 @@ impl FlowStore for PostgresStore {
             now: self.clock.now_ms(),
             reply,
         };
-        if let Err(mpsc::error::SendError(p)) = writer.send(pending) {
+        if let Err(p) = writer.send(pending) {
             let client = self.client().await?;
             return crate::ends::end_one(&client, &p).await;
         }
@@ -630,9 +629,7 @@ impl FlowStore for PostgresStore {
             .journal
             .get_or_init(|| crate::journal::spawn(self.pool.clone()));
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if let Err(mpsc::error::SendError(p)) =
-            writer.send(crate::journal::Pending { run, entry, reply })
-        {
+        if let Err(p) = writer.send(crate::journal::Pending { run, entry, reply }) {
             let client = self.client().await?;
             return record_one(&client, &p.run, &p.entry).await;
         }

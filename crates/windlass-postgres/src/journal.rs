@@ -19,14 +19,14 @@
 //! is gone, writes go straight to the database.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::oneshot;
 use windlass_flow::JournalEntry;
 use windlass_queue::StoreError;
 
 use crate::flow::{entry_from, record_one};
+use crate::group_commit::GroupWriter;
 use crate::pg_error;
 
 /// Batches written at once (on their own connections). More than one keeps a writer that
@@ -44,33 +44,19 @@ pub(crate) struct Pending {
     pub(crate) reply: oneshot::Sender<Result<JournalEntry, StoreError>>,
 }
 
-/// Starts the writer task on the current runtime; it ends when every sender is dropped.
-pub(crate) fn spawn(pool: Pool) -> mpsc::UnboundedSender<Pending> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
-    tokio::spawn(async move {
-        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-        loop {
-            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                return;
-            };
-            let Some(first) = rx.recv().await else {
-                return;
-            };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
+/// Starts the writer task on the current runtime (see `group_commit.rs`).
+pub(crate) fn spawn(pool: Pool) -> GroupWriter<Pending> {
+    // Entries of one key may share a batch: the statement inserts in (run, key) order and
+    // the first of them wins, as two writers of one entry require.
+    GroupWriter::spawn(
+        MAX_BATCH,
+        IN_FLIGHT,
+        |_| None,
+        move |batch| {
             let pool = pool.clone();
-            tokio::spawn(async move {
-                write(&pool, batch).await;
-                drop(slot);
-            });
-        }
-    });
-    tx
+            async move { write(&pool, batch).await }
+        },
+    )
 }
 
 const BATCH: &str = "WITH input AS (

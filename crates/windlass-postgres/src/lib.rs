@@ -35,6 +35,7 @@
 mod batch_tests;
 mod ends;
 mod flow;
+mod group_commit;
 mod journal;
 mod limits;
 mod listen;
@@ -163,11 +164,11 @@ pub struct PostgresStore {
     listener: Arc<Listener>,
     limits_cache: Arc<Mutex<HashMap<String, (std::time::Instant, windlass_queue::QueueLimits)>>>,
     /// The group-commit writer of workflow journal entries, started by the first write.
-    journal: Arc<OnceLock<tokio::sync::mpsc::UnboundedSender<journal::Pending>>>,
+    journal: Arc<OnceLock<group_commit::GroupWriter<journal::Pending>>>,
     /// The group-commit writer of direct runs' ends, started by the first end.
-    ends: Arc<OnceLock<tokio::sync::mpsc::UnboundedSender<ends::Pending>>>,
+    ends: Arc<OnceLock<group_commit::GroupWriter<ends::Pending>>>,
     /// The group-commit writer of direct starts, started by the first direct start.
-    starts: Arc<OnceLock<starts::Writer>>,
+    starts: Arc<OnceLock<group_commit::GroupWriter<starts::Pending>>>,
 }
 
 /// The `LISTEN` connection, started by the first fetcher that asks for the work signal (a

@@ -18,17 +18,16 @@
 //!
 //! [`FlowStore::start_run`]: windlass_flow::FlowStore::start_run
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use deadpool_postgres::{ClientWrapper, Pool};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::oneshot;
 use windlass_flow::RunStart;
 use windlass_queue::{StoreError, duration_ms};
 
 use crate::flow::{START_RUN, start_run_on};
+use crate::group_commit::GroupWriter;
 use crate::ops::JobColumns;
 use crate::pg_error;
 
@@ -47,97 +46,18 @@ pub(crate) struct Pending {
     pub(crate) reply: oneshot::Sender<(RunStart, Result<Option<i64>, StoreError>)>,
 }
 
-/// The sending side of the writer.
-pub(crate) struct Writer {
-    tx: mpsc::UnboundedSender<Pending>,
-    /// The writes in flight: `IN_FLIGHT` permits, shared by the writer's batches and the
-    /// callers who write alone.
-    slots: Arc<Semaphore>,
-    /// Starts sent and not yet taken by the writer.
-    queued: Arc<AtomicUsize>,
-}
-
-impl Writer {
-    /// A write slot for a start to be written at once on the caller's own task, if nothing
-    /// waits for the writer and a slot is free: a lone start then costs no hop through the
-    /// writer task (WF3, start to first step, is this path). `None`: send it.
-    pub(crate) fn alone(&self) -> Option<OwnedSemaphorePermit> {
-        if self.queued.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        Arc::clone(&self.slots).try_acquire_owned().ok()
-    }
-
-    /// Hands `p` to the writer; `Err` gives it back if the writer's runtime is gone.
-    pub(crate) fn send(&self, p: Pending) -> Result<(), Box<Pending>> {
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        self.tx.send(p).map_err(|e| {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            Box::new(e.0)
-        })
-    }
-}
-
-/// Starts the writer task on the current runtime; it ends when every sender is dropped.
-pub(crate) fn spawn(pool: Pool, channel: Arc<str>) -> Writer {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    let queued = Arc::new(AtomicUsize::new(0));
-    let writer = Writer {
-        tx,
-        slots: Arc::clone(&slots),
-        queued: Arc::clone(&queued),
-    };
-    tokio::spawn(async move {
-        // Starts put off because their id was already in the batch being built.
-        let mut later: Vec<Pending> = Vec::new();
-        loop {
-            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                return;
-            };
-            let first = if later.is_empty() {
-                match rx.recv().await {
-                    Some(p) => {
-                        queued.fetch_sub(1, Ordering::AcqRel);
-                        p
-                    }
-                    None => return,
-                }
-            } else {
-                later.remove(0)
-            };
-            let mut ids: HashSet<String> = HashSet::from([first.start.id.clone()]);
-            let mut batch = vec![first];
-            let mut kept = Vec::new();
-            for p in later.drain(..) {
-                if batch.len() < MAX_BATCH && ids.insert(p.start.id.clone()) {
-                    batch.push(p);
-                } else {
-                    kept.push(p);
-                }
-            }
-            later = kept;
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(p) => {
-                        queued.fetch_sub(1, Ordering::AcqRel);
-                        if ids.insert(p.start.id.clone()) {
-                            batch.push(p);
-                        } else {
-                            later.push(p);
-                        }
-                    }
-                    Err(_) => break,
-                }
-            }
+/// Starts the writer task on the current runtime (see `group_commit.rs`); two starts of
+/// one id never share a batch.
+pub(crate) fn spawn(pool: Pool, channel: Arc<str>) -> GroupWriter<Pending> {
+    GroupWriter::spawn(
+        MAX_BATCH,
+        IN_FLIGHT,
+        |p: &Pending| Some(p.start.id.clone()),
+        move |batch| {
             let (pool, channel) = (pool.clone(), Arc::clone(&channel));
-            tokio::spawn(async move {
-                write(&pool, &channel, batch).await;
-                drop(slot);
-            });
-        }
-    });
-    writer
+            async move { write(&pool, &channel, batch).await }
+        },
+    )
 }
 
 async fn write(pool: &Pool, channel: &str, batch: Vec<Pending>) {
