@@ -58,6 +58,16 @@ async fn fresh(clock: ManualClock) -> Option<PostgresStore> {
 
 windlass_queue::conformance_tests!(fresh);
 
+/// A store of two connections in schema `schema` (on the system clock).
+async fn open(url: &str, schema: &str) -> PostgresStore {
+    PostgresStore::builder(url)
+        .schema(schema)
+        .pool_size(2)
+        .open()
+        .await
+        .unwrap()
+}
+
 /// The transaction's search path, as the caller sees it.
 async fn search_path(tx: &tokio_postgres::Transaction<'_>) -> String {
     tx.query_one("SELECT current_setting('search_path')", &[])
@@ -73,12 +83,7 @@ fn job(n: i64) -> NewJob {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueue_in_the_callers_transaction_exists_iff_it_commits() {
     let Some(url) = database_url() else { return };
-    let store = PostgresStore::builder(&url)
-        .schema(schema_name())
-        .pool_size(2)
-        .open()
-        .await
-        .unwrap();
+    let store = open(&url, &schema_name()).await;
     let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -135,18 +140,8 @@ async fn enqueue_in_the_callers_transaction_exists_iff_it_commits() {
 async fn an_enqueue_in_one_process_wakes_the_listener_of_another() {
     let Some(url) = database_url() else { return };
     let schema = schema_name();
-    let a = PostgresStore::builder(&url)
-        .schema(&schema)
-        .pool_size(2)
-        .open()
-        .await
-        .unwrap();
-    let b = PostgresStore::builder(&url)
-        .schema(&schema)
-        .pool_size(2)
-        .open()
-        .await
-        .unwrap();
+    let a = open(&url, &schema).await;
+    let b = open(&url, &schema).await;
     let mut signal = b.work_signal();
     // Wait for b's LISTEN to be in place (it bumps the signal once listening).
     tokio::time::timeout(Duration::from_secs(10), signal.changed())
@@ -213,12 +208,7 @@ impl windlass_queue::Job for Ship {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_in_the_callers_transaction_delivers_iff_it_commits() {
     let Some(url) = database_url() else { return };
-    let store = PostgresStore::builder(&url)
-        .schema(schema_name())
-        .pool_size(2)
-        .open()
-        .await
-        .unwrap();
+    let store = open(&url, &schema_name()).await;
     let queue = windlass_queue::Queue::new(store.clone());
     let events = windlass_flow::Events::new(&queue);
     events
@@ -286,12 +276,7 @@ async fn publish_in_the_callers_transaction_delivers_iff_it_commits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_stored_by_an_older_worker_reads_the_same() {
     let Some(url) = database_url() else { return };
-    let store = PostgresStore::builder(&url)
-        .schema(schema_name())
-        .pool_size(2)
-        .open()
-        .await
-        .unwrap();
+    let store = open(&url, &schema_name()).await;
     let id = store.enqueue(vec![job(1)]).await.unwrap()[0].id;
     let claimed = store
         .claim(windlass_queue::ClaimRequest {
