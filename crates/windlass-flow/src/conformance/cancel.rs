@@ -14,8 +14,8 @@ use windlass_queue::{JobState, Lease, ManualClock, Queue};
 
 use super::{FlowDb, Log, POLL, WAIT, start_worker, until, until_job_in};
 use crate::{
-    CancelError, CancelOutcome, EndRun, FlowContext, FlowError, FlowStore, Flows, InlineClaim,
-    NewRun, ResumeError, Resumed, RunError, RunOptions, RunStatus, WaitError, Workflow,
+    CancelError, CancelOutcome, EndRun, FlowContext, FlowError, FlowStore, Flows, NewRun,
+    ResumeError, Resumed, RunError, RunOptions, RunStatus, WaitError, Workflow,
 };
 
 /// Sets its flag when dropped unfinished: the step's future was stopped mid-way.
@@ -402,10 +402,7 @@ pub async fn a_cancel_and_a_completion_never_both_win<S: FlowStore>(
             .is_none()
     );
 
-    let claim = InlineClaim {
-        worker: "inline-test".into(),
-        lease_for: Duration::from_secs(30),
-    };
+    let claim = super::store::inline_claim();
     let started = store
         .start_run(super::store::start("e", Some(claim)))
         .await
@@ -593,10 +590,7 @@ pub async fn racing_cancels_and_completions_have_one_winner_each<S: FlowStore>(
     _clock: ManualClock,
 ) {
     let (ours, theirs) = (Arc::new(db.store), Arc::new((db.reopen)().await));
-    let claim = InlineClaim {
-        worker: "inline-test".into(),
-        lease_for: Duration::from_secs(30),
-    };
+    let claim = super::store::inline_claim();
     let mut leases = Vec::new();
     for i in 0..24 {
         let id = format!("race-{i}");

@@ -77,6 +77,14 @@ pub async fn concurrent_writers_of_one_entry_agree<S: FlowStore>(
     assert_eq!(answers.len(), 40);
 }
 
+/// The claim of an inline (direct) start by worker `inline-test`, leased for 30 s.
+pub(super) fn inline_claim() -> InlineClaim {
+    InlineClaim {
+        worker: "inline-test".into(),
+        lease_for: Duration::from_secs(30),
+    }
+}
+
 /// A completed first attempt of an inline run's job under `lease` (worker `inline-test`).
 pub(super) fn completed(lease: Lease) -> Finish {
     Finish {
@@ -131,10 +139,7 @@ pub async fn a_run_and_its_job_start_and_end_together<S: FlowStore>(
     assert_eq!(job.state, JobState::Available);
     assert_eq!(job.kind, DRIVER_KIND);
 
-    let claim = InlineClaim {
-        worker: "inline-test".into(),
-        lease_for: Duration::from_secs(30),
-    };
+    let claim = inline_claim();
     let inline = store
         .start_run(start("i", Some(claim.clone())))
         .await
@@ -222,10 +227,7 @@ pub async fn ends_of_many_runs_at_once_are_each_decided_alone<S: FlowStore>(
     _clock: ManualClock,
 ) {
     let store = db.store;
-    let claim = InlineClaim {
-        worker: "inline-test".into(),
-        lease_for: Duration::from_secs(30),
-    };
+    let claim = inline_claim();
     let mut leases = Vec::new();
     for n in 0..20 {
         let started = store
@@ -315,10 +317,7 @@ pub async fn direct_starts_of_many_runs_at_once_are_each_decided_alone<S: FlowSt
     _clock: ManualClock,
 ) {
     let store = db.store;
-    let claim = InlineClaim {
-        worker: "inline-test".into(),
-        lease_for: Duration::from_secs(30),
-    };
+    let claim = inline_claim();
     let before = store
         .start_run(start("s0", None))
         .await
