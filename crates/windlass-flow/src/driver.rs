@@ -231,23 +231,33 @@ impl<S: FlowStore> FlowDriver<S> {
         trace: Option<String>,
     ) -> Result<Driven, JobError> {
         let store = &self.store;
-        let is_fresh = fresh.is_some();
+        // A run this process has just created has an empty journal: nothing is read.
         let stored = match fresh {
-            Some(run) => Some(run),
-            None => store.run(payload.run.clone()).await.map_err(store_failed)?,
-        };
-        let run = match stored {
-            Some(run) => run,
+            Some(run) => Some((run, Vec::new())),
             None => store
-                .insert_run(NewRun {
-                    id: payload.run.clone(),
-                    kind: payload.workflow.clone(),
-                    input: payload.input.clone(),
-                    job,
-                    created_at_ms: store.now_ms(),
-                })
+                .run_and_journal(payload.run.clone())
                 .await
                 .map_err(store_failed)?,
+        };
+        let (run, mut journal) = match stored {
+            Some(stored) => stored,
+            None => {
+                // The starter crashed between enqueuing the job and storing the run. The
+                // run stored now may be another's (a racing start of the id): its journal
+                // is read, not assumed empty.
+                let run = store
+                    .insert_run(NewRun {
+                        id: payload.run.clone(),
+                        kind: payload.workflow.clone(),
+                        input: payload.input.clone(),
+                        job,
+                        created_at_ms: store.now_ms(),
+                    })
+                    .await
+                    .map_err(store_failed)?;
+                let journal = store.journal(run.id.clone()).await.map_err(store_failed)?;
+                (run, journal)
+            }
         };
         if run.status.is_terminal() {
             return Ok(Driven::Ended(RunEnd::of(&run)));
@@ -266,11 +276,6 @@ impl<S: FlowStore> FlowDriver<S> {
                 "workflow `{}` is not registered with this worker's Flows",
                 run.kind
             )));
-        };
-        let mut journal = if is_fresh {
-            Vec::new()
-        } else {
-            store.journal(run.id.clone()).await.map_err(store_failed)?
         };
         let mut run = run;
         if run.status == RunStatus::Running

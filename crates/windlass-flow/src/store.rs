@@ -347,6 +347,23 @@ pub trait FlowStore: Store {
     fn run(&self, id: String)
     -> impl Future<Output = Result<Option<RunRecord>, StoreError>> + Send;
 
+    /// The run with this id and its journal (as [`journal`](FlowStore::journal) gives it),
+    /// read together: what a resumption reads first. A backend may read both in one
+    /// statement (one round trip, one snapshot); by default they are two reads.
+    fn run_and_journal(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<Option<(RunRecord, Vec<JournalEntry>)>, StoreError>> + Send
+    {
+        async move {
+            let Some(run) = self.run(id.clone()).await? else {
+                return Ok(None);
+            };
+            let journal = self.journal(id).await?;
+            Ok(Some((run, journal)))
+        }
+    }
+
     /// Moves a run to `status`, with its output or error, if its current status
     /// [may become](RunStatus::may_become) that one; a terminal status also sets its finish
     /// time. Returns whether it was written (`false`: no such run, or a move the rule

@@ -1,4 +1,4 @@
-//! The batch statements of `starts.rs` and `ends.rs` called directly: their writers fall back
+//! The batch statements of `starts.rs`, `ends.rs` and `statuses.rs` called directly: their writers fall back
 //! to one statement per item when a batch fails, so a broken batch statement would pass every
 //! test that goes through the writer. Each case here fails if its statement does.
 //!
@@ -315,4 +315,121 @@ async fn a_batch_of_ends_decides_each_as_alone() {
             assert_eq!(job.attempts[0].at_ms, 7_000, "job of {id}");
         }
     }
+}
+
+fn pending_move(
+    run: &str,
+    status: RunStatus,
+    output: Option<serde_json::Value>,
+    error: Option<&str>,
+    finished: Option<i64>,
+) -> crate::statuses::Pending {
+    crate::statuses::Pending {
+        run: run.into(),
+        status,
+        output,
+        error: error.map(str::to_owned),
+        finished,
+        reply: oneshot::channel().0,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_status_moves_decides_each_as_alone() {
+    let Some(store) = fresh().await else { return };
+    for (n, id) in ["done", "failed", "rolling", "cancelled", "over"]
+        .iter()
+        .enumerate()
+    {
+        store
+            .start_run(start(id, i64::try_from(n).unwrap()))
+            .await
+            .unwrap();
+    }
+    // What a run held before stays where the move says nothing (NULL).
+    for (id, output, error) in [
+        ("done", None, Some("earlier")),
+        ("failed", Some(json!("partial")), None),
+    ] {
+        assert!(
+            store
+                .set_run_status(id.into(), RunStatus::Running, output, error.map(Into::into))
+                .await
+                .unwrap()
+        );
+    }
+    store
+        .cancel_run("cancelled".into(), "cancelled: test".into())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .set_run_status("over".into(), RunStatus::Halted, None, Some("halt".into()))
+            .await
+            .unwrap()
+    );
+    let batch = vec![
+        pending_move("done", RunStatus::Completed, Some(json!(1)), None, Some(9)),
+        pending_move("failed", RunStatus::Failed, None, Some("boom"), Some(8)),
+        pending_move("rolling", RunStatus::Compensating, None, Some("undo"), None),
+        // A cancelled run (compensating) may not complete; a halted one may not move.
+        pending_move(
+            "cancelled",
+            RunStatus::Completed,
+            Some(json!(2)),
+            None,
+            Some(7),
+        ),
+        pending_move("over", RunStatus::Failed, None, Some("late"), Some(6)),
+        pending_move("nobody", RunStatus::Completed, None, None, Some(5)),
+    ];
+    let client = store.pool.get().await.unwrap();
+    let answers = crate::statuses::set_many(&client, &batch).await.unwrap();
+    assert_eq!(answers, vec![true, true, true, false, false, false]);
+    let run = |id: &str| {
+        let store = &store;
+        let id = id.to_owned();
+        async move { store.run(id).await.unwrap().unwrap() }
+    };
+    let done = run("done").await;
+    assert_eq!(
+        (done.status, done.output, done.error, done.finished_at_ms),
+        (
+            RunStatus::Completed,
+            Some(json!(1)),
+            Some("earlier".into()),
+            Some(9)
+        )
+    );
+    let failed = run("failed").await;
+    assert_eq!(
+        (
+            failed.status,
+            failed.output,
+            failed.error,
+            failed.finished_at_ms
+        ),
+        (
+            RunStatus::Failed,
+            Some(json!("partial")),
+            Some("boom".into()),
+            Some(8)
+        )
+    );
+    let rolling = run("rolling").await;
+    assert_eq!(
+        (rolling.status, rolling.error, rolling.finished_at_ms),
+        (RunStatus::Compensating, Some("undo".into()), None)
+    );
+    let cancelled = run("cancelled").await;
+    assert_eq!(
+        (cancelled.status, cancelled.output, cancelled.finished_at_ms),
+        (RunStatus::Compensating, None, None)
+    );
+    let over = run("over").await;
+    assert_eq!(
+        (over.status, over.error),
+        (RunStatus::Halted, Some("halt".into()))
+    );
 }

@@ -26,8 +26,8 @@ use windlass_queue::{Finish, StoreError};
 use crate::group_commit::GroupWriter;
 use crate::pg_error;
 
-/// Batches written at once, each on its own connection (as for journal entries).
-const IN_FLIGHT: usize = 2;
+/// Batches written at once: one, as for journal entries (`journal::IN_FLIGHT`).
+const IN_FLIGHT: usize = crate::journal::IN_FLIGHT;
 
 /// The most ends in one statement.
 const MAX_BATCH: usize = 256;
@@ -159,6 +159,12 @@ pub(crate) async fn end_many(
     client: &ClientWrapper,
     batch: &[Pending],
 ) -> Result<Vec<Result<EndRun, StoreError>>, StoreError> {
+    // The runs are locked one by one through a lateral lookup by id, not with
+    // `WHERE id = ANY($1)`: a connection caches a generic plan after a few executions, and
+    // one made while the runs table still fitted in a page or two is a sequential scan with
+    // an array filter, kept for the connection's life unless an ANALYZE invalidates it (a
+    // 20,000-run WF1 once spent most of its database time re-reading the table). A lookup
+    // per id is planned as an index scan at any table size.
     let stmt = client
         .prepare_cached(&format!(
             "WITH e AS (
@@ -166,8 +172,10 @@ pub(crate) async fn end_many(
                     $5::int8[], $6::text[], $7::jsonb[], $8::text[], $9::int8[], $10::int8[])
                 AS e(run_id, job, token, worker, at_ms, status, output, error, finished, now)),
              lk AS (
-                SELECT id, status FROM windlass_flow_runs WHERE id = ANY($1)
-                ORDER BY id FOR UPDATE),
+                SELECT r.id, r.status
+                FROM (SELECT DISTINCT id FROM unnest($1::text[]) AS u(id) ORDER BY id) AS u,
+                    LATERAL (SELECT id, status FROM windlass_flow_runs WHERE id = u.id
+                             FOR UPDATE) AS r),
              f AS (
                 UPDATE windlass_jobs j SET state = 'completed', finished_at = e.now,
                     lease_until = NULL, cancel_requested = false, completed_at_ms = e.at_ms

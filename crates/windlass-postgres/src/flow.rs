@@ -7,7 +7,7 @@ use serde_json::Value;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use windlass_flow::events::{Delivery, Event, Subscription, Target};
-use windlass_flow::store::{EndRun, Resumed, may_become_sql};
+use windlass_flow::store::{EndRun, Resumed};
 use windlass_flow::{
     EntryKind, FlowStore, JournalEntry, NewRun, RunFilter, RunRecord, RunStart, RunStatus, Started,
 };
@@ -361,6 +361,43 @@ impl FlowStore for PostgresStore {
             .transpose()
     }
 
+    async fn run_and_journal(
+        &self,
+        id: String,
+    ) -> Result<Option<(RunRecord, Vec<JournalEntry>)>, StoreError> {
+        // One statement: the run's row (its entry columns NULL) first, then its entries in
+        // `seq` order (their run columns NULL).
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS}, NULL::int8 AS seq, NULL::text, NULL::text, NULL::jsonb,
+                     NULL::text, NULL::int4, NULL::int8, NULL::int8
+                 FROM windlass_flow_runs WHERE id = $1
+                 UNION ALL
+                 SELECT NULL::text, NULL::text, NULL::jsonb, NULL::text, NULL::jsonb, NULL::text,
+                     NULL::int8, NULL::int8, NULL::int8, {ENTRY_COLUMNS}
+                 FROM windlass_flow_journal WHERE run_id = $1
+                 ORDER BY seq NULLS FIRST"
+            ))
+            .await
+            .map_err(pg_error)?;
+        let rows = client.query(&stmt, &[&id]).await.map_err(pg_error)?;
+        let Some((first, entries)) = rows.split_first() else {
+            return Ok(None);
+        };
+        let seq: Option<i64> = first.try_get(9).map_err(pg_error)?;
+        if seq.is_some() {
+            // Entries of a run whose row is gone: no run, as `run` would say.
+            return Ok(None);
+        }
+        let run = run_from(first)?;
+        let journal = entries
+            .iter()
+            .map(|r| entry_from(r, 9))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((run, journal)))
+    }
+
     async fn set_run_status(
         &self,
         id: String,
@@ -368,23 +405,29 @@ impl FlowStore for PostgresStore {
         output: Option<Value>,
         error: Option<String>,
     ) -> Result<bool, StoreError> {
-        let finished = status.is_terminal().then(|| self.clock.now_ms());
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "UPDATE windlass_flow_runs
-                 SET status = $2, output = COALESCE($3, output), error = COALESCE($4, error),
-                     finished_at = COALESCE($5, finished_at)
-                 WHERE id = $1 AND {}",
-                may_become_sql("$2")
+        // Through the group-commit writer (see `statuses.rs`); straight to the database if
+        // the writer's runtime is gone.
+        let writer = self
+            .statuses
+            .get_or_init(|| crate::statuses::spawn(self.pool.clone()));
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = crate::statuses::Pending {
+            run: id,
+            status,
+            output,
+            error,
+            finished: status.is_terminal().then(|| self.clock.now_ms()),
+            reply,
+        };
+        if let Err(p) = writer.send(pending) {
+            let client = self.client().await?;
+            return crate::statuses::set_one(&client, &p).await;
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the run-status writer stopped before answering".into(),
             ))
-            .await
-            .map_err(pg_error)?;
-        let changed = client
-            .execute(&stmt, &[&id, &status.as_str(), &output, &error, &finished])
-            .await
-            .map_err(pg_error)?;
-        Ok(changed > 0)
+        })
     }
 
     async fn end_run(

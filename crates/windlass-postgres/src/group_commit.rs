@@ -8,7 +8,7 @@
 //! business: `write` gets the batch); a write that arrives with a slot free goes at once.
 //! Up to `in_flight` batches are written at once, each on its own connection: more than one
 //! keeps a write that arrives just after a batch left from waiting a whole commit for the
-//! next. Writes whose keys are equal never share a batch (the later waits for the next one),
+//! next, but makes smaller batches (the workflow writers use one). Writes whose keys are equal never share a batch (the later waits for the next one),
 //! so a batch statement never meets one row twice.
 //!
 //! The writer task runs on the runtime of the first write; if that runtime is gone, `send`

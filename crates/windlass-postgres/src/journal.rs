@@ -29,10 +29,12 @@ use crate::flow::{entry_from, record_one};
 use crate::group_commit::GroupWriter;
 use crate::pg_error;
 
-/// Batches written at once (on their own connections). More than one keeps a writer that
-/// arrives just after a batch left from waiting a whole commit for the next; a handful
-/// still groups most writes when many runs are in flight.
-const IN_FLIGHT: usize = 2;
+/// Batches written at once. One: a write that arrives while a batch is being written waits
+/// for that commit, and so joins the next batch instead of going out nearly alone. Two in
+/// flight measured 18-30% fewer workflows/s in WF1 (the database is CPU-bound there, and
+/// each statement costs a plan, an executor start-up and a commit; see BENCHMARKS.md). A
+/// lone write still goes at once.
+pub(crate) const IN_FLIGHT: usize = 1;
 
 /// The most entries in one statement.
 const MAX_BATCH: usize = 512;

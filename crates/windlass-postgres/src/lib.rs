@@ -42,6 +42,7 @@ mod listen;
 mod ops;
 mod schema;
 mod starts;
+mod statuses;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -149,6 +150,7 @@ impl PostgresStoreBuilder {
             journal: Arc::default(),
             ends: Arc::default(),
             starts: Arc::default(),
+            statuses: Arc::default(),
         })
     }
 }
@@ -169,6 +171,8 @@ pub struct PostgresStore {
     ends: Arc<OnceLock<group_commit::GroupWriter<ends::Pending>>>,
     /// The group-commit writer of direct starts, started by the first direct start.
     starts: Arc<OnceLock<group_commit::GroupWriter<starts::Pending>>>,
+    /// The group-commit writer of run status moves, started by the first move.
+    statuses: Arc<OnceLock<group_commit::GroupWriter<statuses::Pending>>>,
 }
 
 /// The `LISTEN` connection, started by the first fetcher that asks for the work signal (a

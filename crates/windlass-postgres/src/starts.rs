@@ -31,8 +31,8 @@ use crate::group_commit::GroupWriter;
 use crate::ops::JobColumns;
 use crate::pg_error;
 
-/// Batches written at once, each on its own connection (as for journal entries).
-const IN_FLIGHT: usize = 2;
+/// Batches written at once: one, as for journal entries (`journal::IN_FLIGHT`).
+const IN_FLIGHT: usize = crate::journal::IN_FLIGHT;
 
 /// The most starts in one statement.
 const MAX_BATCH: usize = 256;

@@ -62,7 +62,8 @@ pub use signal::{
     a_signal_wakes_a_waiting_run,
 };
 pub use store::{
-    a_run_and_its_job_start_and_end_together, concurrent_writers_of_one_entry_agree,
+    a_run_and_its_job_start_and_end_together, a_run_is_read_with_its_journal,
+    concurrent_writers_of_one_entry_agree,
     direct_starts_of_many_runs_at_once_are_each_decided_alone,
     ends_of_many_runs_at_once_are_each_decided_alone,
 };
@@ -100,6 +101,7 @@ macro_rules! flow_conformance_tests {
             a_direct_run_keeps_the_queues_limits,
             concurrent_writers_of_one_entry_agree,
             a_run_and_its_job_start_and_end_together,
+            a_run_is_read_with_its_journal,
             ends_of_many_runs_at_once_are_each_decided_alone,
             direct_starts_of_many_runs_at_once_are_each_decided_alone,
             a_signal_wakes_a_waiting_run,

@@ -77,6 +77,75 @@ pub async fn concurrent_writers_of_one_entry_agree<S: FlowStore>(
     assert_eq!(answers.len(), 40);
 }
 
+/// Case: `run_and_journal` reads what `run` and `journal` read apart: a run with entries
+/// (one of them an error) gets them all, in stored order, each field intact; a run with
+/// none gets an empty journal; an unknown id, and entries under an id with no run, are no
+/// run at all.
+pub async fn a_run_is_read_with_its_journal<S: FlowStore>(db: FlowDb<S>, _clock: ManualClock) {
+    let store = db.store;
+    let with = store.start_run(start("with", None)).await.expect("start");
+    let without = store
+        .start_run(start("without", None))
+        .await
+        .expect("start");
+    for (key, outcome) in [
+        ("b", Ok(json!({"n": 2}))),
+        ("a", Err("card declined".to_string())),
+        ("c", Ok(json!("three"))),
+    ] {
+        store
+            .record("with".into(), entry(key, outcome))
+            .await
+            .expect("record");
+    }
+    store
+        .record("no-run".into(), entry("a", Ok(json!(1))))
+        .await
+        .expect("record");
+
+    let (run, journal) = store
+        .run_and_journal("with".into())
+        .await
+        .expect("read")
+        .expect("the run");
+    assert_eq!(run, with.run);
+    assert_eq!(
+        journal,
+        store.journal("with".into()).await.expect("journal")
+    );
+    let keys: Vec<&str> = journal.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["b", "a", "c"],
+        "entries in the order they were stored"
+    );
+    assert_eq!(journal[1].outcome, Err("card declined".to_string()));
+    assert_eq!(journal[2].outcome, Ok(json!("three")));
+    assert_eq!(journal[0].attempts, 1);
+    assert_eq!(
+        (journal[0].started_at_ms, journal[0].finished_at_ms),
+        (T0, T0 + 1)
+    );
+
+    let (run, journal) = store
+        .run_and_journal("without".into())
+        .await
+        .expect("read")
+        .expect("the run");
+    assert_eq!(run, without.run);
+    assert!(journal.is_empty());
+
+    assert_eq!(
+        store.run_and_journal("unknown".into()).await.expect("read"),
+        None
+    );
+    assert_eq!(
+        store.run_and_journal("no-run".into()).await.expect("read"),
+        None,
+        "journal entries without a run are not a run"
+    );
+}
+
 /// The claim of an inline (direct) start by worker `inline-test`, leased for 30 s.
 pub(super) fn inline_claim() -> InlineClaim {
     InlineClaim {
