@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use windlass_policy::{Backoff, Jitter, RetrySchedule};
 use windlass_queue::{
-    Fenced, Finish, InlineEnd, JobOptions, MAX_DURATION, NewJob, NextState, Queue, QueueLimits,
-    StoreError, Unique, run_claimed_then,
+    Fenced, InlineEnd, JobOptions, MAX_DURATION, NewJob, NextState, Queue, QueueLimits, StoreError,
+    Unique, run_claimed_then,
 };
 
 use crate::context::ChildJobs;
@@ -438,7 +438,7 @@ impl<S: FlowStore> Flows<S> {
                     let (run_id, end) = (run_id.clone(), &end);
                     async move {
                         let Some(e) = ending else {
-                            return finish_one(&**store, finish).await;
+                            return crate::driver::finish_one(&**store, finish).await;
                         };
                         let (status, output, error) = e.parts();
                         match store
@@ -455,7 +455,11 @@ impl<S: FlowStore> Flows<S> {
                                 // count. Hand the run to the workers at once; they roll it
                                 // back, and this call waits for that.
                                 *end.lock().unwrap_or_else(PoisonError::into_inner) = None;
-                                finish_one(&**store, hand_over(finish)).await
+                                crate::driver::finish_one(
+                                    &**store,
+                                    crate::driver::hand_over(finish),
+                                )
+                                .await
                             }
                         }
                     }
@@ -733,25 +737,3 @@ pub(crate) async fn cancel<S: FlowStore>(
 
 /// The longest reason [`Flows::cancel`] takes, in bytes.
 pub const MAX_REASON_BYTES: usize = 1024;
-
-/// Stores one attempt's end through the queue.
-async fn finish_one<S: FlowStore>(store: &S, finish: Finish) -> Result<Fenced, StoreError> {
-    Ok(store
-        .finish(vec![finish])
-        .await?
-        .first()
-        .copied()
-        .unwrap_or(Fenced::Rejected))
-}
-
-/// An inline attempt's end turned into a hand-over: the job is due again at once, for a
-/// worker (not counted as a failure).
-fn hand_over(mut finish: Finish) -> Finish {
-    finish.next = NextState::Snoozed {
-        run_at_ms: finish.record.at_ms,
-    };
-    finish.record.outcome = "snoozed".into();
-    finish.record.error =
-        Some("cancelled as its code ended: handed to the workers to roll back".into());
-    finish
-}

@@ -16,6 +16,13 @@
 //! | the worker crashes | unchanged | its lease expires; another worker resumes it |
 //!
 //! So leases, fencing and crash recovery are the queue's; this module adds only the journal.
+//!
+//! A run's end (`completed`, `failed`) and its job's completion are one transaction
+//! ([`FlowStore::end_run`], handed to the worker through
+//! [`JobContext::complete_with`]): a run is never over while its job still runs, or the
+//! reverse. If a cancel got to the run first, the job is handed back to the workers at once
+//! (due now, the attempt not counted) and the run is rolled back. A child run writes its end
+//! first, wakes its parent, then completes its job, so that a failed wake is retried.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,10 +33,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::Instrument;
 use windlass_policy::{Backoff, Jitter, PolicyExt, Retry};
-use windlass_queue::{Job, JobContext, JobError, JobId};
+use windlass_queue::{Fenced, Finish, Job, JobContext, JobError, JobId, NextState, StoreError};
 
 use crate::context::{ChildJobs, FlowContext, Halt, Journal, Stop};
-use crate::store::{EntryKind, FlowStore, JournalEntry, NewRun, RunStatus};
+use crate::store::{EndRun, EntryKind, FlowStore, JournalEntry, NewRun, RunStatus};
 use crate::workflow::{ErasedWorkflow, Failure};
 
 /// The queue job kind that drives workflow runs.
@@ -108,6 +115,22 @@ impl<S: FlowStore> Job for FlowDriver<S> {
     async fn run(&self, job: JobContext, payload: RunPayload) -> Result<(), JobError> {
         let parent = payload.parent.clone();
         let trace = job.trace_context().map(str::to_owned);
+        if parent.is_none() {
+            // The run's end is stored with the job's completion, in one transaction
+            // (`end_run`), as a direct run's is. A child's is not: its parent must be woken
+            // after its end is stored and before its job completes, so that a failed wake
+            // is retried with the job.
+            let (run, kind) = (payload.run.clone(), payload.workflow.clone());
+            if let Some(end) = self.drive(job.id(), payload, None, true, trace).await? {
+                let store = Arc::clone(&self.store);
+                job.complete_with(move |finish| {
+                    let (store, run, kind, end) =
+                        (Arc::clone(&store), run.clone(), kind.clone(), end.clone());
+                    async move { store_end(&*store, run, &kind, &end, finish).await }
+                });
+            }
+            return Ok(());
+        }
         let end = self.drive(job.id(), payload, None, false, trace).await?;
         if let (Some(parent), Some(_)) = (parent, end) {
             // The parent waits in `FlowContext::child` for this end: wake it. If this
@@ -118,6 +141,62 @@ impl<S: FlowStore> Job for FlowDriver<S> {
         }
         Ok(())
     }
+}
+
+/// Stores a run's `end` with its job's completion (`finish`) in one transaction, for the
+/// worker ([`JobContext::complete_with`]); answers the job's end as stored, `None` if the
+/// lease was lost. If the run may no longer take the end: a run already over (its end was
+/// stored before, e.g. by a halt) just completes its job; a run cancelled as its code ended
+/// is handed back to the workers at once, to be rolled back.
+async fn store_end<S: FlowStore>(
+    store: &S,
+    run: String,
+    kind: &str,
+    end: &RunEnd,
+    finish: Finish,
+) -> Result<Option<Finish>, StoreError> {
+    let (status, output, error) = end.parts();
+    let stored = match store
+        .end_run(run, status, output, error, finish.clone())
+        .await?
+    {
+        EndRun::Stored => {
+            count_end(kind, status);
+            return Ok(Some(finish));
+        }
+        EndRun::LeaseLost => return Ok(None),
+        EndRun::RunMoved(now) if now.is_terminal() => finish,
+        EndRun::RunMoved(_) => hand_over(finish),
+    };
+    Ok(match finish_one(store, stored.clone()).await? {
+        Fenced::Applied => Some(stored),
+        Fenced::Rejected => None,
+    })
+}
+
+/// Stores one attempt's end through the queue.
+pub(crate) async fn finish_one<S: FlowStore>(
+    store: &S,
+    finish: Finish,
+) -> Result<Fenced, StoreError> {
+    Ok(store
+        .finish(vec![finish])
+        .await?
+        .first()
+        .copied()
+        .unwrap_or(Fenced::Rejected))
+}
+
+/// An attempt's end turned into a hand-over: the job is due again at once, for a worker to
+/// roll the run back (not counted as a failure).
+pub(crate) fn hand_over(mut finish: Finish) -> Finish {
+    finish.next = NextState::Snoozed {
+        run_at_ms: finish.record.at_ms,
+    };
+    finish.record.outcome = "snoozed".into();
+    finish.record.error =
+        Some("cancelled as its code ended: handed to the workers to roll back".into());
+    finish
 }
 
 /// The run's failure as a journal entry ([`FAILURE_KEY`]).

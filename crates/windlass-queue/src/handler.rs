@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use windlass_policy::{ClassifiedError, ErrorClass};
 
 use crate::job::JobId;
+use crate::store::{Finish, StoreError};
 
 /// A handler for one kind of job.
 ///
@@ -162,6 +163,45 @@ pub struct JobContext {
     pub(crate) cancel: CancellationToken,
     pub(crate) progress: mpsc::UnboundedSender<(JobId, serde_json::Value)>,
     pub(crate) trace_context: Option<Arc<str>>,
+    /// How this attempt's completion is to be stored, if the handler asked
+    /// ([`complete_with`](JobContext::complete_with)).
+    pub(crate) completion: CompletionSlot,
+}
+
+/// Stores an attempt's completion in a handler's own way: see
+/// [`JobContext::complete_with`].
+pub type CompletionWriter = Arc<
+    dyn Fn(Finish) -> Pin<Box<dyn Future<Output = Result<Option<Finish>, StoreError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Where a handler leaves its [`CompletionWriter`] for the worker to take.
+#[derive(Clone, Default)]
+pub(crate) struct CompletionSlot(Arc<std::sync::Mutex<Option<CompletionWriter>>>);
+
+impl CompletionSlot {
+    fn put(&self, write: CompletionWriter) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(write);
+    }
+}
+
+impl fmt::Debug for CompletionSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = self.0.lock().is_ok_and(|w| w.is_some());
+        f.debug_struct("CompletionSlot").field("set", &set).finish()
+    }
+}
+
+/// The writer a handler left in `slot`, if any.
+pub(crate) fn take_completion(slot: &CompletionSlot) -> Option<CompletionWriter> {
+    slot.0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
 }
 
 impl JobContext {
@@ -190,6 +230,27 @@ impl JobContext {
     /// Whether [`cancelled`](Self::cancelled) has fired.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+    /// Asks that this attempt's completion be stored by `write` instead of the worker's
+    /// batched completion, so that the handler's last write and the job's completion are
+    /// **one transaction**: the workflow driver stores a run's end with its job's this way.
+    ///
+    /// `write` is used only if the handler then returns `Ok(())`: it gets the attempt's end
+    /// (a [`Finish`] whose next state is completed, under the attempt's lease) and must store
+    /// it, or another end it decides on instead (a snooze, say), fenced exactly as
+    /// [`Store::finish`](crate::Store::finish) does. It answers the end it stored, or `None`
+    /// if the lease was lost (nothing stored). The worker then counts the attempt and sends
+    /// its event by the stored end, as for any attempt. A write that fails transiently is tried again
+    /// a few times (so `write` may be called more than once, and must be idempotent in
+    /// effect); after that the lease's expiry is the retry: the job runs again, nothing is
+    /// lost. Any other ending (an error, a timeout, a lost lease) is stored by the worker as
+    /// usual and `write` is dropped. The last call wins.
+    pub fn complete_with<F, Fut>(&self, write: F)
+    where
+        F: Fn(Finish) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<Finish>, StoreError>> + Send + 'static,
+    {
+        self.completion.put(Arc::new(move |f| Box::pin(write(f))));
     }
     /// Reports progress (any JSON): stored on the job and sent to subscribers. Best effort,
     /// never blocks; the latest value wins.

@@ -42,7 +42,7 @@ pub mod conformance;
 
 pub use client::{JobEvent, JobEventKind, Queue, QueueError};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use handler::{Job, JobContext, JobError};
+pub use handler::{CompletionWriter, Job, JobContext, JobError};
 pub use job::{
     AttemptRecord, EnqueueError, Enqueued, JobId, JobOptions, JobRecord, JobState, MAX_DURATION,
     MAX_PAYLOAD_BYTES, NewJob, Unique,

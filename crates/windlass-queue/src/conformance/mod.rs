@@ -71,6 +71,7 @@ macro_rules! conformance_tests {
             queue_rate_limits_refill_over_time,
             per_key_rate_limits_hold_each_key_apart,
             worker_runs_jobs_to_completion,
+            worker_stores_a_completion_through_the_handlers_writer,
             worker_retries_transient_failures,
             worker_discards_malformed_payloads_and_goes_on,
             worker_hard_timeout_stops_the_handler,

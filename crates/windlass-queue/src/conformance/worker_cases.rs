@@ -171,6 +171,109 @@ pub async fn worker_runs_jobs_to_completion<S: Store>(store: S, _clock: ManualCl
     assert_eq!(worker.shutdown(Duration::from_secs(5)).await.released, 0);
 }
 
+/// Asks for its own completion writer ([`JobContext::complete_with`]), which stores the
+/// job's completion as given (`n` = 0), stores a cancel instead (`n` = 1), or is never used
+/// because the handler fails (`n` = 2); counts the writer's calls per `n`.
+struct OwnCompletion<S> {
+    store: Arc<S>,
+    writes: Arc<[AtomicUsize; 3]>,
+}
+
+impl<S: Store> Job for OwnCompletion<S> {
+    const KIND: &'static str = "own";
+    type Payload = Work;
+
+    async fn run(&self, ctx: JobContext, work: Work) -> Result<(), JobError> {
+        let (store, writes, n) = (Arc::clone(&self.store), Arc::clone(&self.writes), work.n);
+        ctx.complete_with(move |mut finish| {
+            let (store, writes) = (Arc::clone(&store), Arc::clone(&writes));
+            async move {
+                writes[n as usize].fetch_add(1, Ordering::SeqCst);
+                assert_eq!(finish.next, crate::NextState::Completed);
+                if n == 1 {
+                    finish.next = crate::NextState::Cancelled;
+                    finish.record.outcome = "cancelled".into();
+                }
+                let fenced = store.finish(vec![finish.clone()]).await?;
+                Ok((fenced == [crate::Fenced::Applied]).then_some(finish))
+            }
+        });
+        if n == 2 {
+            return Err(JobError::permanent("failed after asking"));
+        }
+        Ok(())
+    }
+}
+
+pub async fn worker_stores_a_completion_through_the_handlers_writer<S: Store>(
+    store: S,
+    _clock: ManualClock,
+) {
+    let queue = Queue::new(store);
+    let writes: Arc<[AtomicUsize; 3]> = Arc::default();
+    let handler = OwnCompletion {
+        store: Arc::clone(queue.store()),
+        writes: Arc::clone(&writes),
+    };
+    let worker = start(&queue, handler, fast()).await;
+    let mut events = queue.subscribe();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(
+            queue
+                .enqueue::<OwnCompletion<S>>(&Work { n }, JobOptions::default())
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let done = queue.wait(ids[0], WAIT, POLL).await.unwrap();
+    assert_eq!((done.state, done.attempt), (JobState::Completed, 1));
+    assert_eq!(done.attempts[0].worker, worker.worker_id());
+    let cancelled = queue.wait(ids[1], WAIT, POLL).await.unwrap();
+    assert_eq!(
+        cancelled.state,
+        JobState::Cancelled,
+        "the writer's own end is the one stored"
+    );
+    let failed = queue.wait(ids[2], WAIT, POLL).await.unwrap();
+    assert_eq!(
+        (failed.state, failed.attempts[0].error.as_deref()),
+        (JobState::Discarded, Some("failed after asking"))
+    );
+    let calls: Vec<usize> = writes.iter().map(|w| w.load(Ordering::SeqCst)).collect();
+    assert_eq!(
+        calls,
+        [1, 1, 0],
+        "each completion written once, by its writer; a failed attempt never by it"
+    );
+    // The events follow what was stored, not what the handler returned.
+    let mut seen = std::collections::HashMap::new();
+    while seen.len() < 3 {
+        let e = tokio::time::timeout(WAIT, events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if ids.contains(&e.id)
+            && !matches!(
+                e.kind,
+                crate::JobEventKind::Started { .. } | crate::JobEventKind::Progress(_)
+            )
+        {
+            seen.insert(e.id, e.kind);
+        }
+    }
+    assert_eq!(seen[&ids[0]], crate::JobEventKind::Completed);
+    assert_eq!(seen[&ids[1]], crate::JobEventKind::Cancelled);
+    assert!(matches!(
+        seen[&ids[2]],
+        crate::JobEventKind::Discarded { .. }
+    ));
+    let counts = worker.counts();
+    assert_eq!((counts.completed, counts.cancelled), (1, 1));
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
 pub async fn worker_retries_transient_failures<S: Store>(store: S, _clock: ManualClock) {
     let queue = Queue::new(store);
     let worker = start(&queue, Flaky::new(2), fast()).await;

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use windlass_policy::ClassifiedError as _;
 
 use super::attempt::{Ended, next_state};
-use crate::handler::{JobContext, JobError};
+use crate::handler::{CompletionSlot, JobContext, JobError, take_completion};
 use crate::job::AttemptRecord;
 use crate::store::{ClaimedJob, Fenced, Finish, NextState, Store};
 
@@ -94,6 +94,7 @@ where
 {
     let cancel = CancellationToken::new();
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
+    let completion = CompletionSlot::default();
     let ctx = JobContext {
         id: job.lease.job,
         attempt: job.attempt,
@@ -101,6 +102,7 @@ where
         cancel: cancel.clone(),
         progress: progress_tx,
         trace_context: job.trace_context.as_deref().map(Arc::from),
+        completion: completion.clone(),
     };
     let attempt = tokio::time::timeout(job.timeout.min(crate::job::MAX_DURATION), run(ctx));
     tokio::pin!(attempt);
@@ -189,12 +191,26 @@ where
         "class" => class.map_or("none", |c| c.as_str()),
     )
     .increment(1);
+    // The handler's own writer, if it asked for one (`JobContext::complete_with`), stores
+    // a completion instead of `store_end`.
+    let own = (next == NextState::Completed)
+        .then(|| take_completion(&completion))
+        .flatten();
     // A few quick tries; after that the lease's expiry is the retry (nothing is lost).
     let mut wait = Duration::from_millis(10);
     for _ in 0..5 {
-        match store_end(finish.clone()).await {
-            Ok(Fenced::Applied) => return InlineEnd::Stored(next),
-            Ok(Fenced::Rejected) => return InlineEnd::LeaseLost,
+        let stored = match &own {
+            Some(write) => write(finish.clone()).await.map(|stored| match stored {
+                Some(f) => (Fenced::Applied, f.next),
+                None => (Fenced::Rejected, next.clone()),
+            }),
+            None => store_end(finish.clone())
+                .await
+                .map(|fenced| (fenced, next.clone())),
+        };
+        match stored {
+            Ok((Fenced::Applied, stored)) => return InlineEnd::Stored(stored),
+            Ok((Fenced::Rejected, _)) => return InlineEnd::LeaseLost,
             Err(e) => {
                 tracing::warn!(job = job.lease.job.0, error = %e, "storing an inline attempt's end failed");
                 if !e.error_class().is_retryable() {

@@ -15,7 +15,7 @@ use windlass_policy::ClassifiedError;
 use super::Worker;
 use super::attempt::{Ended, next_state, secs_since};
 use crate::client::{JobEvent, JobEventKind};
-use crate::handler::{ErasedJob, JobContext};
+use crate::handler::{CompletionSlot, CompletionWriter, ErasedJob, JobContext, take_completion};
 use crate::job::{AttemptRecord, JobId};
 use crate::store::{ClaimedJob, Fenced, Finish, Lease, NextState, Store};
 
@@ -359,7 +359,8 @@ pub(super) fn start_job<S: Store>(shared: &Arc<Shared<S>>, job: ClaimedJob) {
     );
     let shared = shared.clone();
     tokio::spawn(async move {
-        let ended = run_attempt(&shared, &job, cancel, &abort, &stop).await;
+        let completion = CompletionSlot::default();
+        let ended = run_attempt(&shared, &job, cancel, &abort, &stop, &completion).await;
         let _ = stop.compare_exchange(STOP_NONE, STOP_ENDED, Ordering::AcqRel, Ordering::Acquire);
         // The handler is done: its slot goes to the next claim now, while its end is stored
         // in the background (claims and completions overlap instead of taking turns).
@@ -374,20 +375,7 @@ pub(super) fn start_job<S: Store>(shared: &Arc<Shared<S>>, job: ClaimedJob) {
             shared.forget(&job.lease);
             return;
         };
-        let event = match &next {
-            NextState::Completed => JobEventKind::Completed,
-            NextState::Retryable { run_at_ms } => JobEventKind::Retrying {
-                error: error.clone().unwrap_or_default(),
-                run_at_ms: *run_at_ms,
-            },
-            NextState::Snoozed { run_at_ms } => JobEventKind::Snoozed {
-                run_at_ms: *run_at_ms,
-            },
-            NextState::Discarded => JobEventKind::Discarded {
-                error: error.clone().unwrap_or_default(),
-            },
-            NextState::Cancelled => JobEventKind::Cancelled,
-        };
+        let event = event_of(&next, error.as_deref());
         metrics::counter!(
             "windlass_job_attempts_total",
             "queue" => job.queue.clone(),
@@ -408,6 +396,12 @@ pub(super) fn start_job<S: Store>(shared: &Arc<Shared<S>>, job: ClaimedJob) {
             lease: job.lease,
             next,
         };
+        if finish.next == NextState::Completed
+            && let Some(write) = take_completion(&completion)
+        {
+            complete_own(&shared, &write, finish).await;
+            return;
+        }
         if shared.finishes.send((finish, event)).is_err() {
             // The completer is gone (the runtime is shutting down): the lease will expire
             // and the job will be retried elsewhere. Nothing is lost, only delayed.
@@ -424,6 +418,7 @@ async fn run_attempt<S: Store>(
     cancel: CancellationToken,
     abort: &CancellationToken,
     stop: &AtomicU8,
+    completion: &CompletionSlot,
 ) -> Ended {
     let Some(handler) = shared.handlers.get(job.kind.as_str()) else {
         // Claims name only this worker's kinds; if one slips through, put it back.
@@ -437,6 +432,7 @@ async fn run_attempt<S: Store>(
         cancel,
         progress: shared.progress.clone(),
         trace_context: job.trace_context.as_deref().map(Arc::from),
+        completion: completion.clone(),
     };
     let stopped = |stop: &AtomicU8| match stop.load(Ordering::Acquire) {
         STOP_CANCELLED => Ended::CancelledByUser,
@@ -468,6 +464,62 @@ async fn run_attempt<S: Store>(
             Err(_) => Ended::TimedOut(job.timeout),
         },
     }
+}
+
+/// The event of an attempt that ended in `next` (with `error`, if it failed).
+fn event_of(next: &NextState, error: Option<&str>) -> JobEventKind {
+    match next {
+        NextState::Completed => JobEventKind::Completed,
+        NextState::Retryable { run_at_ms } => JobEventKind::Retrying {
+            error: error.unwrap_or_default().to_owned(),
+            run_at_ms: *run_at_ms,
+        },
+        NextState::Snoozed { run_at_ms } => JobEventKind::Snoozed {
+            run_at_ms: *run_at_ms,
+        },
+        NextState::Discarded => JobEventKind::Discarded {
+            error: error.unwrap_or_default().to_owned(),
+        },
+        NextState::Cancelled => JobEventKind::Cancelled,
+    }
+}
+
+/// Stores a completion through the handler's own writer ([`JobContext::complete_with`]),
+/// then counts it and sends its event as the completer does. A write that fails
+/// transiently is tried a few times; after that, as for one the store refuses, the lease is
+/// let go and its expiry runs the job again: nothing is lost.
+async fn complete_own<S: Store>(shared: &Arc<Shared<S>>, write: &CompletionWriter, finish: Finish) {
+    let id = finish.lease.job;
+    let mut wait = Duration::from_millis(10);
+    for _ in 0..5 {
+        match write(finish.clone()).await {
+            Ok(Some(stored)) => {
+                shared.counters.record(&stored.next);
+                shared.emit(id, event_of(&stored.next, stored.record.error.as_deref()));
+                shared.forget(&finish.lease);
+                return;
+            }
+            Ok(None) => {
+                shared.counters.fenced.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("windlass_job_fenced_total").increment(1);
+                tracing::warn!(job = id.0, "attempt's end refused: its lease was lost");
+                shared.forget(&finish.lease);
+                return;
+            }
+            Err(e) => {
+                metrics::counter!("windlass_queue_store_errors_total", "op" => "finish")
+                    .increment(1);
+                if !e.error_class().is_retryable() {
+                    tracing::error!(job = id.0, error = %e, "the store refused an attempt's completion; its lease will expire");
+                    break;
+                }
+                tracing::warn!(job = id.0, error = %e, retry_in = ?wait, "storing an attempt's completion failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+        }
+    }
+    shared.forget(&finish.lease);
 }
 
 /// Stores ended attempts in batches. A write that failed because the store was unavailable
