@@ -450,6 +450,12 @@ impl<S: FlowStore> Flows<S> {
                                 Ok(Fenced::Applied)
                             }
                             EndRun::LeaseLost => Ok(Fenced::Rejected),
+                            EndRun::RunMoved(now) if now.is_terminal() => {
+                                // Over already (its end stored before): the code's end does
+                                // not count; the job is simply completed.
+                                *end.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                                crate::driver::finish_one(&**store, finish).await
+                            }
                             EndRun::RunMoved(_) => {
                                 // Cancelled just as its code ended: the code's end does not
                                 // count. Hand the run to the workers at once; they roll it

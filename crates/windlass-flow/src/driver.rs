@@ -148,7 +148,7 @@ impl<S: FlowStore> Job for FlowDriver<S> {
 /// lease was lost. If the run may no longer take the end: a run already over (its end was
 /// stored before, e.g. by a halt) just completes its job; a run cancelled as its code ended
 /// is handed back to the workers at once, to be rolled back.
-async fn store_end<S: FlowStore>(
+pub(crate) async fn store_end<S: FlowStore>(
     store: &S,
     run: String,
     kind: &str,
@@ -165,13 +165,46 @@ async fn store_end<S: FlowStore>(
             return Ok(Some(finish));
         }
         EndRun::LeaseLost => return Ok(None),
-        EndRun::RunMoved(now) if now.is_terminal() => finish,
+        EndRun::RunMoved(now) if now.is_terminal() => {
+            if finish_one(store, finish.clone()).await? == Fenced::Applied {
+                return Ok(Some(finish));
+            }
+            // Refused: the lease was lost, or this very end was stored by an earlier call
+            // whose answer never came back (the writer is retried). The job's row tells.
+            if ended_by(store, &finish).await? {
+                if now == status {
+                    count_end(kind, status);
+                }
+                return Ok(Some(finish));
+            }
+            return Ok(None);
+        }
         EndRun::RunMoved(_) => hand_over(finish),
     };
     Ok(match finish_one(store, stored.clone()).await? {
         Fenced::Applied => Some(stored),
+        Fenced::Rejected if ended_by(store, &stored).await? => Some(stored),
         Fenced::Rejected => None,
     })
+}
+
+/// Whether the job of `finish` holds the end `finish` describes: its state is the one it
+/// leads to, and its last attempt record is this attempt's (same attempt, worker and time).
+async fn ended_by<S: FlowStore>(store: &S, finish: &Finish) -> Result<bool, StoreError> {
+    let Some(job) = store.get(finish.lease.job).await? else {
+        return Ok(false);
+    };
+    let state = match finish.next {
+        NextState::Completed => windlass_queue::JobState::Completed,
+        NextState::Snoozed { .. } => windlass_queue::JobState::Scheduled,
+        _ => return Ok(false),
+    };
+    Ok(job.state == state
+        && job.attempts.last().is_some_and(|a| {
+            a.attempt == finish.record.attempt
+                && a.worker == finish.record.worker
+                && a.at_ms == finish.record.at_ms
+        }))
 }
 
 /// Stores one attempt's end through the queue.
@@ -480,16 +513,19 @@ impl<S: FlowStore> FlowDriver<S> {
             Err(Stop::Halt(Halt::Store(e))) => Err(store_failed(e)),
             Err(Stop::Halt(Halt::Replay(message))) => {
                 tracing::error!(run = %run.id, error = %message, "workflow run halted");
-                store
-                    .set_run_status(
-                        run.id.clone(),
-                        RunStatus::Halted,
-                        None,
-                        Some(message.clone()),
-                    )
-                    .await
-                    .map_err(store_failed)?;
-                count_end(&run.kind, RunStatus::Halted);
+                if !defer_end
+                    && store
+                        .set_run_status(
+                            run.id.clone(),
+                            RunStatus::Halted,
+                            None,
+                            Some(message.clone()),
+                        )
+                        .await
+                        .map_err(store_failed)?
+                {
+                    count_end(&run.kind, RunStatus::Halted);
+                }
                 Ok(Driven::Ended(Some(RunEnd::Halted(message))))
             }
         }

@@ -379,8 +379,9 @@ pub trait FlowStore: Store {
     /// Ends a run (a terminal `status`, with its output or error) **and** stores its job's
     /// attempt end in one transaction: the finish is fenced by its lease exactly as
     /// [`Store::finish`] fences it, and the run's status is written only if the finish was
-    /// applied. The direct start's last write ([`Flows::run`](crate::Flows::run)): one
-    /// commit instead of two. Only a finish whose next state is `Completed` is accepted
+    /// applied. Every run's last write, in a direct start ([`Flows::run`](crate::Flows::run))
+    /// or by a worker (except a child's, whose parent is woken in between): one commit
+    /// instead of two, and never a run over while its job runs. Only a finish whose next state is `Completed` is accepted
     /// (a run's end completes its job); any other is `StoreError::Invalid`. If the run may
     /// not become `status` (it was cancelled meanwhile), **neither** is written
     /// ([`EndRun::RunMoved`]): the job stays running, so that its attempt can end it another

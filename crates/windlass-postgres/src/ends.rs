@@ -1,6 +1,7 @@
-//! Group commit for the ends of directly run workflows ([`FlowStore::end_run`]).
+//! Group commit for the ends of workflow runs ([`FlowStore::end_run`]), direct or driven
+//! by a worker (through the queue's `JobContext::complete_with`).
 //!
-//! A direct run ends with one write: the run's outcome and its job's fenced completion, in
+//! A run ends with one write: the run's outcome and its job's fenced completion, in
 //! one transaction that waits for its WAL flush (the caller is told the outcome once it is
 //! stored). With many runs in flight, one statement per end costs a round trip, a plan and a
 //! commit each. Here, as for journal entries (`journal.rs`), the ends that arrive while

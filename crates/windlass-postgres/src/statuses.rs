@@ -1,8 +1,10 @@
 //! Group commit for run status moves ([`FlowStore::set_run_status`]).
 //!
-//! A run driven by the workers (not started directly) ends with a status move: its outcome
-//! is written, then the worker completes its job. With many runs ending together, one
-//! statement per move costs a round trip, a plan and a commit each. Here, as for journal
+//! A run's status moves on its own, apart from its job's end, when it is cancelled
+//! (`running → compensating`), and when a child run ends (its end is written, its parent
+//! woken, then its job completed). Other ends go with the job's completion (`ends.rs`). With
+//! many runs moving together, one statement per move costs a round trip, a plan and a
+//! commit each. Here, as for journal
 //! entries (`journal.rs`) and direct runs' ends (`ends.rs`), the moves that arrive while a
 //! batch is being written wait together and go out as **one statement** over `unnest`ed
 //! arrays; each caller is answered after that commit, which waits for its WAL flush. A lone

@@ -240,11 +240,15 @@ impl JobContext {
     /// it, or another end it decides on instead (a snooze, say), fenced exactly as
     /// [`Store::finish`](crate::Store::finish) does. It answers the end it stored, or `None`
     /// if the lease was lost (nothing stored). The worker then counts the attempt and sends
-    /// its event by the stored end, as for any attempt. A write that fails transiently is tried again
-    /// a few times (so `write` may be called more than once, and must be idempotent in
-    /// effect); after that the lease's expiry is the retry: the job runs again, nothing is
-    /// lost. Any other ending (an error, a timeout, a lost lease) is stored by the worker as
-    /// usual and `write` is dropped. The last call wins.
+    /// its event by the stored end, as for any attempt. A write that fails transiently is
+    /// tried again with backoff until it is stored, the job running under its heartbeated
+    /// lease meanwhile (so `write` may be called more than once and must be idempotent in
+    /// effect); in an attempt run by [`run_claimed_then`](crate::run_claimed_then), a few
+    /// times, as that path tries its own ends. A write the store refuses outright, or a
+    /// writer that panics, lets the lease go, and its expiry runs the job again: nothing is
+    /// lost. Any other ending (an error, a timeout, a lost lease) is stored as usual and
+    /// `write` is dropped. Call it before the handler returns (a later call, from a clone of
+    /// the context, is ignored); the last call wins.
     pub fn complete_with<F, Fut>(&self, write: F)
     where
         F: Fn(Finish) -> Fut + Send + Sync + 'static,

@@ -118,3 +118,51 @@ async fn a_cancel_request_reaches_the_attempt_through_its_heartbeat() {
     let record = store.get(job.lease.job).await.unwrap().unwrap();
     assert_eq!(record.state, JobState::Cancelled);
 }
+
+/// The handler's own completion writer (`JobContext::complete_with`) stores the end in its
+/// place: here a cancel instead of the completion, which is what the caller is told.
+#[tokio::test(start_paused = true)]
+async fn a_handlers_own_writer_stores_the_completion_in_its_place() {
+    let (store, _clock, job) = claimed(Duration::from_secs(60)).await;
+    let store = std::sync::Arc::new(store);
+    let writer = std::sync::Arc::clone(&store);
+    let end = run_claimed(&*store, &job, LEASE, Duration::ZERO, |ctx| async move {
+        ctx.complete_with(move |mut finish| {
+            let store = std::sync::Arc::clone(&writer);
+            async move {
+                assert_eq!(finish.next, NextState::Completed);
+                finish.next = NextState::Cancelled;
+                finish.record.outcome = "cancelled".into();
+                let fenced = store.finish(vec![finish.clone()]).await?;
+                Ok((fenced == [windlass_queue::Fenced::Applied]).then_some(finish))
+            }
+        });
+        Ok(())
+    })
+    .await;
+    assert_eq!(end, InlineEnd::Stored(NextState::Cancelled));
+    let record = store.get(job.lease.job).await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Cancelled);
+    assert_eq!(record.attempts[0].outcome, "cancelled");
+}
+
+/// A handler that asked for its own writer and then fails is stored as any failure: the
+/// writer is never called.
+#[tokio::test(start_paused = true)]
+async fn a_failed_attempt_never_uses_the_handlers_writer() {
+    let (store, _clock, job) = claimed(Duration::from_secs(60)).await;
+    let called = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = std::sync::Arc::clone(&called);
+    let end = run_claimed(&store, &job, LEASE, Duration::ZERO, |ctx| async move {
+        ctx.complete_with(move |_finish| {
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            async { Ok(None) }
+        });
+        Err(JobError::permanent("no"))
+    })
+    .await;
+    assert_eq!(end, InlineEnd::Stored(NextState::Discarded));
+    assert!(!called.load(std::sync::atomic::Ordering::SeqCst));
+    let record = store.get(job.lease.job).await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Discarded);
+}

@@ -28,6 +28,11 @@ pub use windlass_queue::conformance::T0;
 
 mod cancel;
 mod child;
+mod ends;
+pub use ends::{
+    a_cancel_that_beats_a_workers_end_rolls_the_run_back, a_run_found_over_only_completes_its_job,
+    a_workers_end_written_twice_is_stored_once,
+};
 mod saga;
 mod timer;
 pub use saga::{
@@ -102,6 +107,9 @@ macro_rules! flow_conformance_tests {
             concurrent_writers_of_one_entry_agree,
             a_run_and_its_job_start_and_end_together,
             a_run_is_read_with_its_journal,
+            a_cancel_that_beats_a_workers_end_rolls_the_run_back,
+            a_run_found_over_only_completes_its_job,
+            a_workers_end_written_twice_is_stored_once,
             ends_of_many_runs_at_once_are_each_decided_alone,
             direct_starts_of_many_runs_at_once_are_each_decided_alone,
             a_signal_wakes_a_waiting_run,
@@ -521,6 +529,21 @@ pub async fn a_replay_that_contradicts_the_journal_halts_the_run<S: FlowStore>(
         other => panic!("a contradicting replay was not halted: {other:?}"),
     }
     assert_eq!(run.status().await.expect("status"), RunStatus::Halted);
+    // The halt and the job's completion are one write: no hand-over, no extra attempt.
+    until_job_in(
+        &queue,
+        job,
+        windlass_queue::JobState::Completed,
+        "the halted run's job",
+    )
+    .await;
+    let record = queue.get(job).await.expect("get").expect("the job");
+    let outcomes: Vec<&str> = record.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(
+        outcomes,
+        ["snoozed", "completed"],
+        "the sleep, then the halt"
+    );
     worker2.shutdown(Duration::from_secs(5)).await;
 }
 

@@ -172,11 +172,13 @@ pub async fn worker_runs_jobs_to_completion<S: Store>(store: S, _clock: ManualCl
 }
 
 /// Asks for its own completion writer ([`JobContext::complete_with`]), which stores the
-/// job's completion as given (`n` = 0), stores a cancel instead (`n` = 1), or is never used
-/// because the handler fails (`n` = 2); counts the writer's calls per `n`.
+/// job's completion as given (`n` = 0), stores a cancel instead (`n` = 1), is never used
+/// because the handler fails (`n` = 2), answers that the lease was lost (`n` = 3), or fails
+/// as unavailable five times before it stores the completion (`n` = 4); counts the
+/// writer's calls per `n`.
 struct OwnCompletion<S> {
     store: Arc<S>,
-    writes: Arc<[AtomicUsize; 3]>,
+    writes: Arc<[AtomicUsize; 5]>,
 }
 
 impl<S: Store> Job for OwnCompletion<S> {
@@ -188,8 +190,14 @@ impl<S: Store> Job for OwnCompletion<S> {
         ctx.complete_with(move |mut finish| {
             let (store, writes) = (Arc::clone(&store), Arc::clone(&writes));
             async move {
-                writes[n as usize].fetch_add(1, Ordering::SeqCst);
+                let calls = writes[n as usize].fetch_add(1, Ordering::SeqCst) + 1;
                 assert_eq!(finish.next, crate::NextState::Completed);
+                if n == 3 {
+                    return Ok(None);
+                }
+                if n == 4 && calls <= 5 {
+                    return Err(crate::StoreError::Unavailable("down for a moment".into()));
+                }
                 if n == 1 {
                     finish.next = crate::NextState::Cancelled;
                     finish.record.outcome = "cancelled".into();
@@ -210,7 +218,7 @@ pub async fn worker_stores_a_completion_through_the_handlers_writer<S: Store>(
     _clock: ManualClock,
 ) {
     let queue = Queue::new(store);
-    let writes: Arc<[AtomicUsize; 3]> = Arc::default();
+    let writes: Arc<[AtomicUsize; 5]> = Arc::default();
     let handler = OwnCompletion {
         store: Arc::clone(queue.store()),
         writes: Arc::clone(&writes),
@@ -218,7 +226,7 @@ pub async fn worker_stores_a_completion_through_the_handlers_writer<S: Store>(
     let worker = start(&queue, handler, fast()).await;
     let mut events = queue.subscribe();
     let mut ids = Vec::new();
-    for n in 0..3 {
+    for n in 0..5 {
         ids.push(
             queue
                 .enqueue::<OwnCompletion<S>>(&Work { n }, JobOptions::default())
@@ -241,15 +249,32 @@ pub async fn worker_stores_a_completion_through_the_handlers_writer<S: Store>(
         (failed.state, failed.attempts[0].error.as_deref()),
         (JobState::Discarded, Some("failed after asking"))
     );
+    let retried = queue.wait(ids[4], WAIT, POLL).await.unwrap();
+    assert_eq!(
+        (retried.state, retried.attempt),
+        (JobState::Completed, 1),
+        "a writer that fails transiently is tried until it stores the end"
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while worker.counts().fenced < 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(POLL).await;
+    }
     let calls: Vec<usize> = writes.iter().map(|w| w.load(Ordering::SeqCst)).collect();
     assert_eq!(
         calls,
-        [1, 1, 0],
-        "each completion written once, by its writer; a failed attempt never by it"
+        [1, 1, 0, 1, 6],
+        "each completion written by its writer, again only after a failure; a failed \
+         attempt never by it"
+    );
+    let lost = queue.get(ids[3]).await.unwrap().unwrap();
+    assert_eq!(
+        lost.state,
+        JobState::Running,
+        "a writer that answers a lost lease stores nothing"
     );
     // The events follow what was stored, not what the handler returned.
     let mut seen = std::collections::HashMap::new();
-    while seen.len() < 3 {
+    while seen.len() < 4 {
         let e = tokio::time::timeout(WAIT, events.recv())
             .await
             .unwrap()
@@ -269,8 +294,21 @@ pub async fn worker_stores_a_completion_through_the_handlers_writer<S: Store>(
         seen[&ids[2]],
         crate::JobEventKind::Discarded { .. }
     ));
+    assert_eq!(seen[&ids[4]], crate::JobEventKind::Completed);
+    assert!(
+        !seen.contains_key(&ids[3]),
+        "no event for an end that was not stored"
+    );
     let counts = worker.counts();
-    assert_eq!((counts.completed, counts.cancelled), (1, 1));
+    assert_eq!(
+        (
+            counts.completed,
+            counts.cancelled,
+            counts.discarded,
+            counts.fenced
+        ),
+        (2, 1, 1, 1)
+    );
     worker.shutdown(Duration::from_secs(5)).await;
 }
 

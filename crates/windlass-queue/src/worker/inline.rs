@@ -183,26 +183,37 @@ where
             class: class.map(|c| c.as_str().to_owned()),
         },
     };
-    metrics::counter!(
-        "windlass_job_attempts_total",
-        "queue" => job.queue.clone(),
-        "kind" => job.kind.clone(),
-        "outcome" => outcome,
-        "class" => class.map_or("none", |c| c.as_str()),
-    )
-    .increment(1);
+    let count = |outcome: &str, class: Option<&str>| {
+        metrics::counter!(
+            "windlass_job_attempts_total",
+            "queue" => job.queue.clone(),
+            "kind" => job.kind.clone(),
+            "outcome" => outcome.to_owned(),
+            "class" => class.unwrap_or("none").to_owned(),
+        )
+        .increment(1);
+    };
     // The handler's own writer, if it asked for one (`JobContext::complete_with`), stores
-    // a completion instead of `store_end`.
+    // a completion instead of `store_end`; the attempt is counted by the end it stored.
     let own = (next == NextState::Completed)
         .then(|| take_completion(&completion))
         .flatten();
+    if own.is_none() {
+        count(outcome, class.map(|c| c.as_str()));
+    }
     // A few quick tries; after that the lease's expiry is the retry (nothing is lost).
     let mut wait = Duration::from_millis(10);
     for _ in 0..5 {
         let stored = match &own {
             Some(write) => write(finish.clone()).await.map(|stored| match stored {
-                Some(f) => (Fenced::Applied, f.next),
-                None => (Fenced::Rejected, next.clone()),
+                Some(f) => {
+                    count(&f.record.outcome, f.record.class.as_deref());
+                    (Fenced::Applied, f.next)
+                }
+                None => {
+                    count(outcome, class.map(|c| c.as_str()));
+                    (Fenced::Rejected, next.clone())
+                }
             }),
             None => store_end(finish.clone())
                 .await

@@ -376,14 +376,6 @@ pub(super) fn start_job<S: Store>(shared: &Arc<Shared<S>>, job: ClaimedJob) {
             return;
         };
         let event = event_of(&next, error.as_deref());
-        metrics::counter!(
-            "windlass_job_attempts_total",
-            "queue" => job.queue.clone(),
-            "kind" => job.kind.clone(),
-            "outcome" => outcome,
-            "class" => class.map_or("none", |c| c.as_str()),
-        )
-        .increment(1);
         let finish = Finish {
             record: AttemptRecord {
                 attempt: job.attempt,
@@ -393,15 +385,17 @@ pub(super) fn start_job<S: Store>(shared: &Arc<Shared<S>>, job: ClaimedJob) {
                 error,
                 class: class.map(|c| c.as_str().to_string()),
             },
-            lease: job.lease,
+            lease: job.lease.clone(),
             next,
         };
         if finish.next == NextState::Completed
             && let Some(write) = take_completion(&completion)
         {
-            complete_own(&shared, &write, finish).await;
+            // Counted by the end the writer stores (it may store another).
+            complete_own(&shared, &job, &write, finish).await;
             return;
         }
+        count_attempt(&job, outcome, class.map(|c| c.as_str()));
         if shared.finishes.send((finish, event)).is_err() {
             // The completer is gone (the runtime is shutting down): the lease will expire
             // and the job will be retried elsewhere. Nothing is lost, only delayed.
@@ -484,38 +478,72 @@ fn event_of(next: &NextState, error: Option<&str>) -> JobEventKind {
     }
 }
 
+/// Counts an attempt's end (`windlass_job_attempts_total`).
+fn count_attempt(job: &ClaimedJob, outcome: &str, class: Option<&str>) {
+    metrics::counter!(
+        "windlass_job_attempts_total",
+        "queue" => job.queue.clone(),
+        "kind" => job.kind.clone(),
+        "outcome" => outcome.to_owned(),
+        "class" => class.unwrap_or("none").to_owned(),
+    )
+    .increment(1);
+}
+
 /// Stores a completion through the handler's own writer ([`JobContext::complete_with`]),
-/// then counts it and sends its event as the completer does. A write that fails
-/// transiently is tried a few times; after that, as for one the store refuses, the lease is
-/// let go and its expiry runs the job again: nothing is lost.
-async fn complete_own<S: Store>(shared: &Arc<Shared<S>>, write: &CompletionWriter, finish: Finish) {
+/// then counts it and sends its event by the end the writer stored, as the completer does.
+/// A write that fails transiently is tried again, with backoff, until it is stored (as the
+/// completer retries): the job stays running under its heartbeated lease meanwhile, and a
+/// graceful shutdown waits for it. A write the store refuses outright, or a writer that
+/// panics, lets the lease go: its expiry runs the job again.
+async fn complete_own<S: Store>(
+    shared: &Arc<Shared<S>>,
+    job: &ClaimedJob,
+    write: &CompletionWriter,
+    finish: Finish,
+) {
+    use futures_util::FutureExt as _;
     let id = finish.lease.job;
     let mut wait = Duration::from_millis(10);
-    for _ in 0..5 {
-        match write(finish.clone()).await {
-            Ok(Some(stored)) => {
+    loop {
+        let written = std::panic::AssertUnwindSafe(write(finish.clone()))
+            .catch_unwind()
+            .await;
+        match written {
+            Ok(Ok(Some(stored))) => {
+                count_attempt(job, &stored.record.outcome, stored.record.class.as_deref());
                 shared.counters.record(&stored.next);
                 shared.emit(id, event_of(&stored.next, stored.record.error.as_deref()));
                 shared.forget(&finish.lease);
                 return;
             }
-            Ok(None) => {
+            Ok(Ok(None)) => {
+                count_attempt(job, &finish.record.outcome, finish.record.class.as_deref());
                 shared.counters.fenced.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("windlass_job_fenced_total").increment(1);
                 tracing::warn!(job = id.0, "attempt's end refused: its lease was lost");
                 shared.forget(&finish.lease);
                 return;
             }
-            Err(e) => {
+            Ok(Err(e)) if e.error_class().is_retryable() => {
                 metrics::counter!("windlass_queue_store_errors_total", "op" => "finish")
                     .increment(1);
-                if !e.error_class().is_retryable() {
-                    tracing::error!(job = id.0, error = %e, "the store refused an attempt's completion; its lease will expire");
-                    break;
-                }
                 tracing::warn!(job = id.0, error = %e, retry_in = ?wait, "storing an attempt's completion failed; retrying");
                 tokio::time::sleep(wait).await;
-                wait *= 2;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Ok(Err(e)) => {
+                metrics::counter!("windlass_queue_store_errors_total", "op" => "finish")
+                    .increment(1);
+                tracing::error!(job = id.0, error = %e, "the store refused an attempt's completion; its lease will expire");
+                break;
+            }
+            Err(_) => {
+                tracing::error!(
+                    job = id.0,
+                    "an attempt's completion writer panicked; its lease will expire"
+                );
+                break;
             }
         }
     }
