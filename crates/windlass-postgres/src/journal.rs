@@ -31,7 +31,7 @@ use crate::pg_error;
 
 /// Batches written at once. One: a write that arrives while a batch is being written waits
 /// for that commit, and so joins the next batch instead of going out nearly alone. Two in
-/// flight measured 18-30% fewer workflows/s in WF1 (the database is CPU-bound there, and
+/// flight measured 15-25% fewer workflows/s in WF1 than one (the database is CPU-bound there, and
 /// each statement costs a plan, an executor start-up and a commit; see BENCHMARKS.md). A
 /// lone write still goes at once.
 pub(crate) const IN_FLIGHT: usize = 1;
