@@ -24,7 +24,7 @@ use windlass_flow::RunStatus;
 use windlass_flow::store::{EndRun, may_become_sql_of};
 use windlass_queue::{Finish, StoreError};
 
-use crate::group_commit::GroupWriter;
+use crate::group_commit::{Answer, GroupWriter, write_batch};
 use crate::pg_error;
 
 /// Batches written at once: one, as for journal entries (`journal::IN_FLIGHT`).
@@ -59,34 +59,22 @@ pub(crate) fn spawn(pool: Pool) -> GroupWriter<Pending> {
     )
 }
 
+impl Answer<EndRun> for Pending {
+    fn answer(self, answer: Result<EndRun, StoreError>) {
+        let _ = self.reply.send(answer);
+    }
+}
+
 async fn write(pool: &Pool, batch: Vec<Pending>) {
-    let client = match pool.get().await {
-        Ok(c) => c,
-        Err(e) => {
-            let e = StoreError::Unavailable(format!("no database connection: {e}"));
-            for p in batch {
-                let _ = p.reply.send(Err(e.clone()));
-            }
-            return;
-        }
-    };
-    if batch.len() > 1 {
-        match end_many(&client, &batch).await {
-            Ok(answers) => {
-                for (p, answer) in batch.into_iter().zip(answers) {
-                    let _ = p.reply.send(answer);
-                }
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, ends = batch.len(), "a batch of run ends failed; writing them one by one");
-            }
-        }
-    }
-    for p in batch {
-        let answer = end_one(&client, &p).await;
-        let _ = p.reply.send(answer);
-    }
+    write_batch(
+        pool,
+        batch,
+        "run ends",
+        &(),
+        async |client: &ClientWrapper, (): &(), batch: &[Pending]| end_many(client, batch).await,
+        async |client: &ClientWrapper, (): &(), p: &Pending| end_one(client, p).await,
+    )
+    .await;
 }
 
 /// What the database said about one end: whether the job's completion applied, and the

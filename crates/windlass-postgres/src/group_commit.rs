@@ -19,7 +19,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use deadpool_postgres::{ClientWrapper, Pool};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use windlass_queue::StoreError;
 
 /// The sending side of a group-commit writer of `T`s.
 pub(crate) struct GroupWriter<T> {
@@ -117,5 +119,57 @@ impl<T: Send + 'static> GroupWriter<T> {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             Box::new(e.0)
         })
+    }
+}
+
+/// A write waiting in a group-commit writer, answered with an `A` once stored (or failed).
+pub(crate) trait Answer<A> {
+    /// Tells the write's caller how it went.
+    fn answer(self, answer: Result<A, StoreError>);
+}
+
+/// Writes `batch` on a connection from `pool`, answering each write: several with `many` (one
+/// statement, answered in `batch`'s order); if that statement fails, or for a lone write,
+/// each with `one`, so one bad write fails only its own caller. Both get `with` (what the
+/// writer's statements need besides the writes); `what` names the writes in the log.
+pub(crate) async fn write_batch<T, A, C, M, O>(
+    pool: &Pool,
+    batch: Vec<T>,
+    what: &str,
+    with: &C,
+    many: M,
+    one: O,
+) where
+    T: Answer<A>,
+    C: ?Sized,
+    M: AsyncFn(&ClientWrapper, &C, &[T]) -> Result<Vec<Result<A, StoreError>>, StoreError>,
+    O: AsyncFn(&ClientWrapper, &C, &T) -> Result<A, StoreError>,
+{
+    let client = match pool.get().await {
+        Ok(c) => c,
+        Err(e) => {
+            let e = StoreError::Unavailable(format!("no database connection: {e}"));
+            for t in batch {
+                t.answer(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    if batch.len() > 1 {
+        match many(&client, with, &batch).await {
+            Ok(answers) => {
+                for (t, answer) in batch.into_iter().zip(answers) {
+                    t.answer(answer);
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, writes = batch.len(), what, "a batch failed; writing its writes one by one");
+            }
+        }
+    }
+    for t in batch {
+        let answer = one(&client, with, &t).await;
+        t.answer(answer);
     }
 }

@@ -27,7 +27,7 @@ use windlass_flow::RunStart;
 use windlass_queue::{StoreError, duration_ms};
 
 use crate::flow::{START_RUN, start_run_on};
-use crate::group_commit::GroupWriter;
+use crate::group_commit::{Answer, GroupWriter, write_batch};
 use crate::ops::JobColumns;
 use crate::pg_error;
 
@@ -60,35 +60,39 @@ pub(crate) fn spawn(pool: Pool, channel: Arc<str>) -> GroupWriter<Pending> {
     )
 }
 
+impl Answer<Option<i64>> for Pending {
+    fn answer(self, answer: Result<Option<i64>, StoreError>) {
+        let _ = self.reply.send((self.start, answer));
+    }
+}
+
 async fn write(pool: &Pool, channel: &str, batch: Vec<Pending>) {
-    let client = match pool.get().await {
-        Ok(c) => c,
-        Err(e) => {
-            let e = StoreError::Unavailable(format!("no database connection: {e}"));
-            for p in batch {
-                let _ = p.reply.send((p.start, Err(e.clone())));
-            }
-            return;
-        }
-    };
-    if batch.len() > 1 {
-        match start_many(&client, &batch).await {
-            Ok(mut jobs) => {
-                for p in batch {
-                    let job = jobs.remove(&p.start.id);
-                    let _ = p.reply.send((p.start, Ok(job)));
-                }
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, starts = batch.len(), "a batch of direct starts failed; writing them one by one");
-            }
-        }
-    }
-    for p in batch {
-        let job = start_one(&client, channel, &p.start, p.now).await;
-        let _ = p.reply.send((p.start, job));
-    }
+    write_batch(
+        pool,
+        batch,
+        "direct starts",
+        channel,
+        start_all,
+        start_alone,
+    )
+    .await;
+}
+
+async fn start_all(
+    client: &ClientWrapper,
+    _channel: &str,
+    batch: &[Pending],
+) -> Result<Vec<Result<Option<i64>, StoreError>>, StoreError> {
+    let mut jobs = start_many(client, batch).await?;
+    Ok(batch.iter().map(|p| Ok(jobs.remove(&p.start.id))).collect())
+}
+
+async fn start_alone(
+    client: &ClientWrapper,
+    channel: &str,
+    p: &Pending,
+) -> Result<Option<i64>, StoreError> {
+    start_one(client, channel, &p.start, p.now).await
 }
 
 /// One start, one statement ([`START_RUN`]).

@@ -26,7 +26,7 @@ use windlass_flow::RunStatus;
 use windlass_flow::store::{may_become_sql, may_become_sql_of};
 use windlass_queue::StoreError;
 
-use crate::group_commit::GroupWriter;
+use crate::group_commit::{Answer, GroupWriter, write_batch};
 use crate::pg_error;
 
 /// Batches written at once: one, as for journal entries (`journal::IN_FLIGHT`).
@@ -61,34 +61,26 @@ pub(crate) fn spawn(pool: Pool) -> GroupWriter<Pending> {
     )
 }
 
+impl Answer<bool> for Pending {
+    fn answer(self, answer: Result<bool, StoreError>) {
+        let _ = self.reply.send(answer);
+    }
+}
+
 async fn write(pool: &Pool, batch: Vec<Pending>) {
-    let client = match pool.get().await {
-        Ok(c) => c,
-        Err(e) => {
-            let e = StoreError::Unavailable(format!("no database connection: {e}"));
-            for p in batch {
-                let _ = p.reply.send(Err(e.clone()));
-            }
-            return;
-        }
-    };
-    if batch.len() > 1 {
-        match set_many(&client, &batch).await {
-            Ok(answers) => {
-                for (p, answer) in batch.into_iter().zip(answers) {
-                    let _ = p.reply.send(Ok(answer));
-                }
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, moves = batch.len(), "a batch of run status moves failed; writing them one by one");
-            }
-        }
-    }
-    for p in batch {
-        let answer = set_one(&client, &p).await;
-        let _ = p.reply.send(answer);
-    }
+    write_batch(pool, batch, "run status moves", &(), set_all, set_alone).await;
+}
+
+async fn set_all(
+    client: &ClientWrapper,
+    (): &(),
+    batch: &[Pending],
+) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
+    Ok(set_many(client, batch).await?.into_iter().map(Ok).collect())
+}
+
+async fn set_alone(client: &ClientWrapper, (): &(), p: &Pending) -> Result<bool, StoreError> {
+    set_one(client, p).await
 }
 
 /// One move, one statement: whether it was written.

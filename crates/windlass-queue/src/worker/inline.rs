@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use windlass_policy::ClassifiedError as _;
 
 use super::attempt::{Ended, next_state};
+use super::run::count_attempt;
 use crate::handler::{CompletionSlot, JobContext, JobError, take_completion};
 use crate::job::AttemptRecord;
 use crate::store::{ClaimedJob, Fenced, Finish, NextState, Store};
@@ -183,16 +184,7 @@ where
             class: class.map(|c| c.as_str().to_owned()),
         },
     };
-    let count = |outcome: &str, class: Option<&str>| {
-        metrics::counter!(
-            "windlass_job_attempts_total",
-            "queue" => job.queue.clone(),
-            "kind" => job.kind.clone(),
-            "outcome" => outcome.to_owned(),
-            "class" => class.unwrap_or("none").to_owned(),
-        )
-        .increment(1);
-    };
+    let count = |outcome: &str, class: Option<&str>| count_attempt(job, outcome, class);
     // The handler's own writer, if it asked for one (`JobContext::complete_with`), stores
     // a completion instead of `store_end`; the attempt is counted by the end it stored.
     let own = (next == NextState::Completed)

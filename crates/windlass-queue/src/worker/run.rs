@@ -479,7 +479,7 @@ fn event_of(next: &NextState, error: Option<&str>) -> JobEventKind {
 }
 
 /// Counts an attempt's end (`windlass_job_attempts_total`).
-fn count_attempt(job: &ClaimedJob, outcome: &str, class: Option<&str>) {
+pub(super) fn count_attempt(job: &ClaimedJob, outcome: &str, class: Option<&str>) {
     metrics::counter!(
         "windlass_job_attempts_total",
         "queue" => job.queue.clone(),
