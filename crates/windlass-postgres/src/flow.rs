@@ -419,15 +419,11 @@ impl FlowStore for PostgresStore {
             finished: status.is_terminal().then(|| self.clock.now_ms()),
             reply,
         };
-        if let Err(p) = writer.send(pending) {
-            let client = self.client().await?;
-            return crate::statuses::set_one(&client, &p).await;
-        }
-        answer.await.unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(
-                "the run-status writer stopped before answering".into(),
-            ))
-        })
+        writer
+            .write(pending, answer, "run-status", async |p| {
+                crate::statuses::set_one(&*self.client().await?, &p).await
+            })
+            .await
     }
 
     async fn end_run(
@@ -461,15 +457,11 @@ impl FlowStore for PostgresStore {
             now: self.clock.now_ms(),
             reply,
         };
-        if let Err(p) = writer.send(pending) {
-            let client = self.client().await?;
-            return crate::ends::end_one(&client, &p).await;
-        }
-        answer.await.unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(
-                "the run-end writer stopped before answering".into(),
-            ))
-        })
+        writer
+            .write(pending, answer, "run-end", async |p| {
+                crate::ends::end_one(&*self.client().await?, &p).await
+            })
+            .await
     }
 
     async fn subscribe(&self, sub: Subscription) -> Result<(), StoreError> {
@@ -672,15 +664,12 @@ impl FlowStore for PostgresStore {
             .journal
             .get_or_init(|| crate::journal::spawn(self.pool.clone()));
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if let Err(p) = writer.send(crate::journal::Pending { run, entry, reply }) {
-            let client = self.client().await?;
-            return record_one(&client, &p.run, &p.entry).await;
-        }
-        answer.await.unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(
-                "the journal writer stopped before answering".into(),
-            ))
-        })
+        let pending = crate::journal::Pending { run, entry, reply };
+        writer
+            .write(pending, answer, "journal", async |p| {
+                record_one(&*self.client().await?, &p.run, &p.entry).await
+            })
+            .await
     }
 }
 

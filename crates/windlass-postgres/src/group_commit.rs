@@ -112,6 +112,30 @@ impl<T: Send + 'static> GroupWriter<T> {
         Arc::clone(&self.slots).try_acquire_owned().ok()
     }
 
+    /// Hands `t` to the writer and waits for `answer` (the receiving end of `t`'s reply);
+    /// if the writer's runtime is gone, `alone` writes `t` straight to the database instead.
+    /// `what` names the writer if it stops before answering.
+    pub(crate) async fn write<A, F, Fut>(
+        &self,
+        t: T,
+        answer: tokio::sync::oneshot::Receiver<Result<A, StoreError>>,
+        what: &str,
+        alone: F,
+    ) -> Result<A, StoreError>
+    where
+        F: FnOnce(T) -> Fut,
+        Fut: Future<Output = Result<A, StoreError>>,
+    {
+        if let Err(t) = self.send(t) {
+            return alone(*t).await;
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "the {what} writer stopped before answering"
+            )))
+        })
+    }
+
     /// Hands `t` to the writer; `Err` gives it back if the writer's runtime is gone.
     pub(crate) fn send(&self, t: T) -> Result<(), Box<T>> {
         self.queued.fetch_add(1, Ordering::AcqRel);
