@@ -98,6 +98,7 @@ pub use pipeline::{Pipeline, PipelineBuilder};
 pub use policy::{Policy, PolicyExt};
 pub use rate_limit::{RateLimiter, RateLimiterBuilder};
 pub use retry::{
-    Backoff, Jitter, Retry, RetryAt, RetryBudget, RetryBuilder, RetryEvent, RetrySchedule,
+    Backoff, Jitter, PackedSchedule, Retry, RetryAt, RetryBudget, RetryBuilder, RetryEvent,
+    RetrySchedule,
 };
 pub use timeout::{Deadline, Timeout};

@@ -120,7 +120,7 @@ fn rows(jobs: &[&NewJob], now: i64) -> Result<Rows, StoreError> {
         r.priority.push(o.priority);
         r.max_attempts
             .push(i32::try_from(o.retry.max_attempts).unwrap_or(i32::MAX));
-        r.retry.push(to_json(&o.retry)?);
+        r.retry.push(to_json(&o.retry.packed())?);
         r.timeout_ms.push(duration_ms(o.timeout));
         r.tags.push(to_json(&o.tags)?);
         r.unique_key.push(o.unique.as_ref().map(|u| u.key.clone()));
@@ -141,7 +141,7 @@ pub(crate) struct JobColumns<'a> {
     pub(crate) run_at: i64,
     pub(crate) max_attempts: i32,
     /// Serialised straight into the statement's parameters, without a `Value` between.
-    pub(crate) retry: tokio_postgres::types::Json<&'a RetrySchedule>,
+    pub(crate) retry: tokio_postgres::types::Json<windlass_policy::PackedSchedule<'a>>,
     pub(crate) timeout_ms: i64,
     pub(crate) tags: tokio_postgres::types::Json<&'a Vec<String>>,
 }
@@ -162,7 +162,7 @@ impl<'a> JobColumns<'a> {
             state: state.as_str(),
             run_at: now.saturating_add(delay),
             max_attempts: i32::try_from(o.retry.max_attempts).unwrap_or(i32::MAX),
-            retry: tokio_postgres::types::Json(&o.retry),
+            retry: tokio_postgres::types::Json(o.retry.packed()),
             timeout_ms: duration_ms(o.timeout),
             tags: tokio_postgres::types::Json(&o.tags),
         }

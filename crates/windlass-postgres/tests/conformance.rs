@@ -386,3 +386,66 @@ async fn a_completion_stored_by_an_older_worker_reads_the_same() {
     // nothing of the columns); the stale columns are not read as a second completion.
     assert_eq!(rec.attempts, vec![want[0].clone(), old]);
 }
+
+/// A job's retry schedule is stored packed (a JSON array, a third of the object form:
+/// `windlass_policy::PackedSchedule`), and a row holding the object form, as versions
+/// before it wrote, is claimed with the same schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_schedule_is_stored_packed_and_the_object_form_still_reads() {
+    let Some(url) = database_url() else { return };
+    let store = open(&url, &schema_name()).await;
+    let mut options = JobOptions::default();
+    options.retry.max_attempts = 7;
+    options.retry.jitter = windlass_policy::Jitter::Proportional(0.5);
+    let new = |n: i64| NewJob::new("k", serde_json::json!({ "n": n }), options.clone()).unwrap();
+    let ids: Vec<_> = store
+        .enqueue(vec![new(1), new(2)])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let table = format!("{}.windlass_jobs", store.schema());
+    let stored: serde_json::Value = client
+        .query_one(
+            &format!("SELECT retry FROM {table} WHERE id = $1"),
+            &[&ids[0].0],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        stored,
+        serde_json::to_value(options.retry.packed()).unwrap(),
+        "stored packed"
+    );
+    assert!(stored.is_array(), "{stored}");
+    // The second job as an older version stored it.
+    let object = serde_json::to_value(options.retry).unwrap();
+    assert!(object.is_object());
+    client
+        .execute(
+            &format!("UPDATE {table} SET retry = $1 WHERE id = $2"),
+            &[&object, &ids[1].0],
+        )
+        .await
+        .unwrap();
+    let claimed = store
+        .claim(windlass_queue::ClaimRequest {
+            queues: vec!["default".into()],
+            kinds: vec!["k".into()],
+            limit: 2,
+            worker: "w".into(),
+            lease_for: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    for c in &claimed {
+        assert_eq!(c.retry, options.retry, "job {:?}", c.lease.job);
+    }
+}

@@ -42,3 +42,65 @@ mod file {
 
     windlass_queue::conformance_tests!(fresh);
 }
+
+/// A job's retry schedule is stored packed (a JSON array, a third of the object form:
+/// `windlass_policy::PackedSchedule`), and a row holding the object form, as versions
+/// before it wrote (and may still write, sharing the file), is claimed with the same
+/// schedule.
+#[tokio::test]
+async fn a_retry_schedule_is_stored_packed_and_the_object_form_still_reads() {
+    use windlass_queue::{JobOptions, NewJob, Store};
+    let dir = std::env::temp_dir().join(format!("windlass-packed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("jobs.db");
+    let _ = std::fs::remove_file(&path);
+    let store = SqliteStore::builder(&path).open().await.unwrap();
+    let mut options = JobOptions::default();
+    options.retry.max_attempts = 7;
+    options.retry.jitter = windlass_policy::Jitter::Proportional(0.5);
+    let new = |n: i64| NewJob::new("k", serde_json::json!({ "n": n }), options.clone()).unwrap();
+    let ids: Vec<i64> = store
+        .enqueue(vec![new(1), new(2)])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id.0)
+        .collect();
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let stored: String = raw
+        .query_row(
+            "SELECT retry FROM windlass_jobs WHERE id = ?1",
+            [ids[0]],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        stored,
+        serde_json::to_string(&options.retry.packed()).unwrap()
+    );
+    assert!(stored.starts_with('['), "{stored}");
+    // The second job as an older version stored it.
+    let object = serde_json::to_string(&options.retry).unwrap();
+    assert!(object.starts_with('{'));
+    raw.execute(
+        "UPDATE windlass_jobs SET retry = ?1 WHERE id = ?2",
+        rusqlite::params![object, ids[1]],
+    )
+    .unwrap();
+    let claimed = store
+        .claim(windlass_queue::ClaimRequest {
+            queues: vec!["default".into()],
+            kinds: vec!["k".into()],
+            limit: 2,
+            worker: "w".into(),
+            lease_for: std::time::Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    for c in &claimed {
+        assert_eq!(c.retry, options.retry, "job {:?}", c.lease.job);
+    }
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -260,14 +260,20 @@ fn throughput(n: usize, d: Duration) -> Throughput {
     }
 }
 
-/// A fresh SQLite file for each workload, in `dir`.
+/// A fresh SQLite file for each workload, in `dir`. The previous workload's file (whose
+/// store is gone by then) is removed, so a run leaves only its last file behind to inspect,
+/// not one per workload (a W3 file of 100,000 jobs is ~35 MB).
 pub async fn fresh_sqlite(dir: &std::path::Path) -> anyhow::Result<windlass_sqlite::SqliteStore> {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     std::fs::create_dir_all(dir)?;
-    let path = dir.join(format!("bench-{}-{n}.db", std::process::id()));
-    for ext in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+    let file = |n: usize| dir.join(format!("bench-{}-{n}.db", std::process::id()));
+    let path = file(n);
+    let stale = n.checked_sub(1).map(file).into_iter().chain([path.clone()]);
+    for p in stale {
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", p.display()));
+        }
     }
     windlass_sqlite::SqliteStore::open(&path)
         .await

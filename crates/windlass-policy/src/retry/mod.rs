@@ -43,6 +43,7 @@
 
 pub mod backoff;
 mod budget;
+pub mod packed;
 pub mod schedule;
 
 use crate::time::saturating_add;
@@ -56,6 +57,7 @@ use tokio::time::Instant;
 
 pub use backoff::{Backoff, Jitter};
 pub use budget::RetryBudget;
+pub use packed::PackedSchedule;
 pub use schedule::{RetryAt, RetrySchedule};
 
 use crate::classify::ErrorClass;
