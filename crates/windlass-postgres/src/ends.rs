@@ -195,7 +195,11 @@ pub(crate) async fn end_many(
     let mut errors = Vec::with_capacity(n);
     let mut finished = Vec::with_capacity(n);
     let mut nows = Vec::with_capacity(n);
-    for p in batch {
+    // Jobs in id order, as the queue's batch updates lock them (`ops::lease_arrays`); the
+    // answers are matched by run.
+    let mut sorted: Vec<_> = batch.iter().collect();
+    sorted.sort_unstable_by_key(|p| p.finish.lease.job);
+    for p in sorted {
         runs.push(p.run.as_str());
         jobs.push(p.finish.lease.job.0);
         tokens.push(p.finish.lease.token);

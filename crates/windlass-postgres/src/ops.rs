@@ -408,6 +408,10 @@ pub(crate) async fn claim_queue(
     claimed(rows, &req.worker)
 }
 
+/// The leases' ids, tokens and workers as three arrays. Callers pass them in job-id order:
+/// the batch updates below are planned as a nested loop over the arrays, so they lock job
+/// rows in array order, and two batches that lock in one order cannot deadlock each other
+/// (a heartbeat of a worker's leases used to meet its completions in map order).
 fn lease_arrays(leases: &[&Lease]) -> (Vec<i64>, Vec<i64>, Vec<String>) {
     (
         leases.iter().map(|l| l.job.0).collect(),
@@ -421,7 +425,8 @@ pub(crate) async fn heartbeat(
     leases: &[Lease],
     until: i64,
 ) -> Result<Vec<Heartbeat>, StoreError> {
-    let refs: Vec<&Lease> = leases.iter().collect();
+    let mut refs: Vec<&Lease> = leases.iter().collect();
+    refs.sort_unstable_by_key(|l| l.job);
     let (ids, tokens, workers) = lease_arrays(&refs);
     let stmt = c
         .prepare_cached(
@@ -453,7 +458,10 @@ pub(crate) async fn finish(
     finished: &[Finish],
     now: i64,
 ) -> Result<Vec<Fenced>, StoreError> {
-    let refs: Vec<&Lease> = finished.iter().map(|f| &f.lease).collect();
+    // In job-id order (see `lease_arrays`); the answers are matched by id and token.
+    let mut sorted: Vec<&Finish> = finished.iter().collect();
+    sorted.sort_unstable_by_key(|f| f.lease.job);
+    let refs: Vec<&Lease> = sorted.iter().map(|f| &f.lease).collect();
     let (ids, tokens, workers) = lease_arrays(&refs);
     // The common batch: every attempt completed, all from one worker. Its statement carries
     // three arrays, and the server builds each completion's attempt record itself.
@@ -475,7 +483,7 @@ pub(crate) async fn finish(
             )
             .await
             .map_err(pg_error)?;
-        let at: Vec<i64> = finished.iter().map(|f| f.record.at_ms).collect();
+        let at: Vec<i64> = sorted.iter().map(|f| f.record.at_ms).collect();
         let rows = c
             .query(&stmt, &[&ids, &tokens, &now, &first.lease.worker, &at])
             .await
@@ -488,7 +496,7 @@ pub(crate) async fn finish(
     let mut uncount: Vec<i32> = Vec::new();
     let mut records = Vec::new();
     let mut at: Vec<i64> = Vec::new();
-    for f in finished {
+    for f in sorted {
         let (state, run_at, u) = match f.next {
             NextState::Completed => (JobState::Completed, None, 0),
             NextState::Retryable { run_at_ms } => (JobState::Retryable, Some(run_at_ms), 0),

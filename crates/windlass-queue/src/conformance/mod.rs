@@ -50,6 +50,7 @@ macro_rules! conformance_tests {
             expired_leases_are_retried_then_discarded,
             poison_jobs_are_quarantined,
             heartbeats_keep_a_lease,
+            batches_are_answered_in_the_order_given,
             retryable_jobs_wait_for_their_backoff,
             snoozing_does_not_count_an_attempt,
             unique_keys_return_the_existing_job,

@@ -410,6 +410,56 @@ pub async fn heartbeats_keep_a_lease<S: Store>(store: S, clock: ManualClock) {
     assert_eq!(store.rescue_expired(3).await.unwrap().retried, vec![ids[0]]);
 }
 
+/// Batched heartbeats and ends answer each lease in the order given, whatever the order of
+/// the job ids (a store may reorder a batch internally, e.g. to lock rows in id order).
+pub async fn batches_are_answered_in_the_order_given<S: Store>(store: S, _clock: ManualClock) {
+    let ids = put(&store, vec![job(1), job(2), job(3), job(4)]).await;
+    let mut claimed = store.claim(claim_req("w1", 4)).await.unwrap();
+    claimed.sort_by_key(|c| c.lease.job);
+    let lease = |i: usize| claimed[i].lease.clone();
+    let mut stale = lease(1);
+    stale.token += 1;
+    let beats = store
+        .heartbeat(
+            vec![stale.clone(), lease(3), lease(0), lease(2)],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let held: Vec<bool> = beats.iter().map(|b| b.held).collect();
+    assert_eq!(held, vec![false, true, true, true]);
+    let retry = NextState::Retryable {
+        run_at_ms: T0 + 5_000,
+    };
+    let fenced = store
+        .finish(vec![
+            done(stale, NextState::Completed, 1, "completed"),
+            done(lease(3), NextState::Completed, 1, "completed"),
+            done(lease(0), retry, 1, "failed"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        fenced,
+        vec![Fenced::Rejected, Fenced::Applied, Fenced::Applied]
+    );
+    let states = [
+        state(&store, ids[0]).await,
+        state(&store, ids[1]).await,
+        state(&store, ids[2]).await,
+        state(&store, ids[3]).await,
+    ];
+    assert_eq!(
+        states,
+        [
+            JobState::Retryable,
+            JobState::Running,
+            JobState::Running,
+            JobState::Completed
+        ]
+    );
+}
+
 pub async fn retryable_jobs_wait_for_their_backoff<S: Store>(store: S, clock: ManualClock) {
     let ids = put(&store, vec![job(1)]).await;
     let c = store.claim(claim_req("w1", 1)).await.unwrap().remove(0);
