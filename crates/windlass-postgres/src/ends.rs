@@ -195,8 +195,9 @@ pub(crate) async fn end_many(
     let mut errors = Vec::with_capacity(n);
     let mut finished = Vec::with_capacity(n);
     let mut nows = Vec::with_capacity(n);
-    // Jobs in id order, as the queue's batch updates lock them (`ops::lease_arrays`); the
-    // answers are matched by run.
+    // Jobs in id order, as the queue's batch updates pass them (`ops::lease_arrays`: the
+    // order rows are locked in when the plan drives the job updates from `e`); the answers
+    // are matched by run.
     let mut sorted: Vec<_> = batch.iter().collect();
     sorted.sort_unstable_by_key(|p| p.finish.lease.job);
     for p in sorted {

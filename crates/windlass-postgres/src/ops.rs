@@ -408,10 +408,14 @@ pub(crate) async fn claim_queue(
     claimed(rows, &req.worker)
 }
 
-/// The leases' ids, tokens and workers as three arrays. Callers pass them in job-id order:
-/// the batch updates below are planned as a nested loop over the arrays, so they lock job
-/// rows in array order, and two batches that lock in one order cannot deadlock each other
-/// (a heartbeat of a worker's leases used to meet its completions in map order).
+/// The leases' ids, tokens and workers as three arrays. Callers pass them in job-id order.
+/// On a jobs table past a few pages the batch updates below are planned as a nested loop
+/// over the arrays with a primary-key lookup inside (checked with `EXPLAIN`), so they lock
+/// job rows in array order, and two such batches cannot deadlock each other (a worker's
+/// heartbeat, in map order, used to be able to meet its own completions, in arrival
+/// order). This is the plan's order, not a guarantee: on a tiny table a hash join may lock
+/// in another order, and `rescue` locks in lease order. A deadlock that remains is broken
+/// by PostgreSQL after `deadlock_timeout`, and both writers retry.
 fn lease_arrays(leases: &[&Lease]) -> (Vec<i64>, Vec<i64>, Vec<String>) {
     (
         leases.iter().map(|l| l.job.0).collect(),

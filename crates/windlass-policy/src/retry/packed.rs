@@ -16,8 +16,10 @@
 //! one (`Jitter`) from `[tag, content]`. So a process of an older version, which only knows
 //! the object form, reads the packed form too (a rolling upgrade never meets a row it
 //! cannot read), and a row written in the object form still reads. Only the field order is
-//! a contract: fields of these three types are never reordered (the round-trip tests below
-//! would not notice a reorder between versions; the fixed strings in them would).
+//! a contract: fields of these three types are never reordered. A reorder of a struct's
+//! declaration alone fails the round-trip tests below (the packer writes fields by name, the
+//! reader takes them by position); a reorder of both the declaration and the packer would
+//! pass the round trip, but not the fixed strings, which stand for what older versions read.
 //!
 //! **When not to use it:** for configuration that people read or write: that is what the
 //! object form is for.
