@@ -438,7 +438,7 @@ pub(crate) async fn heartbeat(
              FROM unnest($1::int8[], $2::int8[], $3::text[]) AS l(id, token, worker)
              WHERE j.id = l.id AND j.state = 'running' AND j.lease_token = l.token
                AND j.locked_by = l.worker
-             RETURNING j.id, j.cancel_requested",
+             RETURNING j.id, j.lease_token, j.cancel_requested",
         )
         .await
         .map_err(pg_error)?;
@@ -446,13 +446,20 @@ pub(crate) async fn heartbeat(
         .query(&stmt, &[&ids, &tokens, &workers, &until])
         .await
         .map_err(pg_error)?;
-    let held: std::collections::HashMap<i64, bool> =
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    // Keyed by lease, not by job: a stale lease of a job is not held because the job's
+    // current lease is.
+    let held: std::collections::HashMap<(i64, i64), bool> = rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
     Ok(leases
         .iter()
-        .map(|l| Heartbeat {
-            held: held.contains_key(&l.job.0),
-            cancel_requested: held.get(&l.job.0).copied().unwrap_or(false),
+        .map(|l| {
+            let cancel = held.get(&(l.job.0, l.token));
+            Heartbeat {
+                held: cancel.is_some(),
+                cancel_requested: cancel.copied().unwrap_or(false),
+            }
         })
         .collect())
 }
@@ -562,13 +569,15 @@ pub(crate) async fn finish(
 }
 
 /// Which of `finished` the update applied (it returned their id and token).
+/// A lease given twice is applied once (the update writes a row once): the first answer is
+/// `Applied`, the repeats `Rejected`, as when they are written one by one.
 fn fenced(finished: &[Finish], rows: &[Row]) -> Vec<Fenced> {
-    let applied: std::collections::HashSet<(i64, i64)> =
+    let mut applied: std::collections::HashSet<(i64, i64)> =
         rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     finished
         .iter()
         .map(|f| {
-            if applied.contains(&(f.lease.job.0, f.lease.token)) {
+            if applied.remove(&(f.lease.job.0, f.lease.token)) {
                 Fenced::Applied
             } else {
                 Fenced::Rejected

@@ -421,13 +421,14 @@ pub async fn batches_are_answered_in_the_order_given<S: Store>(store: S, _clock:
     stale.token += 1;
     let beats = store
         .heartbeat(
-            vec![stale.clone(), lease(3), lease(0), lease(2)],
+            vec![stale.clone(), lease(3), lease(0), lease(2), lease(1)],
             Duration::from_secs(10),
         )
         .await
         .unwrap();
     let held: Vec<bool> = beats.iter().map(|b| b.held).collect();
-    assert_eq!(held, vec![false, true, true, true]);
+    // A stale lease is not held, even beside its job's current lease.
+    assert_eq!(held, vec![false, true, true, true, true]);
     let retry = NextState::Retryable {
         run_at_ms: T0 + 5_000,
     };
@@ -468,11 +469,19 @@ pub async fn batches_are_answered_in_the_order_given<S: Store>(store: S, _clock:
             ..record(1, "completed")
         },
     };
+    // The same lease given twice is applied once.
     let fenced = store
-        .finish(vec![at(lease(2), T0 + 2), at(lease(1), T0 + 1)])
+        .finish(vec![
+            at(lease(2), T0 + 2),
+            at(lease(1), T0 + 1),
+            at(lease(2), T0 + 3),
+        ])
         .await
         .unwrap();
-    assert_eq!(fenced, vec![Fenced::Applied, Fenced::Applied]);
+    assert_eq!(
+        fenced,
+        vec![Fenced::Applied, Fenced::Applied, Fenced::Rejected]
+    );
     for (i, want) in [(1, T0 + 1), (2, T0 + 2)] {
         let rec = store.get(ids[i]).await.unwrap().unwrap();
         assert_eq!(rec.state, JobState::Completed);
