@@ -413,9 +413,10 @@ pub(crate) async fn claim_queue(
 /// over the arrays with a primary-key lookup inside (checked with `EXPLAIN`), so they lock
 /// job rows in array order, and two such batches cannot deadlock each other (a worker's
 /// heartbeat, in map order, used to be able to meet its own completions, in arrival
-/// order). This is the plan's order, not a guarantee: on a tiny table a hash join may lock
-/// in another order, and `rescue` locks in lease order. A deadlock that remains is broken
-/// by PostgreSQL after `deadlock_timeout`, and both writers retry.
+/// order; the lease sweep, `rescue`, locks in id order too and skips rows others hold).
+/// This is the plan's order, not a guarantee: on a tiny table a hash join may lock in
+/// another order. A deadlock that remains is broken by PostgreSQL after
+/// `deadlock_timeout`, and both writers retry.
 fn lease_arrays(leases: &[&Lease]) -> (Vec<i64>, Vec<i64>, Vec<String>) {
     (
         leases.iter().map(|l| l.job.0).collect(),
@@ -612,26 +613,34 @@ pub(crate) async fn rescue(
     now: i64,
 ) -> Result<Rescued, StoreError> {
     let q = i32::try_from(quarantine_after).unwrap_or(i32::MAX);
-    // SET expressions read the row as it was before the update.
+    // The expired rows are locked in id order, as the batch writes lock theirs
+    // (`lease_arrays`), and a row another transaction holds is skipped, not waited for: a
+    // heartbeat or completion racing the sweep wins, and a lease still expired when it
+    // commits is swept next time. SET expressions read the row as it was before the update.
     let rows = c
         .query(
-            "UPDATE windlass_jobs SET
-                lease_expiries = lease_expiries + 1,
+            "WITH x AS (
+                SELECT id FROM windlass_jobs WHERE state = 'running' AND lease_until < $2
+                ORDER BY id FOR UPDATE SKIP LOCKED)
+             UPDATE windlass_jobs j SET
+                lease_expiries = j.lease_expiries + 1,
                 state = CASE
-                    WHEN cancel_requested THEN 'cancelled'
-                    WHEN lease_expiries + 1 >= $1 OR attempt >= max_attempts THEN 'discarded'
+                    WHEN j.cancel_requested THEN 'cancelled'
+                    WHEN j.lease_expiries + 1 >= $1 OR j.attempt >= j.max_attempts
+                        THEN 'discarded'
                     ELSE 'available' END,
                 finished_at = CASE
-                    WHEN cancel_requested OR lease_expiries + 1 >= $1
-                        OR attempt >= max_attempts THEN $2 ELSE NULL END,
+                    WHEN j.cancel_requested OR j.lease_expiries + 1 >= $1
+                        OR j.attempt >= j.max_attempts THEN $2 ELSE NULL END,
                 run_at = $2, locked_by = NULL, lease_until = NULL,
-                attempts = attempts || jsonb_build_array(jsonb_build_object(
-                    'attempt', attempt, 'worker', locked_by, 'at_ms', $2::int8,
+                attempts = j.attempts || jsonb_build_array(jsonb_build_object(
+                    'attempt', j.attempt, 'worker', j.locked_by, 'at_ms', $2::int8,
                     'outcome', 'lease_expired',
                     'error', 'lease expired: the worker crashed, hung or lost the database',
                     'class', 'transient'))
-             WHERE state = 'running' AND lease_until < $2
-             RETURNING id, state, lease_expiries",
+             FROM x
+             WHERE j.id = x.id AND j.state = 'running' AND j.lease_until < $2
+             RETURNING j.id, j.state, j.lease_expiries",
             &[&q, &now],
         )
         .await

@@ -449,3 +449,59 @@ async fn a_retry_schedule_is_stored_packed_and_the_object_form_still_reads() {
         assert_eq!(c.retry, options.retry, "job {:?}", c.lease.job);
     }
 }
+
+/// The lease sweep skips a job row another transaction holds (a heartbeat or completion
+/// racing it) instead of waiting for it, and sweeps it on a later pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_sweep_skips_a_row_held_by_another_writer() {
+    let clock = ManualClock::new(1_700_000_000_000);
+    let Some(store) = fresh(clock.clone()).await else {
+        return;
+    };
+    let url = database_url().unwrap();
+    let ids: Vec<_> = store
+        .enqueue(vec![job(1), job(2)])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let claimed = store
+        .claim(windlass_queue::ClaimRequest {
+            queues: vec!["default".into()],
+            kinds: vec!["k".into()],
+            limit: 2,
+            worker: "w".into(),
+            lease_for: Duration::from_secs(10),
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    clock.advance(Duration::from_secs(11));
+    let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tx = client.transaction().await.unwrap();
+    tx.execute(
+        &format!(
+            "SELECT 1 FROM {}.windlass_jobs WHERE id = $1 FOR UPDATE",
+            store.schema()
+        ),
+        &[&ids[0].0],
+    )
+    .await
+    .unwrap();
+    // Without SKIP LOCKED the sweep would wait for `tx`: the guard turns a hang into a
+    // failure.
+    let swept = tokio::time::timeout(Duration::from_secs(20), store.rescue_expired(3))
+        .await
+        .expect("the sweep waited for a row another transaction held")
+        .unwrap();
+    assert_eq!(swept.retried, vec![ids[1]]);
+    tx.rollback().await.unwrap();
+    let swept = store.rescue_expired(3).await.unwrap();
+    assert_eq!(swept.retried, vec![ids[0]]);
+    let rec = store.get(ids[0]).await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.lease_expiries), (JobState::Available, 1));
+}
