@@ -435,13 +435,7 @@ async fn a_retry_schedule_is_stored_packed_and_the_object_form_still_reads() {
         .await
         .unwrap();
     let claimed = store
-        .claim(windlass_queue::ClaimRequest {
-            queues: vec!["default".into()],
-            kinds: vec!["k".into()],
-            limit: 2,
-            worker: "w".into(),
-            lease_for: Duration::from_secs(30),
-        })
+        .claim(windlass_queue::conformance::claim_req("w", 2))
         .await
         .unwrap();
     assert_eq!(claimed.len(), 2);
@@ -467,13 +461,7 @@ async fn the_lease_sweep_skips_a_row_held_by_another_writer() {
         .map(|e| e.id)
         .collect();
     let claimed = store
-        .claim(windlass_queue::ClaimRequest {
-            queues: vec!["default".into()],
-            kinds: vec!["k".into()],
-            limit: 2,
-            worker: "w".into(),
-            lease_for: Duration::from_secs(10),
-        })
+        .claim(windlass_queue::conformance::claim_req("w", 2))
         .await
         .unwrap();
     assert_eq!(claimed.len(), 2);

@@ -88,13 +88,7 @@ async fn a_retry_schedule_is_stored_packed_and_the_object_form_still_reads() {
     )
     .unwrap();
     let claimed = store
-        .claim(windlass_queue::ClaimRequest {
-            queues: vec!["default".into()],
-            kinds: vec!["k".into()],
-            limit: 2,
-            worker: "w".into(),
-            lease_for: std::time::Duration::from_secs(30),
-        })
+        .claim(windlass_queue::conformance::claim_req("w", 2))
         .await
         .unwrap();
     assert_eq!(claimed.len(), 2);
