@@ -408,6 +408,7 @@ impl Store for PostgresStore {
         let now = self.clock.now_ms();
         let mut client = self.client().await?;
         let mut all = Vec::new();
+        let mut unreadable = Vec::new();
         if request.kinds.is_empty() {
             return Ok(all);
         }
@@ -417,12 +418,25 @@ impl Store for PostgresStore {
                 break;
             }
             let limits = self.cached_limits(&client, queue).await?;
-            let got = if limits.is_unlimited() {
+            let (got, bad) = if limits.is_unlimited() {
                 ops::claim_queue(&client, &request, queue, left, now).await?
             } else {
                 limits::claim_limited(&mut client, &request, queue, &limits, left, now).await?
             };
             all.extend(got);
+            unreadable.extend(bad);
+        }
+        if !unreadable.is_empty() {
+            // Claimed and committed: discard them now, their schedule reset to the default
+            // so the dead letter can be read and replayed (the stored value is in the
+            // attempt's error). If that fails, their leases expire and the next claim tries
+            // again; the readable jobs are handed out either way.
+            for f in &unreadable {
+                tracing::warn!(job = f.lease.job.0, error = ?f.record.error, "discarding an unreadable job");
+            }
+            if let Err(e) = ops::discard_unreadable(&client, &unreadable, now).await {
+                tracing::warn!(error = %e, "could not discard unreadable jobs; their leases will expire");
+            }
         }
         Ok(all)
     }

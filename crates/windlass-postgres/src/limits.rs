@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use deadpool_postgres::Object;
 use tokio_postgres::GenericClient;
 use windlass_queue::limits::{Bucket, ClaimBudget, QueueLimits, Rate, choose, taken_per_key};
-use windlass_queue::{ClaimRequest, ClaimedJob, StoreError, duration_ms};
+use windlass_queue::{ClaimRequest, StoreError, duration_ms};
 
 use crate::ops::{CLAIMED, DUE, claimed};
 use crate::pg_error;
@@ -98,7 +98,7 @@ pub(crate) async fn claim_limited(
     limits: &QueueLimits,
     left: usize,
     now: i64,
-) -> Result<Vec<ClaimedJob>, StoreError> {
+) -> Result<crate::ops::Claimed, StoreError> {
     let tx = client.transaction().await.map_err(pg_error)?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended($1, 7177))",
@@ -128,7 +128,7 @@ pub(crate) async fn claim_limited(
     };
     if total == 0 {
         tx.commit().await.map_err(pg_error)?;
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     // Look past jobs whose key is full, but not forever.
     let window = i64::try_from(total.saturating_mul(4).saturating_add(32)).unwrap_or(i64::MAX);
@@ -207,5 +207,5 @@ pub(crate) async fn claim_limited(
         .await
         .map_err(pg_error)?;
     tx.commit().await.map_err(pg_error)?;
-    claimed(rows, &req.worker)
+    Ok(claimed(rows, &req.worker, now))
 }

@@ -337,30 +337,52 @@ pub(crate) const CLAIMED: &str =
     "j.id, j.kind, j.queue, j.payload, j.attempt, j.retry, j.timeout_ms,
     j.run_at, j.created_at, j.lease_token, j.priority, j.trace_context";
 
-/// Claimed rows as jobs, in claim order.
-pub(crate) fn claimed(rows: Vec<Row>, worker: &str) -> Result<Vec<ClaimedJob>, StoreError> {
+/// What a claim took: the jobs, in claim order, and the ends of the claimed rows that could
+/// not be read (discarded by the caller: `Finish::unreadable`).
+pub(crate) type Claimed = (Vec<ClaimedJob>, Vec<Finish>);
+
+/// Claimed rows as jobs, in claim order, and the unreadable ones' ends (at `now`).
+pub(crate) fn claimed(rows: Vec<Row>, worker: &str, now: i64) -> Claimed {
     let mut out = Vec::with_capacity(rows.len());
+    let mut unreadable = Vec::new();
     for r in rows {
-        let attempt: i32 = r.get(4);
+        let attempt = u32::try_from(r.get::<_, i32>(4)).unwrap_or(0);
         let timeout_ms: i64 = r.get(6);
         let priority: i16 = r.get(10);
+        let lease = Lease {
+            job: JobId(r.get(0)),
+            token: r.get(9),
+            worker: worker.to_string(),
+        };
+        // Straight from the column's bytes to the schedule, without a `Value` between.
+        let retry = match r.try_get::<_, tokio_postgres::types::Json<RetrySchedule>>(5) {
+            Ok(retry) => retry.0,
+            Err(e) => {
+                let stored = r
+                    .try_get::<_, Value>(5)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default();
+                let stored = match stored.char_indices().nth(200) {
+                    Some((at, _)) => format!("{}…", &stored[..at]),
+                    None => stored,
+                };
+                // The driver's own message names only the column; serde's says what is wrong.
+                let why =
+                    std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+                let problem = format!("retry schedule: {why} (stored: {stored})");
+                unreadable.push(Finish::unreadable(lease, attempt, now, problem));
+                continue;
+            }
+        };
         out.push((
             priority,
             ClaimedJob {
-                lease: Lease {
-                    job: JobId(r.get(0)),
-                    token: r.get(9),
-                    worker: worker.to_string(),
-                },
+                lease,
                 kind: r.get(1),
                 queue: r.get(2),
                 payload: r.get(3),
-                attempt: u32::try_from(attempt).unwrap_or(0),
-                // Straight from the column's bytes to the schedule, without a `Value` between.
-                retry: r
-                    .try_get::<_, tokio_postgres::types::Json<RetrySchedule>>(5)
-                    .map_err(|e| StoreError::Corrupt(format!("retry schedule: {e}")))?
-                    .0,
+                attempt,
+                retry,
                 timeout: std::time::Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0)),
                 run_at_ms: r.get(7),
                 created_at_ms: r.get(8),
@@ -369,7 +391,35 @@ pub(crate) fn claimed(rows: Vec<Row>, worker: &str) -> Result<Vec<ClaimedJob>, S
         ));
     }
     out.sort_by_key(|(p, j)| (*p, j.run_at_ms, j.lease.job));
-    Ok(out.into_iter().map(|(_, j)| j).collect())
+    (out.into_iter().map(|(_, j)| j).collect(), unreadable)
+}
+
+/// Discards claimed jobs whose retry schedule could not be read (`claimed`): their schedule
+/// reset to the default job schedule (fenced by the lease, so only while still claimed),
+/// then their ends stored. Two statements, not one transaction: a failure between them
+/// leaves a readable running job, whose lease expires and which is then retried.
+pub(crate) async fn discard_unreadable(
+    c: &ClientWrapper,
+    unreadable: &[Finish],
+    now: i64,
+) -> Result<Vec<Fenced>, StoreError> {
+    let mut refs: Vec<&Lease> = unreadable.iter().map(|f| &f.lease).collect();
+    refs.sort_unstable_by_key(|l| l.job);
+    let (ids, tokens, _) = lease_arrays(&refs);
+    let default = windlass_queue::JobOptions::default().retry;
+    c.execute(
+        "UPDATE windlass_jobs j SET retry = $3
+         FROM unnest($1::int8[], $2::int8[]) AS l(id, token)
+         WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'running'",
+        &[
+            &ids,
+            &tokens,
+            &tokio_postgres::types::Json(default.packed()),
+        ],
+    )
+    .await
+    .map_err(pg_error)?;
+    finish(c, unreadable, now).await
 }
 
 /// Claims up to `left` due jobs from one queue without limits: one statement. `queue = $1`
@@ -381,7 +431,7 @@ pub(crate) async fn claim_queue(
     queue: &str,
     left: usize,
     now: i64,
-) -> Result<Vec<ClaimedJob>, StoreError> {
+) -> Result<Claimed, StoreError> {
     let stmt = c
         .prepare_cached(&format!(
             "WITH picked AS (
@@ -405,7 +455,7 @@ pub(crate) async fn claim_queue(
         )
         .await
         .map_err(pg_error)?;
-    claimed(rows, &req.worker)
+    Ok(claimed(rows, &req.worker, now))
 }
 
 /// The leases' ids, tokens and workers as three arrays. Callers pass them in job-id order.

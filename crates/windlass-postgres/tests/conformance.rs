@@ -493,3 +493,38 @@ async fn the_lease_sweep_skips_a_row_held_by_another_writer() {
     let rec = store.get(ids[0]).await.unwrap().unwrap();
     assert_eq!((rec.state, rec.lease_expiries), (JobState::Available, 1));
 }
+
+/// A job whose stored retry schedule cannot be read is discarded, not handed out, and the
+/// jobs claimed beside it are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_job_is_discarded_not_claimed() {
+    let Some(store) = fresh(ManualClock::new(1_700_000_000_000)).await else {
+        return;
+    };
+    let url = database_url().unwrap();
+    let table = format!("{}.windlass_jobs", store.schema());
+    let reader = store.clone();
+    windlass_queue::conformance::unreadable_jobs_are_discarded_not_claimed(
+        store,
+        |id| async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let sql = format!("UPDATE {table} SET retry = '{{\"nonsense\": 1}}' WHERE id = $1");
+            assert_eq!(client.execute(&sql, &[&id.0]).await.unwrap(), 1);
+        },
+    )
+    .await;
+    // The reason names what serde found wrong, and the value that was stored.
+    let jobs = reader.list(Default::default()).await.unwrap();
+    let error = jobs
+        .iter()
+        .flat_map(|j| j.attempts.iter())
+        .find_map(|a| a.error.clone().filter(|e| e.contains("cannot be read")))
+        .expect("the discard's attempt is in the job's history");
+    assert!(
+        error.contains("unknown field `nonsense`") && error.contains(r#"(stored: {"nonsense":1})"#),
+        "{error}"
+    );
+}

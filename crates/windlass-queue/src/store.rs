@@ -126,6 +126,28 @@ pub struct Finish {
     pub record: AttemptRecord,
 }
 
+impl Finish {
+    /// The end a store gives a job it has just claimed but whose stored row it cannot read
+    /// (its payload or retry schedule does not parse: written by hand, or by a newer
+    /// version): discarded into the dead-letter queue with `problem` as a permanent error,
+    /// instead of failing the whole claim and so every later claim of its queue.
+    pub fn unreadable(lease: Lease, attempt: u32, at_ms: i64, problem: String) -> Finish {
+        let worker = lease.worker.clone();
+        Finish {
+            lease,
+            next: NextState::Discarded,
+            record: AttemptRecord {
+                attempt,
+                worker,
+                at_ms,
+                outcome: "failed".into(),
+                error: Some(format!("the stored job cannot be read: {problem}")),
+                class: Some("permanent".into()),
+            },
+        }
+    }
+}
+
 /// Whether a fenced write was applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fenced {

@@ -192,6 +192,11 @@ pub(crate) fn claim(
             lease_token, priority, trace_context"
     );
     let mut all = Vec::new();
+    // Rows claimed but unreadable: discarded below, in this same transaction, with each
+    // unreadable column made readable (its stored text kept in the attempt's error), so the
+    // dead letter can be listed, inspected and replayed.
+    let mut unreadable: Vec<Finish> = Vec::new();
+    let mut repairs: Vec<(i64, &'static str)> = Vec::new();
     for queue in &req.queues {
         let left = req.limit.saturating_sub(all.len());
         if left == 0 {
@@ -241,23 +246,43 @@ pub(crate) fn claim(
         let mut rows = stmt.query(params_from_iter(args)).map_err(sql_error)?;
         let mut out: Vec<(i64, ClaimedJob)> = Vec::new();
         while let Some(r) = rows.next().map_err(sql_error)? {
+            let lease = Lease {
+                job: JobId(r.get(0).map_err(sql_error)?),
+                token: r.get(9).map_err(sql_error)?,
+                worker: req.worker.clone(),
+            };
+            let attempt: u32 = r.get(4).map_err(sql_error)?;
             let payload: String = r.get(3).map_err(sql_error)?;
             let retry: String = r.get(5).map_err(sql_error)?;
+            let (payload, retry) = match (parse_json(&payload), parse_retry(&retry)) {
+                (Ok(p), Ok(r)) => (p, r),
+                (p, r) => {
+                    let id = lease.job.0;
+                    let mut problems = Vec::new();
+                    if let Err(e) = p {
+                        problems.push(format!("{e} (stored: {})", clip(&payload)));
+                        repairs.push((id, "payload"));
+                    }
+                    if let Err(e) = r {
+                        problems.push(format!("{e} (stored: {})", clip(&retry)));
+                        repairs.push((id, "retry"));
+                    }
+                    let problem = problems.join("; ");
+                    unreadable.push(Finish::unreadable(lease, attempt, now, problem));
+                    continue;
+                }
+            };
             let timeout_ms: i64 = r.get(6).map_err(sql_error)?;
             let priority: i64 = r.get(10).map_err(sql_error)?;
             out.push((
                 priority,
                 ClaimedJob {
-                    lease: Lease {
-                        job: JobId(r.get(0).map_err(sql_error)?),
-                        token: r.get(9).map_err(sql_error)?,
-                        worker: req.worker.clone(),
-                    },
+                    lease,
                     kind: r.get(1).map_err(sql_error)?,
                     queue: r.get(2).map_err(sql_error)?,
-                    payload: parse_json(&payload)?,
-                    attempt: r.get(4).map_err(sql_error)?,
-                    retry: parse_retry(&retry)?,
+                    payload,
+                    attempt,
+                    retry,
                     timeout: std::time::Duration::from_millis(
                         u64::try_from(timeout_ms).unwrap_or(0),
                     ),
@@ -271,7 +296,35 @@ pub(crate) fn claim(
         out.sort_by_key(|(p, j)| (*p, j.run_at_ms, j.lease.job));
         all.extend(out.into_iter().map(|(_, j)| j));
     }
+    if !unreadable.is_empty() {
+        for f in &unreadable {
+            tracing::warn!(job = f.lease.job.0, error = ?f.record.error, "discarding an unreadable job");
+        }
+        for (id, column) in repairs {
+            // The payload becomes its stored text as a JSON string; the schedule the default.
+            let sql = match column {
+                "payload" => "UPDATE windlass_jobs SET payload = json_quote(payload) WHERE id = ?1",
+                _ => "UPDATE windlass_jobs SET retry = ?2 WHERE id = ?1",
+            };
+            let mut stmt = conn.prepare_cached(sql).map_err(sql_error)?;
+            if column == "payload" {
+                stmt.execute(params![id]).map_err(sql_error)?;
+            } else {
+                let default = json_text(&windlass_queue::JobOptions::default().retry.packed())?;
+                stmt.execute(params![id, default]).map_err(sql_error)?;
+            }
+        }
+        finish(conn, &unreadable, now)?;
+    }
     Ok(all)
+}
+
+/// At most 200 characters of `s`, for an error message.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(200) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
+    }
 }
 
 pub(crate) fn heartbeat(

@@ -98,3 +98,30 @@ async fn a_retry_schedule_is_stored_packed_and_the_object_form_still_reads() {
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A job whose stored payload or retry schedule cannot be read is discarded, not handed
+/// out, and the jobs claimed beside it are.
+#[tokio::test]
+async fn an_unreadable_job_is_discarded_not_claimed() {
+    for column in ["payload", "retry"] {
+        let dir = std::env::temp_dir().join(format!(
+            "windlass-unreadable-{}-{column}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("jobs.db");
+        let _ = std::fs::remove_file(&path);
+        let store = SqliteStore::builder(&path).open().await.unwrap();
+        let raw = path.clone();
+        windlass_queue::conformance::unreadable_jobs_are_discarded_not_claimed(
+            store,
+            |id| async move {
+                let c = rusqlite::Connection::open(&raw).unwrap();
+                let sql = format!("UPDATE windlass_jobs SET {column} = '{{oops' WHERE id = ?1");
+                assert_eq!(c.execute(&sql, [id.0]).unwrap(), 1);
+            },
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

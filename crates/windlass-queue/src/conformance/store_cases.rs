@@ -943,3 +943,41 @@ pub async fn periodic_jobs_are_enqueued_once_per_tick<S: Store>(store: S, clock:
     assert_eq!(all.len(), 3);
     assert!(all.iter().all(|j| j.payload == serde_json::json!(7)));
 }
+
+/// A claimed job whose stored row cannot be read (`corrupt` spoils the stored row of the
+/// job it is given, as only a hand edit or another program could) is discarded into the
+/// dead-letter queue with the reason, not handed out, and does not fail the claim of the
+/// jobs beside it, nor any later claim. Not in [`conformance_tests!`](crate::conformance_tests):
+/// spoiling a row takes the backend's own SQL, so each backend calls it.
+pub async fn unreadable_jobs_are_discarded_not_claimed<S, F, Fut>(store: S, corrupt: F)
+where
+    S: Store,
+    F: FnOnce(JobId) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let ids = put(&store, vec![job(1), job(2), job(3)]).await;
+    corrupt(ids[1]).await;
+    let claimed = store.claim(claim_req("w1", 3)).await.unwrap();
+    let got: Vec<JobId> = claimed.iter().map(|c| c.lease.job).collect();
+    assert_eq!(got, vec![ids[0], ids[2]]);
+    let rec = store.get(ids[1]).await.unwrap().unwrap();
+    assert_eq!(rec.state, JobState::Discarded);
+    let last = rec.attempts.last().expect("the discard is recorded");
+    assert_eq!(
+        (last.outcome.as_str(), last.class.as_deref()),
+        ("failed", Some("permanent"))
+    );
+    let error = last.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("cannot be read") && error.contains("stored:"),
+        "{error}"
+    );
+    assert!(store.claim(claim_req("w1", 3)).await.unwrap().is_empty());
+    // Nothing is lost: the dead letter reads, and a replay hands it out again.
+    assert_eq!(store.replay(vec![ids[1]]).await.unwrap(), vec![ids[1]]);
+    let again = store.claim(claim_req("w1", 3)).await.unwrap();
+    assert_eq!(
+        again.iter().map(|c| c.lease.job).collect::<Vec<_>>(),
+        vec![ids[1]]
+    );
+}
