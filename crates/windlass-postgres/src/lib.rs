@@ -431,12 +431,15 @@ impl Store for PostgresStore {
             // so the dead letter can be read and replayed (the stored value is in the
             // attempt's error). If that fails, their leases expire and the next claim tries
             // again; the readable jobs are handed out either way.
-            for f in &unreadable {
-                tracing::warn!(job = f.lease.job.0, error = ?f.record.error, "discarding an unreadable job");
+            for u in &unreadable {
+                tracing::warn!(job = u.end.lease.job.0, error = ?u.end.record.error, "discarding an unreadable job");
             }
             if let Err(e) = ops::discard_unreadable(&client, &unreadable, now).await {
                 tracing::warn!(error = %e, "could not discard unreadable jobs; their leases will expire");
             }
+            // Fewer jobs than the rows claimed: the fetcher may take an empty answer for an
+            // empty queue, so tell it to look again.
+            self.wake();
         }
         Ok(all)
     }

@@ -337,9 +337,18 @@ pub(crate) const CLAIMED: &str =
     "j.id, j.kind, j.queue, j.payload, j.attempt, j.retry, j.timeout_ms,
     j.run_at, j.created_at, j.lease_token, j.priority, j.trace_context";
 
-/// What a claim took: the jobs, in claim order, and the ends of the claimed rows that could
-/// not be read (discarded by the caller: `Finish::unreadable`).
-pub(crate) type Claimed = (Vec<ClaimedJob>, Vec<Finish>);
+/// What a claim took: the jobs, in claim order, and the claimed rows that could not be read
+/// (discarded by the caller: [`discard_unreadable`]).
+pub(crate) type Claimed = (Vec<ClaimedJob>, Vec<Unreadable>);
+
+/// A claimed row that could not be read: its end (`Finish::unreadable`) and which columns
+/// failed.
+#[derive(Debug, Clone)]
+pub(crate) struct Unreadable {
+    pub(crate) end: Finish,
+    pub(crate) payload: bool,
+    pub(crate) retry: bool,
+}
 
 /// Claimed rows as jobs, in claim order, and the unreadable ones' ends (at `now`).
 pub(crate) fn claimed(rows: Vec<Row>, worker: &str, now: i64) -> Claimed {
@@ -355,22 +364,24 @@ pub(crate) fn claimed(rows: Vec<Row>, worker: &str, now: i64) -> Claimed {
             worker: worker.to_string(),
         };
         // Straight from the column's bytes to the schedule, without a `Value` between.
-        let retry = match r.try_get::<_, tokio_postgres::types::Json<RetrySchedule>>(5) {
-            Ok(retry) => retry.0,
-            Err(e) => {
-                let stored = r
-                    .try_get::<_, Value>(5)
-                    .map(|v| v.to_string())
-                    .unwrap_or_default();
-                let stored = match stored.char_indices().nth(200) {
-                    Some((at, _)) => format!("{}…", &stored[..at]),
-                    None => stored,
-                };
-                // The driver's own message names only the column; serde's says what is wrong.
-                let why =
-                    std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-                let problem = format!("retry schedule: {why} (stored: {stored})");
-                unreadable.push(Finish::unreadable(lease, attempt, now, problem));
+        let retry = r.try_get::<_, tokio_postgres::types::Json<RetrySchedule>>(5);
+        let payload = r.try_get::<_, Value>(3);
+        let (payload, retry) = match (payload, retry) {
+            (Ok(p), Ok(r)) => (p, r.0),
+            (p, rt) => {
+                let mut problems = Vec::new();
+                if let Err(e) = &p {
+                    problems.push(unreadable_column(&r, 3, "payload", e));
+                }
+                if let Err(e) = &rt {
+                    problems.push(unreadable_column(&r, 5, "retry schedule", e));
+                }
+                let problem = problems.join("; ");
+                unreadable.push(Unreadable {
+                    end: Finish::unreadable(lease, attempt, now, problem),
+                    payload: p.is_err(),
+                    retry: rt.is_err(),
+                });
                 continue;
             }
         };
@@ -380,7 +391,7 @@ pub(crate) fn claimed(rows: Vec<Row>, worker: &str, now: i64) -> Claimed {
                 lease,
                 kind: r.get(1),
                 queue: r.get(2),
-                payload: r.get(3),
+                payload,
                 attempt,
                 retry,
                 timeout: std::time::Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0)),
@@ -394,32 +405,72 @@ pub(crate) fn claimed(rows: Vec<Row>, worker: &str, now: i64) -> Claimed {
     (out.into_iter().map(|(_, j)| j).collect(), unreadable)
 }
 
-/// Discards claimed jobs whose retry schedule could not be read (`claimed`): their schedule
-/// reset to the default job schedule (fenced by the lease, so only while still claimed),
-/// then their ends stored. Two statements, not one transaction: a failure between them
-/// leaves a readable running job, whose lease expires and which is then retried.
+/// What serde found wrong with column `at` of claimed row `r`, and (up to 200 characters
+/// of) what is stored there, if serde_json can read it as a plain value.
+fn unreadable_column(r: &Row, at: usize, what: &str, e: &tokio_postgres::Error) -> String {
+    // The driver's own message names only the column; serde's says what is wrong.
+    let why = std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string());
+    let stored: String = r.try_get::<_, Value>(at).map_or_else(
+        |_| "a value serde_json cannot read, e.g. nested past 128 levels".into(),
+        |v| v.to_string(),
+    );
+    let stored = match stored.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}…", &stored[..cut]),
+        None => stored,
+    };
+    format!("{what}: {why} (stored: {stored})")
+}
+
+/// Discards claimed jobs that could not be read (`claimed`), in one statement (all or
+/// nothing), fenced by their leases: each becomes a dead letter with its attempt recorded,
+/// and each unreadable column readable again, so the dead letter lists and replays. A
+/// payload becomes its JSON text as a string; a schedule the default job schedule with the
+/// job's own `max_attempts` (the stored value is quoted in the attempt's error).
 pub(crate) async fn discard_unreadable(
     c: &ClientWrapper,
-    unreadable: &[Finish],
+    unreadable: &[Unreadable],
     now: i64,
 ) -> Result<Vec<Fenced>, StoreError> {
-    let mut refs: Vec<&Lease> = unreadable.iter().map(|f| &f.lease).collect();
-    refs.sort_unstable_by_key(|l| l.job);
-    let (ids, tokens, _) = lease_arrays(&refs);
+    let mut sorted: Vec<&Unreadable> = unreadable.iter().collect();
+    sorted.sort_unstable_by_key(|u| u.end.lease.job);
+    let refs: Vec<&Lease> = sorted.iter().map(|u| &u.end.lease).collect();
+    let (ids, tokens, workers) = lease_arrays(&refs);
+    let records = sorted
+        .iter()
+        .map(|u| to_json(&u.end.record))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bad_payload: Vec<bool> = sorted.iter().map(|u| u.payload).collect();
+    let bad_retry: Vec<bool> = sorted.iter().map(|u| u.retry).collect();
     let default = windlass_queue::JobOptions::default().retry;
-    c.execute(
-        "UPDATE windlass_jobs j SET retry = $3
-         FROM unnest($1::int8[], $2::int8[]) AS l(id, token)
-         WHERE j.id = l.id AND j.lease_token = l.token AND j.state = 'running'",
-        &[
-            &ids,
-            &tokens,
-            &tokio_postgres::types::Json(default.packed()),
-        ],
-    )
-    .await
-    .map_err(pg_error)?;
-    finish(c, unreadable, now).await
+    let rows = c
+        .query(
+            "UPDATE windlass_jobs j SET state = 'discarded', finished_at = $7,
+                lease_until = NULL, cancel_requested = false,
+                payload = CASE WHEN f.bad_payload THEN to_jsonb(j.payload::text)
+                    ELSE j.payload END,
+                retry = CASE WHEN f.bad_retry
+                    THEN jsonb_set($8::jsonb, '{0}', to_jsonb(j.max_attempts)) ELSE j.retry END,
+                attempts = j.attempts || jsonb_build_array(f.record)
+             FROM unnest($1::int8[], $2::int8[], $3::text[], $4::jsonb[], $5::bool[],
+                $6::bool[]) AS f(id, token, worker, record, bad_payload, bad_retry)
+             WHERE j.id = f.id AND j.state = 'running' AND j.lease_token = f.token
+               AND j.locked_by = f.worker
+             RETURNING j.id, j.lease_token",
+            &[
+                &ids,
+                &tokens,
+                &workers,
+                &records,
+                &bad_payload,
+                &bad_retry,
+                &now,
+                &tokio_postgres::types::Json(default.packed()),
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    let ends: Vec<Finish> = unreadable.iter().map(|u| u.end.clone()).collect();
+    Ok(fenced(&ends, &rows))
 }
 
 /// Claims up to `left` due jobs from one queue without limits: one statement. `queue = $1`
@@ -792,6 +843,19 @@ const RECORD_COLUMNS: &str = "id, kind, queue, payload, state, priority, attempt
     timeout_ms, tags, unique_key, created_at, run_at, finished_at, locked_by, lease_expiries,
     cancel_requested, progress, attempts, limit_key, trace_context, completed_at_ms";
 
+/// A JSONB column as a value. JSONB holds what serde_json refuses to read (numbers past
+/// f64, nesting deeper than 128): that is a typed error here, never a panic.
+fn json_column<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    r: &Row,
+    at: usize,
+    what: &str,
+) -> Result<T, StoreError> {
+    r.try_get(at).map_err(|e| {
+        let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        StoreError::Corrupt(format!("job {}: {what}: {why}", r.get::<_, i64>(0)))
+    })
+}
+
 fn record(r: &Row) -> Result<JobRecord, StoreError> {
     let attempt: i32 = r.get(6);
     let timeout_ms: i64 = r.get(8);
@@ -820,7 +884,7 @@ fn record(r: &Row) -> Result<JobRecord, StoreError> {
         id: JobId(r.get(0)),
         kind: r.get(1),
         queue: r.get(2),
-        payload: r.get(3),
+        payload: json_column(r, 3, "payload")?,
         state,
         priority: r.get(5),
         attempt,
@@ -834,7 +898,7 @@ fn record(r: &Row) -> Result<JobRecord, StoreError> {
         locked_by,
         lease_expiries: u32::try_from(expiries).unwrap_or(0),
         cancel_requested: r.get(16),
-        progress: r.get(17),
+        progress: json_column(r, 17, "progress")?,
         attempts,
         limit_key: r.get(19),
         trace_context: r.get(20),

@@ -199,6 +199,27 @@ impl Default for JobOptions {
 /// The largest payload accepted, as serialised JSON (1 MiB). Bigger data belongs in blob
 /// storage with its key in the payload.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+/// The deepest nesting of arrays and objects a payload may have: serde_json, which reads
+/// every stored payload back, refuses deeper input (its recursion limit), so a deeper
+/// payload would be stored and then never read.
+pub const MAX_PAYLOAD_DEPTH: usize = 127;
+
+/// How deeply `v` nests arrays and objects (a scalar is 0), without recursion.
+fn nesting(v: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match v {
+            serde_json::Value::Array(a) => Box::new(a.iter()),
+            serde_json::Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth + 1);
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    deepest
+}
 /// The longest a delay, timeout or unique window may be (about 100 years).
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
@@ -292,6 +313,12 @@ impl NewJob {
             });
         }
         options.validate()?;
+        let depth = nesting(&payload);
+        if depth > MAX_PAYLOAD_DEPTH {
+            return Err(EnqueueError::Payload(format!(
+                "nested {depth} levels deep; at most {MAX_PAYLOAD_DEPTH} can be read back"
+            )));
+        }
         // Measured by writing it to a counter: no copy of the payload is made for this.
         let mut counter = ByteCounter(0);
         serde_json::to_writer(&mut counter, &payload)
@@ -425,6 +452,45 @@ pub struct JobRecord {
 
 #[cfg(test)]
 mod tests {
+    /// A payload nested `depth` levels deep.
+    fn nested(depth: usize) -> serde_json::Value {
+        let mut v = serde_json::json!(1);
+        for i in 0..depth {
+            v = if i % 2 == 0 {
+                serde_json::json!([v])
+            } else {
+                serde_json::json!({ "k": v })
+            };
+        }
+        v
+    }
+
+    #[test]
+    fn payloads_nested_deeper_than_serde_json_reads_back_are_refused() {
+        use super::*;
+        for depth in [0, 1, 5, MAX_PAYLOAD_DEPTH] {
+            let p = nested(depth);
+            let text = serde_json::to_string(&p).unwrap();
+            assert!(
+                serde_json::from_str::<serde_json::Value>(&text).is_ok(),
+                "{depth}"
+            );
+            assert!(
+                NewJob::new("k", p, JobOptions::default()).is_ok(),
+                "{depth}"
+            );
+        }
+        // One level more is what serde_json refuses to read back: the limit is exact.
+        let p = nested(MAX_PAYLOAD_DEPTH + 1);
+        let text = serde_json::to_string(&p).unwrap();
+        assert!(serde_json::from_str::<serde_json::Value>(&text).is_err());
+        let err = NewJob::new("k", p, JobOptions::default()).unwrap_err();
+        assert!(
+            matches!(&err, EnqueueError::Payload(m) if m.contains("nested 128 levels deep")),
+            "{err}"
+        );
+    }
+
     use super::*;
 
     fn opts() -> JobOptions {

@@ -270,9 +270,19 @@ impl Store for SqliteStore {
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
         let now = self.clock.now_ms();
-        self.writer
+        let claimed = self
+            .writer
             .call(move |c| ops::claim(c, &request, now), None)
-            .await
+            .await?;
+        let (jobs, discarded) = claimed;
+        if discarded > 0 {
+            // Fewer jobs than the rows claimed: the fetcher may take an empty answer for an
+            // empty queue, so tell it to look again.
+            if let Some(wake) = self.wake() {
+                wake();
+            }
+        }
+        Ok(jobs)
     }
 
     async fn heartbeat(

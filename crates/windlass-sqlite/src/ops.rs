@@ -169,13 +169,15 @@ pub(crate) fn wake(conn: &Connection, id: JobId, now: i64) -> Result<bool, Store
     Ok(n == 1)
 }
 
+/// Claims up to `req.limit` due jobs; also says how many claimed rows were unreadable and
+/// discarded instead of handed out.
 pub(crate) fn claim(
     conn: &Connection,
     req: &ClaimRequest,
     now: i64,
-) -> Result<Vec<ClaimedJob>, StoreError> {
+) -> Result<(Vec<ClaimedJob>, usize), StoreError> {
     if req.kinds.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     }
     // One queue per statement, so the claim walks the index of due jobs in claim order.
     // `LIMIT ?4 + 0`, not `LIMIT ?4`: SQLite reads a bare bound LIMIT while planning, so every
@@ -301,10 +303,14 @@ pub(crate) fn claim(
             tracing::warn!(job = f.lease.job.0, error = ?f.record.error, "discarding an unreadable job");
         }
         for (id, column) in repairs {
-            // The payload becomes its stored text as a JSON string; the schedule the default.
+            // The payload becomes its stored text as a JSON string.
             let sql = match column {
                 "payload" => "UPDATE windlass_jobs SET payload = json_quote(payload) WHERE id = ?1",
-                _ => "UPDATE windlass_jobs SET retry = ?2 WHERE id = ?1",
+                // The default schedule, with the job's own number of attempts.
+                _ => {
+                    "UPDATE windlass_jobs SET retry = json_set(?2, '$[0]', max_attempts)
+                      WHERE id = ?1"
+                }
             };
             let mut stmt = conn.prepare_cached(sql).map_err(sql_error)?;
             if column == "payload" {
@@ -316,7 +322,7 @@ pub(crate) fn claim(
         }
         finish(conn, &unreadable, now)?;
     }
-    Ok(all)
+    Ok((all, unreadable.len()))
 }
 
 /// At most 200 characters of `s`, for an error message.

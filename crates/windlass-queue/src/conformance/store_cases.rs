@@ -955,11 +955,17 @@ where
     F: FnOnce(JobId) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let ids = put(&store, vec![job(1), job(2), job(3)]).await;
+    let mut four = JobOptions::default();
+    four.retry.max_attempts = 4;
+    let ids = put(&store, vec![job(1), job_with(2, four), job(3)]).await;
     corrupt(ids[1]).await;
+    let mut signal = store.work_signal();
+    signal.borrow_and_update();
     let claimed = store.claim(claim_req("w1", 3)).await.unwrap();
     let got: Vec<JobId> = claimed.iter().map(|c| c.lease.job).collect();
     assert_eq!(got, vec![ids[0], ids[2]]);
+    // Fewer jobs than rows claimed: a fetcher must not take it for an empty queue.
+    assert!(signal.has_changed().unwrap(), "the discard signals work");
     let rec = store.get(ids[1]).await.unwrap().unwrap();
     assert_eq!(rec.state, JobState::Discarded);
     let last = rec.attempts.last().expect("the discard is recorded");
@@ -980,4 +986,6 @@ where
         again.iter().map(|c| c.lease.job).collect::<Vec<_>>(),
         vec![ids[1]]
     );
+    // A schedule made readable keeps the job's own number of attempts.
+    assert_eq!(again[0].retry.max_attempts, 4);
 }
