@@ -254,19 +254,33 @@ pub(crate) fn claim(
                 worker: req.worker.clone(),
             };
             let attempt: u32 = r.get(4).map_err(sql_error)?;
-            let payload: String = r.get(3).map_err(sql_error)?;
-            let retry: String = r.get(5).map_err(sql_error)?;
-            let (payload, retry) = match (parse_json(&payload), parse_retry(&retry)) {
+            let payload_is_text = matches!(
+                r.get_ref(3),
+                Ok(rusqlite::types::ValueRef::Text(b)) if std::str::from_utf8(b).is_ok()
+            );
+            let payload = stored_text(r, 3)
+                .and_then(|t| parse_json(&t).map_err(|e| format!("{e} (stored: {})", clip(&t))));
+            let retry = stored_text(r, 5)
+                .and_then(|t| parse_retry(&t).map_err(|e| format!("{e} (stored: {})", clip(&t))));
+            let (payload, retry) = match (payload, retry) {
                 (Ok(p), Ok(r)) => (p, r),
                 (p, r) => {
                     let id = lease.job.0;
                     let mut problems = Vec::new();
                     if let Err(e) = p {
-                        problems.push(format!("{e} (stored: {})", clip(&payload)));
-                        repairs.push((id, "payload"));
+                        problems.push(format!("payload: {e}"));
+                        // Bytes that are not text are kept as hex.
+                        repairs.push((
+                            id,
+                            if payload_is_text {
+                                "payload"
+                            } else {
+                                "payload_hex"
+                            },
+                        ));
                     }
                     if let Err(e) = r {
-                        problems.push(format!("{e} (stored: {})", clip(&retry)));
+                        problems.push(format!("retry schedule: {e}"));
                         repairs.push((id, "retry"));
                     }
                     let problem = problems.join("; ");
@@ -306,6 +320,9 @@ pub(crate) fn claim(
             // The payload becomes its stored text as a JSON string.
             let sql = match column {
                 "payload" => "UPDATE windlass_jobs SET payload = json_quote(payload) WHERE id = ?1",
+                "payload_hex" => {
+                    "UPDATE windlass_jobs SET payload = json_quote('hex:' || hex(payload)) WHERE id = ?1"
+                }
                 // The default schedule, with the job's own number of attempts.
                 _ => {
                     "UPDATE windlass_jobs SET retry = json_set(?2, '$[0]', max_attempts)
@@ -313,7 +330,7 @@ pub(crate) fn claim(
                 }
             };
             let mut stmt = conn.prepare_cached(sql).map_err(sql_error)?;
-            if column == "payload" {
+            if column != "retry" {
                 stmt.execute(params![id]).map_err(sql_error)?;
             } else {
                 let default = json_text(&windlass_queue::JobOptions::default().retry.packed())?;
@@ -323,6 +340,31 @@ pub(crate) fn claim(
         finish(conn, &unreadable, now)?;
     }
     Ok((all, unreadable.len()))
+}
+
+/// Column `at` as the text it should hold, or what it holds instead (only another program
+/// can store a BLOB, a number or bytes that are not UTF-8 there).
+fn stored_text(r: &Row<'_>, at: usize) -> Result<String, String> {
+    use rusqlite::types::ValueRef;
+    // Up to 100 bytes, as SQL's hex literal.
+    let hex = |b: &[u8]| -> String {
+        let shown: String = b.iter().take(100).map(|x| format!("{x:02x}")).collect();
+        let more = if b.len() > 100 { "…" } else { "" };
+        format!("(stored: x'{shown}'{more})")
+    };
+    match r.get_ref(at).map_err(|e| e.to_string())? {
+        ValueRef::Text(b) => std::str::from_utf8(b)
+            .map(str::to_string)
+            .map_err(|e| format!("stored text is not UTF-8: {e} {}", hex(b))),
+        ValueRef::Blob(b) => Err(format!(
+            "stored as a BLOB of {} bytes, not text {}",
+            b.len(),
+            hex(b)
+        )),
+        ValueRef::Null => Err("stored as NULL, not text".into()),
+        ValueRef::Integer(i) => Err(format!("stored as the integer {i}, not text")),
+        ValueRef::Real(x) => Err(format!("stored as the number {x}, not text")),
+    }
 }
 
 /// At most 200 characters of `s`, for an error message.

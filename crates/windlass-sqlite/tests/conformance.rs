@@ -103,11 +103,16 @@ async fn a_retry_schedule_is_stored_packed_and_the_object_form_still_reads() {
 /// out, and the jobs claimed beside it are.
 #[tokio::test]
 async fn an_unreadable_job_is_discarded_not_claimed() {
-    for column in ["payload", "retry"] {
-        let dir = std::env::temp_dir().join(format!(
-            "windlass-unreadable-{}-{column}",
-            std::process::id()
-        ));
+    // JSON that does not parse, a schedule that does not parse, and bytes that are not
+    // text (a BLOB, as only another program could store).
+    let spoils = [
+        ("payload", "payload = '{oops'"),
+        ("retry", "retry = '{oops'"),
+        ("blob", "payload = x'fffe00'"),
+    ];
+    for (name, set) in spoils {
+        let dir =
+            std::env::temp_dir().join(format!("windlass-unreadable-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("jobs.db");
         let _ = std::fs::remove_file(&path);
@@ -117,7 +122,7 @@ async fn an_unreadable_job_is_discarded_not_claimed() {
             store,
             |id| async move {
                 let c = rusqlite::Connection::open(&raw).unwrap();
-                let sql = format!("UPDATE windlass_jobs SET {column} = '{{oops' WHERE id = ?1");
+                let sql = format!("UPDATE windlass_jobs SET {set} WHERE id = ?1");
                 assert_eq!(c.execute(&sql, [id.0]).unwrap(), 1);
             },
         )
