@@ -405,11 +405,16 @@ pub(crate) fn claimed(rows: Vec<Row>, worker: &str, now: i64) -> Claimed {
     (out.into_iter().map(|(_, j)| j).collect(), unreadable)
 }
 
+/// Why a column did not decode: the driver's own message names only the column, its
+/// source (serde's) says what is wrong.
+fn decode_reason(e: &tokio_postgres::Error) -> String {
+    std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string())
+}
+
 /// What serde found wrong with column `at` of claimed row `r`, and (up to 200 characters
 /// of) what is stored there, if serde_json can read it as a plain value.
 fn unreadable_column(r: &Row, at: usize, what: &str, e: &tokio_postgres::Error) -> String {
-    // The driver's own message names only the column; serde's says what is wrong.
-    let why = std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string());
+    let why = decode_reason(e);
     let stored: String = r.try_get::<_, Value>(at).map_or_else(
         |_| "a value serde_json cannot read, e.g. nested past 128 levels".into(),
         |v| v.to_string(),
@@ -851,7 +856,7 @@ fn json_column<T: for<'a> tokio_postgres::types::FromSql<'a>>(
     what: &str,
 ) -> Result<T, StoreError> {
     r.try_get(at).map_err(|e| {
-        let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        let why = decode_reason(&e);
         StoreError::Corrupt(format!("job {}: {what}: {why}", r.get::<_, i64>(0)))
     })
 }
