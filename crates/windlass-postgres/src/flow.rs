@@ -255,7 +255,7 @@ impl FlowStore for PostgresStore {
             let writer = self.starts.get_or_init(|| {
                 crate::starts::spawn(self.pool.clone(), std::sync::Arc::clone(&self.channel))
             });
-            if let Some(_slot) = writer.alone() {
+            if let Some(_slot) = writer.alone().await {
                 let client = self.client().await?;
                 let job = crate::starts::start_one(&client, &self.channel, &start, now).await?;
                 (job, start)
