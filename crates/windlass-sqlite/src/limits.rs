@@ -70,6 +70,17 @@ fn key_scope(queue: &str, key: &str) -> String {
     format!("{queue}\u{1f}{key}")
 }
 
+/// The due jobs of `kinds` kinds a limited queue's claim looks through, in claim order:
+/// `?1` queue, `?2` now, `?3` how many, then the kinds.
+pub(crate) fn candidates_sql(kinds: usize) -> String {
+    let k = placeholders(kinds, 4);
+    format!(
+        "SELECT id, limit_key FROM windlass_jobs
+         WHERE {DUE} AND queue = ?1 AND run_at <= ?2 AND kind IN ({k})
+         ORDER BY priority, run_at, id LIMIT ?3 + 0"
+    )
+}
+
 /// The ids a claim of up to `left` jobs from a limited `queue` may take, in claim order,
 /// with the buckets already charged for them.
 pub(crate) fn choose_ids(
@@ -104,12 +115,7 @@ pub(crate) fn choose_ids(
     }
     // Look past jobs whose key is full, but not forever.
     let window = total.saturating_mul(4).saturating_add(32);
-    let k = placeholders(req.kinds.len(), 4);
-    let sql = format!(
-        "SELECT id, limit_key FROM windlass_jobs
-         WHERE state IN {DUE} AND queue = ?1 AND run_at <= ?2 AND kind IN ({k})
-         ORDER BY priority, run_at, id LIMIT ?3 + 0"
-    );
+    let sql = candidates_sql(req.kinds.len());
     let mut args: Vec<rusqlite::types::Value> = vec![
         queue.to_string().into(),
         now.into(),

@@ -23,7 +23,9 @@ pub(crate) fn placeholders(n: usize, first: usize) -> String {
         .join(",")
 }
 
-pub(crate) const DUE: &str = "('scheduled','available','retryable')";
+/// The states a claim takes jobs from, as a condition on `state`: exactly the condition of
+/// the index of due jobs (migration 6), which a query must repeat to be planned on it.
+pub(crate) const DUE: &str = "(state = 'scheduled' OR state = 'available' OR state = 'retryable')";
 
 pub(crate) fn enqueue(
     conn: &Connection,
@@ -179,20 +181,7 @@ pub(crate) fn claim(
     if req.kinds.is_empty() {
         return Ok((Vec::new(), 0));
     }
-    // One queue per statement, so the claim walks the index of due jobs in claim order.
-    // `LIMIT ?4 + 0`, not `LIMIT ?4`: SQLite reads a bare bound LIMIT while planning, so every
-    // new value would re-prepare the statement (measured: once per claim, ~6% of W3).
-    let k = placeholders(req.kinds.len(), 6);
-    let sql = format!(
-        "UPDATE windlass_jobs SET state = 'running', attempt = attempt + 1,
-            lease_token = lease_token + 1, locked_by = ?1, lease_until = ?2
-         WHERE id IN (
-            SELECT id FROM windlass_jobs
-            WHERE state IN {DUE} AND queue = ?5 AND run_at <= ?3 AND kind IN ({k})
-            ORDER BY priority, run_at, id LIMIT ?4 + 0)
-         RETURNING id, kind, queue, payload, attempt, retry, timeout_ms, run_at, created_at,
-            lease_token, priority, trace_context"
-    );
+    let sql = claim_sql(req.kinds.len());
     let mut all = Vec::new();
     // Rows claimed but unreadable: discarded below, in this same transaction, with each
     // unreadable column made readable (its stored text kept in the attempt's error), so the
@@ -340,6 +329,25 @@ pub(crate) fn claim(
         finish(conn, &unreadable, now)?;
     }
     Ok((all, unreadable.len()))
+}
+
+/// The claim of one queue's due jobs of `kinds` kinds: `?1` worker, `?2` lease end, `?3` now,
+/// `?4` limit, `?5` queue, then the kinds. One queue per statement, so the claim walks the
+/// index of due jobs in claim order. `LIMIT ?4 + 0`, not `LIMIT ?4`: SQLite reads a bare
+/// bound LIMIT while planning, so every new value would re-prepare the statement (measured:
+/// once per claim, ~6% of W3).
+pub(crate) fn claim_sql(kinds: usize) -> String {
+    let k = placeholders(kinds, 6);
+    format!(
+        "UPDATE windlass_jobs SET state = 'running', attempt = attempt + 1,
+            lease_token = lease_token + 1, locked_by = ?1, lease_until = ?2
+         WHERE id IN (
+            SELECT id FROM windlass_jobs
+            WHERE {DUE} AND queue = ?5 AND run_at <= ?3 AND kind IN ({k})
+            ORDER BY priority, run_at, id LIMIT ?4 + 0)
+         RETURNING id, kind, queue, payload, attempt, retry, timeout_ms, run_at, created_at,
+            lease_token, priority, trace_context"
+    )
 }
 
 /// Column `at` as the text it should hold, or what it holds instead (only another program
@@ -743,7 +751,7 @@ pub(crate) fn stats(conn: &Connection, now: i64) -> Result<Vec<QueueStats>, Stor
         }
     }
     let sql = format!(
-        "SELECT queue, MIN(run_at) FROM windlass_jobs WHERE state IN {DUE} AND run_at <= ?1 GROUP BY queue"
+        "SELECT queue, MIN(run_at) FROM windlass_jobs WHERE {DUE} AND run_at <= ?1 GROUP BY queue"
     );
     let mut stmt = conn.prepare_cached(&sql).map_err(sql_error)?;
     let mut rows = stmt.query([now]).map_err(sql_error)?;
@@ -779,8 +787,7 @@ pub(crate) fn unknown_kinds(
         return Ok(Vec::new());
     }
     let q = placeholders(queues.len(), 1);
-    let mut sql =
-        format!("SELECT DISTINCT kind FROM windlass_jobs WHERE state IN {DUE} AND queue IN ({q})");
+    let mut sql = format!("SELECT DISTINCT kind FROM windlass_jobs WHERE {DUE} AND queue IN ({q})");
     if !kinds.is_empty() {
         sql += &format!(
             " AND kind NOT IN ({})",
