@@ -286,7 +286,9 @@ impl<S: FlowStore> Flows<S> {
     /// it (an idempotent start: the input given now is ignored, the run's own kept). Runs
     /// of a workflow kind count against the queue's per-key limits under the key
     /// `workflow:<kind>`, so [`QueueLimits::max_running_per_key`](windlass_queue::QueueLimits)
-    /// on the flows queue limits how many runs of each kind execute at once.
+    /// on the flows queue limits how many runs of each kind execute at once (the same
+    /// number for every kind on the queue: kinds that need their own limits go on a flows
+    /// queue of their own, [`FlowsBuilder::queue`]).
     pub async fn start<W: Workflow>(
         &self,
         id: impl Into<String>,

@@ -435,7 +435,7 @@ impl<S: FlowStore> FlowDriver<S> {
         let code = std::panic::AssertUnwindSafe(
             workflow
                 .run(ctx.clone(), run.input.clone())
-                .instrument(span),
+                .instrument(span.clone()),
         )
         .catch_unwind();
         let ended = tokio::select! {
@@ -468,6 +468,7 @@ impl<S: FlowStore> FlowDriver<S> {
                     .and_then(|f| f.outcome.err())
                     .unwrap_or_default();
                 self.roll_back(&ctx, &run.id, message, defer_end)
+                    .instrument(span.clone())
                     .await
                     .map(Driven::Ended)
             }
@@ -497,6 +498,7 @@ impl<S: FlowStore> FlowDriver<S> {
                     Failure::Serde(m) => m,
                 };
                 self.roll_back(&ctx, &run.id, message, defer_end)
+                    .instrument(span.clone())
                     .await
                     .map(Driven::Ended)
             }
@@ -620,10 +622,15 @@ impl<S: FlowStore> FlowDriver<S> {
                 attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 (reg.undo)()
             };
-            let result = match &retry {
-                Some(r) => r.call(attempt).await.map_err(|e| e.to_string()),
-                None => attempt().await,
-            };
+            let span = tracing::info_span!("compensation", run, step = %reg.key);
+            let result = async {
+                match &retry {
+                    Some(r) => r.call(attempt).await.map_err(|e| e.to_string()),
+                    None => attempt().await,
+                }
+            }
+            .instrument(span)
+            .await;
             metrics::counter!(
                 "windlass_flow_compensations_total",
                 "workflow" => ctx.kind().to_owned(),

@@ -4,6 +4,11 @@
 //! before B started and no third entry lies wholly between them. Steps that ran at the same
 //! time (a fan-out) have overlapping intervals and no edge between them, so the picture
 //! shows what actually ran in parallel, not what the code could have run in parallel.
+//!
+//! **Resolution.** The journal keeps times in milliseconds, and an entry that starts in the
+//! millisecond another finished is drawn after it (stored order breaks the tie). So steps
+//! that each take well under a millisecond, run side by side, are drawn as a chain; steps
+//! that wait on anything (a network call, a disk) are drawn as they ran.
 
 use std::fmt::Write as _;
 

@@ -9,6 +9,12 @@
 //! process's lease expires and finishes it from its journal: the images already journaled
 //! are not processed again. Only the images in flight at the kill (at most `--limit`) are
 //! uploaded twice — a step's effect is at-least-once, its result exactly-once.
+//!
+//! Why one step per image and not three (fetch, thumbnail, upload): a step's output is
+//! journaled, so a `fetch` step would store every image's bytes in the database only for
+//! the `thumbnail` step to read them back. An image's three stages are one step, retried as
+//! one; what the journal keeps per image is the thumbnail's size. (Work whose stages must
+//! each survive a crash journals a reference between them, e.g. an object-store key.)
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -210,6 +210,12 @@ fn show_text(run: &RunRecord, journal: &[JournalEntry]) -> String {
             result
         );
     }
+    // The graph of what ran, as `flows graph` draws it (Mermaid: paste it where Markdown
+    // renders it).
+    let _ = write!(s, "\n  graph (mermaid):\n");
+    for line in windlass_flow::graph::mermaid(journal).lines() {
+        let _ = writeln!(s, "    {line}");
+    }
     s
 }
 
@@ -271,6 +277,10 @@ mod tests {
         assert!(
             shown.contains("charge") && shown.contains("FAILED declined"),
             "{shown}"
+        );
+        assert!(
+            shown.contains("graph (mermaid):") && shown.contains("    n0 --> n1"),
+            "show draws the run's graph too: {shown}"
         );
         let json: Value = serde_json::from_str(
             &run(&store, FlowAction::Show("r1".into()), true)

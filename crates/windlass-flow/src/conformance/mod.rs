@@ -56,6 +56,7 @@ pub use child::{
     a_parent_waits_for_its_children_and_reads_their_results,
 };
 pub use events::a_published_event_reaches_every_subscriber_once;
+mod steps;
 mod store;
 pub use inline::{
     a_cancelled_direct_run_returns_instead_of_hanging, a_direct_run_executes_in_the_caller,
@@ -65,6 +66,12 @@ pub use inline::{
 pub use signal::{
     a_signal_sent_while_the_run_is_busy_is_taken, a_signal_wait_times_out_at_its_deadline,
     a_signal_wakes_a_waiting_run,
+};
+pub use steps::{
+    a_failing_compensation_is_retried, a_step_added_under_a_run_in_flight_runs_and_the_rest_replay,
+    a_step_is_retried_by_its_policy_and_stopped_by_its_timeout,
+    all_settled_returns_every_steps_result, each_kind_keeps_its_own_concurrency_limit,
+    repeated_steps_are_told_apart_by_occurrence_or_key,
 };
 pub use store::{
     a_run_and_its_job_start_and_end_together, a_run_is_read_with_its_journal,
@@ -125,6 +132,12 @@ macro_rules! flow_conformance_tests {
             a_published_event_reaches_every_subscriber_once,
             racing_cancels_and_completions_have_one_winner_each,
             a_cancelled_parent_cancels_its_running_child,
+            a_step_is_retried_by_its_policy_and_stopped_by_its_timeout,
+            all_settled_returns_every_steps_result,
+            repeated_steps_are_told_apart_by_occurrence_or_key,
+            a_step_added_under_a_run_in_flight_runs_and_the_rest_replay,
+            a_failing_compensation_is_retried,
+            each_kind_keeps_its_own_concurrency_limit,
         );
     };
     (@cases $fresh:path; $($case:ident),* $(,)?) => {

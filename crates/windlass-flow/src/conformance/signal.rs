@@ -128,7 +128,10 @@ pub async fn a_signal_wait_times_out_at_its_deadline<S: FlowStore>(
     until_job_in(&queue, job, JobState::Scheduled, "the run never waited").await;
     clock.advance(Duration::from_secs(3599));
     assert!(
-        run.result(Duration::from_millis(200), POLL).await.is_err(),
+        matches!(
+            run.result(Duration::from_millis(200), POLL).await,
+            Err(crate::WaitError::Timeout(_))
+        ),
         "a second before the deadline, the run still waits"
     );
     clock.advance(Duration::from_secs(1));
