@@ -610,6 +610,8 @@ impl<S: FlowStore> Flows<S> {
                     attempts: 0,
                     started_at_ms: now,
                     finished_at_ms: now,
+                    // Sent from outside the run: its code saw nothing of it.
+                    after: None,
                 },
             )
             .await?;

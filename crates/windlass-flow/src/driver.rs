@@ -232,8 +232,8 @@ pub(crate) fn hand_over(mut finish: Finish) -> Finish {
     finish
 }
 
-/// The run's failure as a journal entry ([`FAILURE_KEY`]).
-fn failure_entry(message: String, now: i64) -> JournalEntry {
+/// The run's failure as a journal entry ([`FAILURE_KEY`]), after the entry `after`.
+fn failure_entry(message: String, now: i64, after: i64) -> JournalEntry {
     JournalEntry {
         seq: 0,
         key: FAILURE_KEY.into(),
@@ -242,6 +242,7 @@ fn failure_entry(message: String, now: i64) -> JournalEntry {
         attempts: 0,
         started_at_ms: now,
         finished_at_ms: now,
+        after: Some(after),
     }
 }
 
@@ -409,7 +410,14 @@ impl<S: FlowStore> FlowDriver<S> {
             let message = run.error.clone().unwrap_or_else(|| "cancelled".into());
             journal.push(
                 store
-                    .record(run.id.clone(), failure_entry(message, store.now_ms()))
+                    .record(
+                        run.id.clone(),
+                        failure_entry(
+                            message,
+                            store.now_ms(),
+                            journal.iter().map(|e| e.seq).max().unwrap_or(0),
+                        ),
+                    )
                     .await
                     .map_err(store_failed)?,
             );
@@ -593,7 +601,11 @@ impl<S: FlowStore> FlowDriver<S> {
         let failure = match ctx.journaled(FAILURE_KEY) {
             Some(entry) => entry,
             None => ctx
-                .record(failure_entry(message.clone(), store.now_ms()))
+                .record(failure_entry(
+                    message.clone(),
+                    store.now_ms(),
+                    ctx.last_seq(),
+                ))
                 .await
                 .map_err(store_failed)?,
         };
@@ -617,6 +629,7 @@ impl<S: FlowStore> FlowDriver<S> {
                 continue;
             }
             let started = store.now_ms();
+            let after = Some(ctx.last_seq());
             let attempts = std::sync::atomic::AtomicU32::new(0);
             let attempt = || {
                 attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -652,6 +665,7 @@ impl<S: FlowStore> FlowDriver<S> {
                 attempts: attempts.load(std::sync::atomic::Ordering::Relaxed),
                 started_at_ms: started,
                 finished_at_ms: store.now_ms(),
+                after,
             })
             .await
             .map_err(store_failed)?;

@@ -1,14 +1,17 @@
 //! A run's recorded dependency graph, for Mermaid or Graphviz (DOT).
 //!
-//! The graph is read from the journal's times: entry B follows entry A when A finished
-//! before B started and no third entry lies wholly between them. Steps that ran at the same
-//! time (a fan-out) have overlapping intervals and no edge between them, so the picture
-//! shows what actually ran in parallel, not what the code could have run in parallel.
+//! Entry B follows entry A when A was finished before B started and no third entry lies
+//! wholly between them. Steps that ran at the same time (a fan-out) have no edge between
+//! them, so the picture shows what actually ran in parallel, not what the code could have
+//! run in parallel.
 //!
-//! **Resolution.** The journal keeps times in milliseconds, and an entry that starts in the
-//! millisecond another finished is drawn after it (stored order breaks the tie). So steps
-//! that each take well under a millisecond, run side by side, are drawn as a chain; steps
-//! that wait on anything (a network call, a disk) are drawn as they ran.
+//! "A was finished before B started" is read from what the run's code had seen: each entry
+//! records the `seq` of the latest entry journaled when it started
+//! ([`JournalEntry::after`]), so A precedes B when `A.seq <= B.after` — exact whatever the
+//! clock's resolution (two sub-millisecond steps side by side are not a chain). An entry
+//! without it (`after` unknown: a child's end, a signal sent from outside, an entry written
+//! by an older version) is placed by its times instead: A finished at or before B started
+//! (in milliseconds, stored order breaking a tie).
 
 use std::fmt::Write as _;
 
@@ -19,8 +22,13 @@ pub type Edge = (usize, usize);
 
 /// The edges between `entries` (see the module docs), in order.
 pub fn edges(entries: &[JournalEntry]) -> Vec<Edge> {
-    let before =
-        |a: &JournalEntry, b: &JournalEntry| a.finished_at_ms <= b.started_at_ms && a.seq < b.seq;
+    let before = |a: &JournalEntry, b: &JournalEntry| {
+        a.seq < b.seq
+            && match b.after {
+                Some(after) => a.seq <= after,
+                None => a.finished_at_ms <= b.started_at_ms,
+            }
+    };
     let mut out = Vec::new();
     for (bi, b) in entries.iter().enumerate() {
         for (ai, a) in entries.iter().enumerate() {
@@ -93,6 +101,7 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
+    /// An entry placed by its times only (`after` unknown).
     fn entry(seq: i64, key: &str, start: i64, end: i64) -> JournalEntry {
         JournalEntry {
             seq,
@@ -102,7 +111,39 @@ mod tests {
             attempts: 1,
             started_at_ms: start,
             finished_at_ms: end,
+            after: None,
         }
+    }
+
+    /// An entry that started after the entry `after`, everything in one millisecond.
+    fn seen(seq: i64, key: &str, after: i64) -> JournalEntry {
+        JournalEntry {
+            after: Some(after),
+            ..entry(seq, key, 7, 7)
+        }
+    }
+
+    #[test]
+    fn what_each_entry_had_seen_orders_it_below_the_clocks_resolution() {
+        // fetch, then three thumbnails at once, then upload, all in one millisecond (the
+        // times alone would make a chain of it).
+        let entries = vec![
+            seen(1, "fetch", 0),
+            seen(2, "thumb[a]", 1),
+            seen(3, "thumb[b]", 1),
+            seen(4, "thumb[c]", 1),
+            seen(5, "upload", 4),
+        ];
+        assert_eq!(
+            edges(&entries),
+            vec![(0, 1), (0, 2), (0, 3), (1, 4), (2, 4), (3, 4)]
+        );
+        // A chain in one millisecond stays a chain.
+        let chain = vec![seen(1, "a", 0), seen(2, "b", 1), seen(3, "c", 2)];
+        assert_eq!(edges(&chain), vec![(0, 1), (1, 2)]);
+        // Entries of other runs take seqs between a run's own: only what it saw counts.
+        let sparse = vec![seen(10, "a", 0), seen(15, "b", 10), seen(40, "c", 10)];
+        assert_eq!(edges(&sparse), vec![(0, 1), (0, 2)]);
     }
 
     #[test]

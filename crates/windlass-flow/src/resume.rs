@@ -83,6 +83,7 @@ mod tests {
             attempts: 1,
             started_at_ms: 0,
             finished_at_ms: 0,
+            after: None,
         }
     }
 

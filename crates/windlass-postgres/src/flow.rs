@@ -37,7 +37,7 @@ fn run_from(row: &Row) -> Result<RunRecord, StoreError> {
 }
 
 pub(crate) const ENTRY_COLUMNS: &str =
-    "seq, key, kind, output, error, attempts, started_at, finished_at";
+    "seq, key, kind, output, error, attempts, started_at, finished_at, after_seq";
 
 /// The entry in `row`'s columns from `at` on (in [`ENTRY_COLUMNS`] order).
 pub(crate) fn entry_from(row: &Row, at: usize) -> Result<JournalEntry, StoreError> {
@@ -63,6 +63,7 @@ pub(crate) fn entry_from(row: &Row, at: usize) -> Result<JournalEntry, StoreErro
         attempts: u32::try_from(attempts).map_err(|e| corrupt("a journal entry's attempts", e))?,
         started_at_ms: row.try_get(at + 6).map_err(pg_error)?,
         finished_at_ms: row.try_get(at + 7).map_err(pg_error)?,
+        after: row.try_get(at + 8).map_err(pg_error)?,
     })
 }
 
@@ -371,7 +372,7 @@ impl FlowStore for PostgresStore {
         let stmt = client
             .prepare_cached(&format!(
                 "SELECT {RUN_COLUMNS}, NULL::int8 AS seq, NULL::text, NULL::text, NULL::jsonb,
-                     NULL::text, NULL::int4, NULL::int8, NULL::int8
+                     NULL::text, NULL::int4, NULL::int8, NULL::int8, NULL::int8
                  FROM windlass_flow_runs WHERE id = $1
                  UNION ALL
                  SELECT NULL::text, NULL::text, NULL::jsonb, NULL::text, NULL::jsonb, NULL::text,
@@ -688,8 +689,9 @@ pub(crate) async fn record_one(
         .prepare_cached(&format!(
             "WITH ins AS (
                 INSERT INTO windlass_flow_journal
-                    (run_id, key, kind, output, error, attempts, started_at, finished_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                    (run_id, key, kind, output, error, attempts, started_at, finished_at,
+                     after_seq)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                 ON CONFLICT (run_id, key) DO NOTHING
                 RETURNING {ENTRY_COLUMNS})
              SELECT {ENTRY_COLUMNS} FROM ins
@@ -714,6 +716,7 @@ pub(crate) async fn record_one(
                     &attempts,
                     &entry.started_at_ms,
                     &entry.finished_at_ms,
+                    &entry.after,
                 ],
             )
             .await

@@ -63,20 +63,22 @@ pub(crate) fn spawn(pool: Pool) -> GroupWriter<Pending> {
 
 const BATCH: &str = "WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[],
-        $6::int4[], $7::int8[], $8::int8[])
+        $6::int4[], $7::int8[], $8::int8[], $9::int8[])
         WITH ORDINALITY AS t(run_id, key, kind, output, error, attempts, started_at,
-            finished_at, ord)),
+            finished_at, after_seq, ord)),
 ins AS (
     INSERT INTO windlass_flow_journal
-        (run_id, key, kind, output, error, attempts, started_at, finished_at)
-    SELECT run_id, key, kind, output, error, attempts, started_at, finished_at
+        (run_id, key, kind, output, error, attempts, started_at, finished_at, after_seq)
+    SELECT run_id, key, kind, output, error, attempts, started_at, finished_at, after_seq
     FROM input ORDER BY run_id, key
     ON CONFLICT (run_id, key) DO NOTHING
-    RETURNING run_id, seq, key, kind, output, error, attempts, started_at, finished_at)
-SELECT run_id, seq, key, kind, output, error, attempts, started_at, finished_at FROM ins
+    RETURNING run_id, seq, key, kind, output, error, attempts, started_at, finished_at,
+        after_seq)
+SELECT run_id, seq, key, kind, output, error, attempts, started_at, finished_at, after_seq
+FROM ins
 UNION ALL
 SELECT j.run_id, j.seq, j.key, j.kind, j.output, j.error, j.attempts, j.started_at,
-    j.finished_at
+    j.finished_at, j.after_seq
 FROM windlass_flow_journal j JOIN input i ON j.run_id = i.run_id AND j.key = i.key
 WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.run_id = i.run_id AND ins.key = i.key)";
 
@@ -107,6 +109,7 @@ async fn write(pool: &Pool, batch: Vec<Pending>) {
     let mut attempts = Vec::with_capacity(batch.len());
     let mut started = Vec::with_capacity(batch.len());
     let mut finished = Vec::with_capacity(batch.len());
+    let mut after = Vec::with_capacity(batch.len());
     for p in &batch {
         let (output, error) = match &p.entry.outcome {
             Ok(v) => (Some(v.clone()), None),
@@ -120,13 +123,14 @@ async fn write(pool: &Pool, batch: Vec<Pending>) {
         attempts.push(i32::try_from(p.entry.attempts).unwrap_or(i32::MAX));
         started.push(p.entry.started_at_ms);
         finished.push(p.entry.finished_at_ms);
+        after.push(p.entry.after);
     }
     let rows = match client.prepare_cached(BATCH).await {
         Ok(stmt) => client
             .query(
                 &stmt,
                 &[
-                    &runs, &keys, &kinds, &outputs, &errors, &attempts, &started, &finished,
+                    &runs, &keys, &kinds, &outputs, &errors, &attempts, &started, &finished, &after,
                 ],
             )
             .await

@@ -137,6 +137,16 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     SET LOCAL lock_timeout = '5s';
     ALTER TABLE windlass_jobs ADD COLUMN completed_at_ms BIGINT;",
     ),
+    (
+        7,
+        "-- Each journal entry keeps the seq of the latest entry its run's code had seen when
+    -- it started, so the recorded graph orders entries exactly, below the clock's
+    -- millisecond. Entries of older versions (and their writes during a rollout) read
+    -- NULL: placed by their times. A nullable column only changes the catalog (no
+    -- rewrite); the lock is bounded as in migration 6.
+    SET LOCAL lock_timeout = '5s';
+    ALTER TABLE windlass_flow_journal ADD COLUMN after_seq BIGINT;",
+    ),
 ];
 
 /// Creates the schema if needed and applies every migration newer than its version.

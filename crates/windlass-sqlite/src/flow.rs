@@ -71,6 +71,7 @@ fn entry_from(row: &Row<'_>) -> rusqlite::Result<Result<JournalEntry, StoreError
     let attempts: u32 = row.get(5)?;
     let started_at_ms: i64 = row.get(6)?;
     let finished_at_ms: i64 = row.get(7)?;
+    let after: Option<i64> = row.get(8)?;
     Ok((|| {
         let outcome = match (output, error) {
             (Some(o), None) => Ok(from_text("a journal entry's output", &o)?),
@@ -91,6 +92,7 @@ fn entry_from(row: &Row<'_>) -> rusqlite::Result<Result<JournalEntry, StoreError
             attempts,
             started_at_ms,
             finished_at_ms,
+            after,
         })
     })())
 }
@@ -206,7 +208,8 @@ fn subscription_from(row: &Row<'_>) -> rusqlite::Result<Result<Subscription, Sto
         .ok_or_else(|| corrupt("a subscription's target", &target)))
 }
 
-const ENTRY_COLUMNS: &str = "seq, key, kind, output, error, attempts, started_at, finished_at";
+const ENTRY_COLUMNS: &str =
+    "seq, key, kind, output, error, attempts, started_at, finished_at, after_seq";
 
 impl FlowStore for SqliteStore {
     async fn start_run(&self, start: RunStart) -> Result<Started, StoreError> {
@@ -548,8 +551,9 @@ impl FlowStore for SqliteStore {
                 move |c| {
                     c.prepare_cached(
                         "INSERT INTO windlass_flow_journal
-                            (run_id, key, kind, output, error, attempts, started_at, finished_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                            (run_id, key, kind, output, error, attempts, started_at, finished_at,
+                             after_seq)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                          ON CONFLICT (run_id, key) DO NOTHING",
                     )
                     .map_err(sql_error)?
@@ -561,7 +565,8 @@ impl FlowStore for SqliteStore {
                         error,
                         entry.attempts,
                         entry.started_at_ms,
-                        entry.finished_at_ms
+                        entry.finished_at_ms,
+                        entry.after
                     ])
                     .map_err(sql_error)?;
                     c.prepare_cached(&format!(

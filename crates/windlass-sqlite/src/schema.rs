@@ -148,6 +148,13 @@ pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX windlass_jobs_due ON windlass_jobs (queue, priority, run_at, id, kind)
         WHERE state = 'scheduled' OR state = 'available' OR state = 'retryable';",
     ),
+    (
+        7,
+        "-- Each journal entry keeps the seq of the latest entry its run's code had seen when
+    -- it started, so the recorded graph orders entries exactly, below the clock's
+    -- millisecond. Entries of older versions read NULL: placed by their times.
+    ALTER TABLE windlass_flow_journal ADD COLUMN after_seq INTEGER;",
+    ),
 ];
 
 /// Applies every migration newer than the database's version. Returns the version after.

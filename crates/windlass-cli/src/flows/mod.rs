@@ -265,6 +265,7 @@ mod tests {
                         attempts: 2,
                         started_at_ms: start,
                         finished_at_ms: end,
+                        after: None,
                     },
                 )
                 .await

@@ -484,6 +484,26 @@ pub async fn a_fan_out_runs_concurrently_within_its_bound<S: FlowStore>(
     let journal = run.journal().await.expect("journal");
     assert_eq!(journal.len(), 8);
     assert!(journal.iter().any(|e| e.key == "square[7]"));
+    // The recorded graph: the first three ran side by side (no edge between them, though
+    // the manual clock gives every entry the same millisecond), and the fourth waited for
+    // one of them.
+    let edges: Vec<(&str, &str)> = crate::graph::edges(&journal)
+        .into_iter()
+        .map(|(a, b)| (journal[a].key.as_str(), journal[b].key.as_str()))
+        .collect();
+    let first = ["square[0]", "square[1]", "square[2]"];
+    assert!(
+        !edges
+            .iter()
+            .any(|(a, b)| first.contains(a) && first.contains(b)),
+        "{edges:?}"
+    );
+    assert!(
+        edges
+            .iter()
+            .any(|(a, b)| first.contains(a) && *b == "square[3]"),
+        "{edges:?}"
+    );
     worker.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -575,12 +595,14 @@ pub async fn the_journal_keeps_the_first_entry<S: FlowStore>(db: FlowDb<S>, _clo
         attempts: 2,
         started_at_ms: T0,
         finished_at_ms: T0 + 5,
+        after: Some(3),
     };
     let first = store
         .record("r1".into(), entry(Ok(json!({"receipt": 1}))))
         .await
         .expect("record");
     assert!(first.seq > 0);
+    assert_eq!(first.after, Some(3), "what the entry had seen is stored");
     let second = store
         .record("r1".into(), entry(Err("a zombie's late result".into())))
         .await

@@ -24,6 +24,7 @@ fn entry(key: &str, outcome: Result<serde_json::Value, String>) -> JournalEntry 
         attempts: 1,
         started_at_ms: T0,
         finished_at_ms: T0 + 1,
+        after: Some(5),
     }
 }
 
@@ -66,6 +67,11 @@ pub async fn concurrent_writers_of_one_entry_agree<S: FlowStore>(
             "both writers of run-{run}/{key} were answered with the entry that stands"
         );
         assert!(seqs.insert(stored[0].seq), "every entry has its own seq");
+        assert_eq!(
+            stored[0].after,
+            Some(5),
+            "what the entry had seen is stored"
+        );
         let journal = store.journal(format!("run-{run}")).await.expect("journal");
         let found: Vec<_> = journal.iter().filter(|e| e.key == *key).collect();
         assert_eq!(

@@ -137,6 +137,8 @@ pub(crate) struct Registered {
 
 struct State {
     journal: HashMap<String, JournalEntry>,
+    /// The highest `seq` in `journal`.
+    last_seq: i64,
     occurrences: HashMap<String, u32>,
     used: HashSet<String>,
     compensations: Vec<Registered>,
@@ -218,6 +220,7 @@ impl FlowContext {
                 store,
                 children,
                 state: Mutex::new(State {
+                    last_seq: journal.iter().map(|e| e.seq).max().unwrap_or(0),
                     journal: journal.into_iter().map(|e| (e.key.clone(), e)).collect(),
                     occurrences: HashMap::new(),
                     used: HashSet::new(),
@@ -413,6 +416,8 @@ impl FlowContext {
                     attempts: 0,
                     started_at_ms: until.started_at_ms,
                     finished_at_ms: now,
+                    // The wait began when its deadline was journaled.
+                    after: Some(until.seq),
                 };
                 match self.record(entry).await {
                     Ok(stored) => stored,
@@ -548,6 +553,10 @@ impl FlowContext {
                     attempts: 1,
                     started_at_ms: child.created_at_ms,
                     finished_at_ms: child.finished_at_ms.unwrap_or(now),
+                    // Journaled when the child is over, perhaps resumptions after it
+                    // started: what this run had seen then is not known, so the graph
+                    // places it by its times.
+                    after: None,
                 };
                 match self.record(entry).await {
                     Ok(stored) => stored,
@@ -611,6 +620,7 @@ impl FlowContext {
             attempts: 0,
             started_at_ms: now,
             finished_at_ms: now,
+            after: Some(self.last_seq()),
         })
         .await
     }
@@ -771,15 +781,21 @@ impl FlowContext {
         self.lock().journal.get(key).cloned()
     }
 
+    /// The `seq` of the latest entry this run's code has seen journaled: what an entry
+    /// starting now comes after ([`JournalEntry::after`]).
+    pub(crate) fn last_seq(&self) -> i64 {
+        self.lock().last_seq
+    }
+
     pub(crate) async fn record(&self, entry: JournalEntry) -> Result<JournalEntry, StoreError> {
         let stored = self
             .inner
             .store
             .record(self.inner.run.clone(), entry)
             .await?;
-        self.lock()
-            .journal
-            .insert(stored.key.clone(), stored.clone());
+        let mut state = self.lock();
+        state.last_seq = state.last_seq.max(stored.seq);
+        state.journal.insert(stored.key.clone(), stored.clone());
         Ok(stored)
     }
 }

@@ -169,6 +169,7 @@ where
                 }
                 let in_flight = InFlight::enter(&ctx);
                 let started = ctx.now_ms();
+                let after = Some(ctx.last_seq());
                 let clock = tokio::time::Instant::now();
                 let span = tracing::info_span!("step", run = %ctx.inner.run, step = %key);
                 let attempts = AtomicU32::new(0);
@@ -224,6 +225,7 @@ where
                     attempts: attempts.load(Ordering::Relaxed),
                     started_at_ms: started,
                     finished_at_ms: ctx.now_ms(),
+                    after,
                 };
                 let stored = ctx.record(entry).await;
                 drop(in_flight);
