@@ -5,9 +5,9 @@
 //! them, so the picture shows what actually ran in parallel, not what the code could have
 //! run in parallel.
 //!
-//! "A was finished before B started" is read from what the run's code had seen: each entry
-//! records the `seq` of the latest entry journaled when it started
-//! ([`JournalEntry::after`]), so A precedes B when `A.seq <= B.after` — exact whatever the
+//! "A was finished before B started" is read from what the run knew: each entry records the
+//! `seq` of the latest entry journaled when it started, as known to the resumption that ran
+//! it ([`JournalEntry::after`]), so A precedes B when `A.seq <= B.after`, whatever the
 //! clock's resolution (two sub-millisecond steps side by side are not a chain). An entry
 //! without it (`after` unknown: a child's end, a signal sent from outside, an entry written
 //! by an older version) is placed by its times instead: A finished at or before B started

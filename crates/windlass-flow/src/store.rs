@@ -302,11 +302,12 @@ pub struct JournalEntry {
     pub started_at_ms: i64,
     /// When it finished.
     pub finished_at_ms: i64,
-    /// The `seq` of the run's latest entry its code had seen journaled when this one
-    /// started (0: none). The recorded graph draws this entry after exactly those (see
+    /// The `seq` of the run's latest entry journaled when this one started, as known to the
+    /// resumption that ran it (0: none): after a resume, every entry journaled before it.
+    /// The recorded graph draws this entry after exactly those (see
     /// [`graph`](crate::graph)), whatever the clock's resolution. `None`: not known (a
     /// child's end, a signal sent from outside the run, an entry of an older version), so
-    /// the graph places it by its times.
+    /// the graph places it by its times, at millisecond resolution.
     pub after: Option<i64>,
 }
 

@@ -603,10 +603,11 @@ pub async fn the_journal_keeps_the_first_entry<S: FlowStore>(db: FlowDb<S>, _clo
         .expect("record");
     assert!(first.seq > 0);
     assert_eq!(first.after, Some(3), "what the entry had seen is stored");
-    let second = store
-        .record("r1".into(), entry(Err("a zombie's late result".into())))
-        .await
-        .expect("record again");
+    let late = JournalEntry {
+        after: Some(4),
+        ..entry(Err("a zombie's late result".into()))
+    };
+    let second = store.record("r1".into(), late).await.expect("record again");
     assert_eq!(second, first, "the first writer's entry stands");
     let other_run = store
         .record("r2".into(), entry(Err("boom".into())))

@@ -98,6 +98,19 @@ pub async fn a_signal_wakes_a_waiting_run<S: FlowStore>(db: FlowDb<S>, _clock: M
         ["~signal:approved", "approved"],
         "sent, then taken"
     );
+    // The recorded graph draws the wait after the signal it took.
+    let at = |prefix: &str| {
+        journal
+            .iter()
+            .position(|e| e.kind == EntryKind::Signal && e.key.starts_with(prefix))
+            .expect("the entry")
+    };
+    let (sent, taken) = (at("~signal:approved"), at("approved"));
+    assert!(
+        crate::graph::edges(&journal).contains(&(sent, taken)),
+        "{:?}",
+        crate::graph::edges(&journal)
+    );
     match flows.signal("sig-1", "approved", &false).await {
         Err(SignalError::Finished { status, .. }) => assert_eq!(status, "completed"),
         other => panic!("a finished run took a signal: {other:?}"),

@@ -67,9 +67,9 @@ impl Workflow for Flaky {
     }
 }
 
-/// Case: a step is retried by its own policy (its journal entry counts the attempts, and a
-/// replay does not run it again), and an attempt past the step's timeout is stopped and
-/// fails the step once its attempts are spent.
+/// Case: a step is retried by its own policy (its journal entry counts the attempts), and
+/// an attempt past the step's timeout is stopped and fails the step once its attempts are
+/// spent.
 pub async fn a_step_is_retried_by_its_policy_and_stopped_by_its_timeout<S: FlowStore>(
     db: FlowDb<S>,
     _clock: ManualClock,

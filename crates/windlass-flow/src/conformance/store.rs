@@ -16,6 +16,12 @@ use crate::{
 };
 
 fn entry(key: &str, outcome: Result<serde_json::Value, String>) -> JournalEntry {
+    // Each writer's entry says what it had seen differently (5 + its number).
+    let after = outcome
+        .as_ref()
+        .ok()
+        .and_then(|v| v.get("writer")?.as_i64())
+        .map_or(Some(5), |w| Some(5 + w));
     JournalEntry {
         seq: 0,
         key: key.into(),
@@ -24,7 +30,7 @@ fn entry(key: &str, outcome: Result<serde_json::Value, String>) -> JournalEntry 
         attempts: 1,
         started_at_ms: T0,
         finished_at_ms: T0 + 1,
-        after: Some(5),
+        after,
     }
 }
 
@@ -67,10 +73,15 @@ pub async fn concurrent_writers_of_one_entry_agree<S: FlowStore>(
             "both writers of run-{run}/{key} were answered with the entry that stands"
         );
         assert!(seqs.insert(stored[0].seq), "every entry has its own seq");
+        let winner = stored[0]
+            .outcome
+            .as_ref()
+            .ok()
+            .and_then(|v| v["writer"].as_i64());
         assert_eq!(
             stored[0].after,
-            Some(5),
-            "what the entry had seen is stored"
+            winner.map(|w| 5 + w),
+            "the entry that stands keeps its own writer's `after`"
         );
         let journal = store.journal(format!("run-{run}")).await.expect("journal");
         let found: Vec<_> = journal.iter().filter(|e| e.key == *key).collect();

@@ -397,11 +397,17 @@ impl FlowContext {
                     }
                 };
                 let now = self.now_ms();
+                // The wait began when its deadline was journaled, and ends after the
+                // signal it takes.
+                let mut after = until.seq;
                 let outcome = match self.next_signal(&name, deadline) {
-                    Some((signal, payload)) => Ok(serde_json::json!({
-                        "signal": signal,
-                        "payload": payload,
-                    })),
+                    Some((signal, seq, payload)) => {
+                        after = after.max(seq);
+                        Ok(serde_json::json!({
+                            "signal": signal,
+                            "payload": payload,
+                        }))
+                    }
                     None if now >= deadline => Err(format!(
                         "no signal `{name}` within {} ms",
                         deadline.saturating_sub(until.started_at_ms)
@@ -416,8 +422,7 @@ impl FlowContext {
                     attempts: 0,
                     started_at_ms: until.started_at_ms,
                     finished_at_ms: now,
-                    // The wait began when its deadline was journaled.
-                    after: Some(until.seq),
+                    after: Some(after),
                 };
                 match self.record(entry).await {
                     Ok(stored) => stored,
@@ -625,8 +630,9 @@ impl FlowContext {
         .await
     }
 
-    /// The earliest signal named `name`, sent by `deadline`, that no wait of this run took.
-    fn next_signal(&self, name: &str, deadline: i64) -> Option<(String, Value)> {
+    /// The earliest signal named `name`, sent by `deadline`, that no wait of this run took:
+    /// its key, its `seq` and its payload.
+    fn next_signal(&self, name: &str, deadline: i64) -> Option<(String, i64, Value)> {
         let prefix = signal_prefix(name);
         let state = self.lock();
         let taken: HashSet<&str> = state
@@ -645,7 +651,7 @@ impl FlowContext {
                     && !taken.contains(e.key.as_str())
             })
             .min_by_key(|e| e.seq)
-            .and_then(|e| Some((e.key.clone(), e.outcome.as_ref().ok()?.clone())))
+            .and_then(|e| Some((e.key.clone(), e.seq, e.outcome.as_ref().ok()?.clone())))
     }
 
     /// Runs `steps` concurrently, at most `limit` at a time, and waits until every one has
