@@ -253,13 +253,14 @@ pub async fn a_cancelled_direct_run_returns_instead_of_hanging<S: FlowStore>(
 }
 
 /// Holds each run inside its one step until a permit is given; the probe counts runs inside.
-struct Gated {
-    probe: windlass_test_support::Peak,
-    permits: Arc<tokio::sync::Semaphore>,
+/// Of kind `gated`, or `gated-b` (a second kind, for limits per kind).
+pub(super) struct Gated<const B: bool = false> {
+    pub(super) probe: windlass_test_support::Peak,
+    pub(super) permits: Arc<tokio::sync::Semaphore>,
 }
 
-impl crate::Workflow for Gated {
-    const KIND: &'static str = "gated";
+impl<const B: bool> crate::Workflow for Gated<B> {
+    const KIND: &'static str = if B { "gated-b" } else { "gated" };
     type Input = u32;
     type Output = u32;
     async fn run(&self, ctx: crate::FlowContext, n: u32) -> Result<u32, crate::FlowError> {
@@ -298,7 +299,7 @@ pub async fn a_direct_run_keeps_the_queues_limits<S: FlowStore>(
     let probe = windlass_test_support::Peak::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(0));
     let flows = Flows::builder(&queue)
-        .register(Gated {
+        .register(Gated::<false> {
             probe: probe.clone(),
             permits: Arc::clone(&permits),
         })

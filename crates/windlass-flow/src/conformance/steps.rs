@@ -13,6 +13,7 @@ use std::time::Duration;
 use windlass_policy::{Backoff, Jitter, Retry};
 use windlass_queue::{JobState, ManualClock, Queue};
 
+use super::inline::Gated;
 use super::{FlowDb, Log, POLL, WAIT, start_worker, until_job_in};
 use crate::{EntryKind, FlowContext, FlowError, FlowStore, Flows, RunStatus, WaitError, Workflow};
 
@@ -408,30 +409,6 @@ pub async fn a_failing_compensation_is_retried<S: FlowStore>(db: FlowDb<S>, _clo
     worker.shutdown(Duration::from_secs(5)).await;
 }
 
-/// Holds each run inside its one step until a permit is given; kind `gate-a` or `gate-b`.
-struct Gate<const B: bool> {
-    probe: windlass_test_support::Peak,
-    permits: Arc<tokio::sync::Semaphore>,
-}
-
-impl<const B: bool> Workflow for Gate<B> {
-    const KIND: &'static str = if B { "gate-b" } else { "gate-a" };
-    type Input = ();
-    type Output = ();
-    async fn run(&self, ctx: FlowContext, _: ()) -> Result<(), FlowError> {
-        let (probe, permits) = (self.probe.clone(), Arc::clone(&self.permits));
-        ctx.step("hold", move || {
-            let (probe, permits) = (probe.clone(), Arc::clone(&permits));
-            async move {
-                let _inside = probe.enter();
-                permits.acquire().await.map_err(|e| e.to_string())?.forget();
-                Ok::<_, String>(())
-            }
-        })
-        .await
-    }
-}
-
 /// Case: a per-kind limit of one holds for each kind apart: with two runs of each of two
 /// kinds waiting, one of each runs at once (the kinds do not share one slot), and never two
 /// of one kind.
@@ -456,11 +433,11 @@ pub async fn each_kind_keeps_its_own_concurrency_limit<S: FlowStore>(
     );
     let permits = Arc::new(tokio::sync::Semaphore::new(0));
     let flows = Flows::builder(&queue)
-        .register(Gate::<false> {
+        .register(Gated::<false> {
             probe: a.clone(),
             permits: Arc::clone(&permits),
         })
-        .register(Gate::<true> {
+        .register(Gated::<true> {
             probe: b.clone(),
             permits: Arc::clone(&permits),
         })
@@ -472,7 +449,7 @@ pub async fn each_kind_keeps_its_own_concurrency_limit<S: FlowStore>(
     for n in 0..2 {
         runs.push(
             flows
-                .start::<Gate<false>>(format!("a-{n}"), &())
+                .start::<Gated<false>>(format!("a-{n}"), &n)
                 .await
                 .expect("start")
                 .id()
@@ -480,7 +457,7 @@ pub async fn each_kind_keeps_its_own_concurrency_limit<S: FlowStore>(
         );
         runs.push(
             flows
-                .start::<Gate<true>>(format!("b-{n}"), &())
+                .start::<Gated<true>>(format!("b-{n}"), &n)
                 .await
                 .expect("start")
                 .id()
