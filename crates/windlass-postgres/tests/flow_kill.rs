@@ -16,7 +16,7 @@ use std::time::Duration;
 use windlass_flow::{FlowContext, FlowError, Flows, Workflow};
 use windlass_postgres::PostgresStore;
 use windlass_queue::conformance::crash::{EFFECTS_ENV, child_config, spawn_child};
-use windlass_queue::{JobState, Queue, Worker, WorkerConfig};
+use windlass_queue::{JobState, Queue, Worker, WorkerConfig, WorkerHandle};
 
 const SCHEMA_ENV: &str = "WINDLASS_FLOW_KILL_SCHEMA";
 
@@ -71,11 +71,19 @@ async fn open(url: &str, schema: &str) -> PostgresStore {
         .unwrap()
 }
 
-fn config() -> WorkerConfig {
-    WorkerConfig {
-        queues: vec!["flows".into()],
-        ..child_config()
-    }
+/// A worker of the flows queue with the crash tests' short leases.
+async fn start_worker(queue: &Queue<PostgresStore>, flows: &Flows<PostgresStore>) -> WorkerHandle {
+    Worker::builder(queue)
+        .register(flows.driver())
+        .config(WorkerConfig {
+            queues: vec!["flows".into()],
+            ..child_config()
+        })
+        .build()
+        .unwrap()
+        .start()
+        .await
+        .unwrap()
 }
 
 /// The doomed worker process: runs only when the parent test started this binary as a child.
@@ -96,14 +104,7 @@ async fn flow_kill_child() {
         })
         .build()
         .unwrap();
-    let _worker = Worker::builder(&queue)
-        .register(flows.driver())
-        .config(config())
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let _worker = start_worker(&queue, &flows).await;
     // Until killed (or orphaned: the test is gone).
     let parent = std::os::unix::process::parent_id();
     while std::os::unix::process::parent_id() == parent {
@@ -165,14 +166,7 @@ async fn a_worker_process_killed_mid_run_is_resumed_without_rerunning_finished_s
     child.kill().unwrap(); // SIGKILL: no shutdown, the lease stays behind
     child.wait().unwrap();
 
-    let worker = Worker::builder(&queue)
-        .register(flows.driver())
-        .config(config())
-        .build()
-        .unwrap()
-        .start()
-        .await
-        .unwrap();
+    let worker = start_worker(&queue, &flows).await;
     assert_eq!(
         run.result(Duration::from_secs(30), Duration::from_millis(20))
             .await

@@ -252,6 +252,22 @@ pub async fn a_cancelled_direct_run_returns_instead_of_hanging<S: FlowStore>(
     assert_eq!(log.all(), ["a", "b"], "nothing ran after the cancel");
 }
 
+/// A queue on `store` whose flows queue runs at most one run of each kind at once.
+pub(super) async fn one_run_per_kind<S: FlowStore>(store: S) -> Queue<S> {
+    let queue = Queue::new(store);
+    queue
+        .set_limits(
+            "flows",
+            windlass_queue::QueueLimits {
+                max_running_per_key: Some(1),
+                ..windlass_queue::QueueLimits::default()
+            },
+        )
+        .await
+        .expect("limits");
+    queue
+}
+
 /// Holds each run inside its one step until a permit is given; the probe counts runs inside.
 /// Of kind `gated`, or `gated-b` (a second kind, for limits per kind).
 pub(super) struct Gated<const B: bool = false> {
@@ -285,17 +301,7 @@ pub async fn a_direct_run_keeps_the_queues_limits<S: FlowStore>(
     db: FlowDb<S>,
     _clock: ManualClock,
 ) {
-    let queue = Queue::new(db.store);
-    queue
-        .set_limits(
-            "flows",
-            windlass_queue::QueueLimits {
-                max_running_per_key: Some(1),
-                ..windlass_queue::QueueLimits::default()
-            },
-        )
-        .await
-        .expect("limits");
+    let queue = one_run_per_kind(db.store).await;
     let probe = windlass_test_support::Peak::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(0));
     let flows = Flows::builder(&queue)

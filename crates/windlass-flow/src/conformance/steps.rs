@@ -13,7 +13,7 @@ use std::time::Duration;
 use windlass_policy::{Backoff, Jitter, Retry};
 use windlass_queue::{JobState, ManualClock, Queue};
 
-use super::inline::Gated;
+use super::inline::{Gated, one_run_per_kind};
 use super::{FlowDb, Log, POLL, WAIT, start_worker, until_job_in};
 use crate::{EntryKind, FlowContext, FlowError, FlowStore, Flows, RunStatus, WaitError, Workflow};
 
@@ -416,17 +416,7 @@ pub async fn each_kind_keeps_its_own_concurrency_limit<S: FlowStore>(
     db: FlowDb<S>,
     _clock: ManualClock,
 ) {
-    let queue = Queue::new(db.store);
-    queue
-        .set_limits(
-            "flows",
-            windlass_queue::QueueLimits {
-                max_running_per_key: Some(1),
-                ..windlass_queue::QueueLimits::default()
-            },
-        )
-        .await
-        .expect("limits");
+    let queue = one_run_per_kind(db.store).await;
     let (a, b) = (
         windlass_test_support::Peak::new(),
         windlass_test_support::Peak::new(),
