@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use windlass_queue::conformance::T0;
 use windlass_queue::{JobState, Lease, ManualClock, Queue};
 
-use super::{FlowDb, Log, POLL, WAIT, start_worker, until, until_job_in};
+use super::{FlowDb, Log, POLL, WAIT, journal_keys, start_worker, until, until_job_in};
 use crate::{
     CancelError, CancelOutcome, EndRun, FlowContext, FlowError, FlowStore, Flows, NewRun,
     ResumeError, Resumed, RunError, RunOptions, RunStatus, WaitError, Workflow,
@@ -157,13 +157,7 @@ pub async fn a_cancelled_run_stops_its_running_step_then_compensates<S: FlowStor
         s.ship_stopped.load(Ordering::SeqCst),
         "the running step was stopped"
     );
-    let keys: Vec<String> = run
-        .journal()
-        .await
-        .expect("journal")
-        .into_iter()
-        .map(|e| e.key)
-        .collect();
+    let keys = journal_keys(&run).await;
     assert_eq!(
         keys,
         [
@@ -547,13 +541,7 @@ pub async fn a_failed_run_resumes_from_its_failed_step<S: FlowStore>(
         ["a", "b", "c", "undo b", "b", "c", "d"],
         "a kept its result; b (compensated) and c (failed) ran again"
     );
-    let keys: Vec<String> = run
-        .journal()
-        .await
-        .expect("journal")
-        .into_iter()
-        .map(|e| e.key)
-        .collect();
+    let keys = journal_keys(&run).await;
     for kept in [
         "a",
         "b",

@@ -260,6 +260,18 @@ fn crash_worker<S, F>(
     .expect("the doomed worker's thread");
 }
 
+/// The keys of a run's journal entries, in the order they were stored.
+pub(crate) async fn journal_keys<S: FlowStore, O: serde::de::DeserializeOwned>(
+    run: &crate::RunHandle<S, O>,
+) -> Vec<String> {
+    run.journal()
+        .await
+        .expect("journal")
+        .into_iter()
+        .map(|e| e.key)
+        .collect()
+}
+
 /// How often each step and compensation ran, by name.
 #[derive(Clone, Default)]
 pub(crate) struct Log(Arc<Mutex<Vec<String>>>);

@@ -14,7 +14,7 @@ use windlass_policy::{Backoff, Jitter, Retry};
 use windlass_queue::{JobState, ManualClock, Queue};
 
 use super::inline::{Gated, one_run_per_kind};
-use super::{FlowDb, Log, POLL, WAIT, start_worker, until_job_in};
+use super::{FlowDb, Log, POLL, WAIT, journal_keys, start_worker, until_job_in};
 use crate::{EntryKind, FlowContext, FlowError, FlowStore, Flows, RunStatus, WaitError, Workflow};
 
 /// `attempts` attempts, retried at once.
@@ -225,13 +225,7 @@ pub async fn repeated_steps_are_told_apart_by_occurrence_or_key<S: FlowStore>(
     let worker = start_worker(&queue, &flows).await;
     let run = flows.start::<Loop>("loop-1", &()).await.expect("start");
     assert_eq!(run.result(WAIT, POLL).await.expect("result"), 206);
-    let keys: Vec<String> = run
-        .journal()
-        .await
-        .expect("journal")
-        .into_iter()
-        .map(|e| e.key)
-        .collect();
+    let keys = journal_keys(&run).await;
     assert_eq!(
         keys,
         ["tick", "tick#2", "tick#3", "item[apple]", "item[pear]"]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use windlass_queue::{ManualClock, Queue};
 
-use super::{FlowDb, Log, POLL, WAIT, start_worker, until_job_in};
+use super::{FlowDb, Log, POLL, WAIT, journal_keys, start_worker, until_job_in};
 use crate::{EntryKind, FlowContext, FlowError, FlowStore, Flows, RunStatus, WaitError, Workflow};
 
 /// A step, an hour's durable sleep, a step.
@@ -198,13 +198,7 @@ pub async fn a_timer_waits_for_the_steps_beside_it<S: FlowStore>(
         "the run never slept",
     )
     .await;
-    let keys: Vec<_> = run
-        .journal()
-        .await
-        .expect("journal")
-        .into_iter()
-        .map(|e| e.key)
-        .collect();
+    let keys = journal_keys(&run).await;
     assert!(
         keys.contains(&"work".to_string()),
         "the step beside the timer was journaled before the run slept: {keys:?}"
