@@ -99,13 +99,13 @@ thread_local! {
 /// instrumented operation it does nothing. Costs one uncontended lock.
 #[track_caller]
 pub fn stage(label: &'static str) {
-    if let Some(id) = POLLING.with(Cell::get) {
-        if let Some(op) = lock(&registry().live).get_mut(&id) {
-            op.stage = Some(Stage {
-                label,
-                site: Location::caller(),
-            });
-        }
+    if let Some(id) = POLLING.with(Cell::get)
+        && let Some(op) = lock(&registry().live).get_mut(&id)
+    {
+        op.stage = Some(Stage {
+            label,
+            site: Location::caller(),
+        });
     }
 }
 

@@ -177,7 +177,7 @@ impl Latencies {
         self.seen += 1;
         // Recompute on every sample while few are known, then every 16th: the sort is
         // O(256 log 256), too much for every call of a busy service.
-        if self.seen <= 64 || self.seen % 16 == 0 {
+        if self.seen <= 64 || self.seen.is_multiple_of(16) {
             let mut sorted = self.ring.clone();
             sorted.sort_unstable();
             let idx = ((sorted.len() as f64 - 1.0) * quantile).round() as usize;
@@ -307,20 +307,18 @@ impl<T: Send, E: Send> Policy<T, E> for Hedge {
             std::future::poll_fn(|task| {
                 loop {
                     let mut progressed = false;
-                    if !primary_done {
-                        if let Poll::Ready(r) = primary.as_mut().poll(task) {
-                            primary_done = true;
-                            progressed = true;
-                            match r {
-                                Ok(v) => {
-                                    self.record(started.elapsed());
-                                    return Poll::Ready(Ok(v));
-                                }
-                                Err(e) if !e.class().is_retryable() => return Poll::Ready(Err(e)),
-                                Err(e) => {
-                                    last_err = Some(e);
-                                    launch_now = true;
-                                }
+                    if !primary_done && let Poll::Ready(r) = primary.as_mut().poll(task) {
+                        primary_done = true;
+                        progressed = true;
+                        match r {
+                            Ok(v) => {
+                                self.record(started.elapsed());
+                                return Poll::Ready(Ok(v));
+                            }
+                            Err(e) if !e.class().is_retryable() => return Poll::Ready(Err(e)),
+                            Err(e) => {
+                                last_err = Some(e);
+                                launch_now = true;
                             }
                         }
                     }

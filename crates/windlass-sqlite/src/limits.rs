@@ -11,9 +11,12 @@ use windlass_queue::{ClaimRequest, StoreError};
 use crate::ops::{DUE, placeholders};
 use crate::sql_error;
 
+/// A queue's limits, if it has any.
+pub(crate) const GET: &str = "SELECT limits FROM windlass_queue_limits WHERE queue = ?1";
+
 pub(crate) fn get(conn: &Connection, queue: &str) -> Result<QueueLimits, StoreError> {
     let text: Option<String> = conn
-        .prepare_cached("SELECT limits FROM windlass_queue_limits WHERE queue = ?1")
+        .prepare_cached(GET)
         .map_err(sql_error)?
         .query_row([queue], |r| r.get(0))
         .optional()

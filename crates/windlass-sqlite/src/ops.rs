@@ -27,19 +27,41 @@ pub(crate) fn placeholders(n: usize, first: usize) -> String {
 /// the index of due jobs (migration 6), which a query must repeat to be planned on it.
 pub(crate) const DUE: &str = "(state = 'scheduled' OR state = 'available' OR state = 'retryable')";
 
+/// An enqueue's insert of one job.
+pub(crate) const INSERT: &str =
+    "INSERT INTO windlass_jobs (kind, queue, payload, state, priority, max_attempts, retry,
+        timeout_ms, tags, unique_key, created_at, run_at, limit_key, trace_context)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+
+/// A heartbeat of one lease: renewed if still held; says whether cancellation was asked.
+pub(crate) const HEARTBEAT: &str = "UPDATE windlass_jobs SET lease_until = ?1
+     WHERE id = ?2 AND state = 'running' AND lease_token = ?3 AND locked_by = ?4
+     RETURNING cancel_requested";
+
+/// An attempt's end, fenced by its lease.
+pub(crate) const FINISH: &str = "UPDATE windlass_jobs SET
+        state = CASE WHEN cancel_requested = 1 AND ?1 IN ('retryable', 'scheduled')
+            THEN 'cancelled' ELSE ?1 END,
+        run_at = CASE WHEN wake_requested = 1 AND ?2 IS NOT NULL THEN MIN(?2, ?9)
+            ELSE COALESCE(?2, run_at) END,
+        wake_requested = 0,
+        finished_at = CASE WHEN cancel_requested = 1 AND ?1 IN ('retryable', 'scheduled')
+            THEN ?9 ELSE ?3 END,
+        attempt = attempt - ?4, lease_until = NULL, cancel_requested = 0,
+        -- A completion keeps its record in columns (see the schema); the rest append.
+        locked_by = CASE WHEN ?1 = 'completed' THEN locked_by END,
+        completed_at_ms = ?10,
+        attempts = CASE WHEN ?1 = 'completed' THEN attempts
+            ELSE json_insert(attempts, '$[#]', json(?5)) END
+     WHERE id = ?6 AND state = 'running' AND lease_token = ?7 AND locked_by = ?8";
+
 pub(crate) fn enqueue(
     conn: &Connection,
     jobs: Vec<NewJob>,
     now: i64,
 ) -> Result<Vec<Enqueued>, StoreError> {
     let mut out = Vec::with_capacity(jobs.len());
-    let mut insert = conn
-        .prepare_cached(
-            "INSERT INTO windlass_jobs (kind, queue, payload, state, priority, max_attempts, retry,
-                timeout_ms, tags, unique_key, created_at, run_at, limit_key, trace_context)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        )
-        .map_err(sql_error)?;
+    let mut insert = conn.prepare_cached(INSERT).map_err(sql_error)?;
     for job in jobs {
         let o = job.options();
         if let Some(u) = &o.unique {
@@ -388,13 +410,7 @@ pub(crate) fn heartbeat(
     leases: &[Lease],
     until: i64,
 ) -> Result<Vec<Heartbeat>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "UPDATE windlass_jobs SET lease_until = ?1
-             WHERE id = ?2 AND state = 'running' AND lease_token = ?3 AND locked_by = ?4
-             RETURNING cancel_requested",
-        )
-        .map_err(sql_error)?;
+    let mut stmt = conn.prepare_cached(HEARTBEAT).map_err(sql_error)?;
     leases
         .iter()
         .map(|l| {
@@ -415,25 +431,7 @@ pub(crate) fn finish(
     finished: &[Finish],
     now: i64,
 ) -> Result<Vec<Fenced>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "UPDATE windlass_jobs SET
-                state = CASE WHEN cancel_requested = 1 AND ?1 IN ('retryable', 'scheduled')
-                    THEN 'cancelled' ELSE ?1 END,
-                run_at = CASE WHEN wake_requested = 1 AND ?2 IS NOT NULL THEN MIN(?2, ?9)
-                    ELSE COALESCE(?2, run_at) END,
-                wake_requested = 0,
-                finished_at = CASE WHEN cancel_requested = 1 AND ?1 IN ('retryable', 'scheduled')
-                    THEN ?9 ELSE ?3 END,
-                attempt = attempt - ?4, lease_until = NULL, cancel_requested = 0,
-                -- A completion keeps its record in columns (see the schema); the rest append.
-                locked_by = CASE WHEN ?1 = 'completed' THEN locked_by END,
-                completed_at_ms = ?10,
-                attempts = CASE WHEN ?1 = 'completed' THEN attempts
-                    ELSE json_insert(attempts, '$[#]', json(?5)) END
-             WHERE id = ?6 AND state = 'running' AND lease_token = ?7 AND locked_by = ?8",
-        )
-        .map_err(sql_error)?;
+    let mut stmt = conn.prepare_cached(FINISH).map_err(sql_error)?;
     finished
         .iter()
         .map(|f| {

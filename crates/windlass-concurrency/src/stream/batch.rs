@@ -142,14 +142,13 @@ impl<S: Stream> Stream for Batch<S> {
             size,
             handed_out,
         } = this.sizing
+            && let Some((at, full)) = handed_out.take()
         {
-            if let Some((at, full)) = handed_out.take() {
-                let took = at.elapsed();
-                if took > cfg.target {
-                    *size = ((*size as f64 * cfg.shrink) as usize).max(cfg.min);
-                } else if full {
-                    *size = (*size + cfg.growth).min(cfg.max);
-                }
+            let took = at.elapsed();
+            if took > cfg.target {
+                *size = ((*size as f64 * cfg.shrink) as usize).max(cfg.min);
+            } else if full {
+                *size = (*size + cfg.growth).min(cfg.max);
             }
         }
         let target = match *this.sizing {

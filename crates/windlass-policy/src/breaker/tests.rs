@@ -373,12 +373,12 @@ impl Model {
         v.iter().filter(|f| **f).count() as f64 / v.len() as f64
     }
     fn refresh(&mut self) {
-        if let MState::Open { until } = self.state {
-            if self.now >= until {
-                self.state = MState::HalfOpen;
-                self.half_left = self.probes;
-                self.half_results.clear();
-            }
+        if let MState::Open { until } = self.state
+            && self.now >= until
+        {
+            self.state = MState::HalfOpen;
+            self.half_left = self.probes;
+            self.half_results.clear();
         }
     }
     fn open(&mut self) {

@@ -354,15 +354,15 @@ impl<T: Send, E: Send> Policy<T, E> for Retry {
                 if let Some(after) = class.retry_after() {
                     wait = wait.max(after);
                 }
-                if let Some(deadline) = cx.deadline() {
-                    if saturating_add(Instant::now(), wait) >= deadline {
-                        return Err(self.give_up(attempt, GaveUp::Deadline, err));
-                    }
+                if let Some(deadline) = cx.deadline()
+                    && saturating_add(Instant::now(), wait) >= deadline
+                {
+                    return Err(self.give_up(attempt, GaveUp::Deadline, err));
                 }
-                if let Some(b) = &s.budget {
-                    if !b.withdraw() {
-                        return Err(self.give_up(attempt, GaveUp::Budget, err));
-                    }
+                if let Some(b) = &s.budget
+                    && !b.withdraw()
+                {
+                    return Err(self.give_up(attempt, GaveUp::Budget, err));
                 }
                 s.retries.fetch_add(1, Ordering::Relaxed);
                 s.m_retries.increment(1);

@@ -1,0 +1,291 @@
+//! WAL checkpoints on a thread of their own, off the writer's path.
+//!
+//! In WAL mode a commit appends pages to the `-wal` file; a *checkpoint* copies them back
+//! into the database file (and, at `NORMAL` and `FULL`, fsyncs both), so the WAL can start over.
+//! SQLite's default runs that checkpoint inside the commit that pushes the WAL past 1,000
+//! pages, on the connection that committed: here, the one writer thread, which every
+//! enqueue, claim and completion waits on. Measured in W3 (`windlass bench queue`), the
+//! checkpoint and its fsyncs were about 6% of that thread's time.
+//!
+//! So a file-backed store runs its checkpoints here instead: after a commit the writer
+//! [`Checkpointer::nudge`]s this thread, which waits [`PAUSE`] (so one checkpoint covers many
+//! commits) and runs `PRAGMA wal_checkpoint(PASSIVE)` on its own connection. A passive
+//! checkpoint takes no lock that writers wait on: it copies what no reader still needs and
+//! stops. It changes nothing about what a commit makes durable (the WAL, synced or not per
+//! [`crate::Synchronous`], is what a commit writes; a checkpoint only moves committed pages).
+//!
+//! The writer keeps its own automatic checkpoint, raised to [`BACKSTOP_PAGES`]: should this
+//! thread fall behind or fail, the WAL still stops growing there. An idle store costs
+//! nothing: the thread sleeps until the next nudge. It ends when the writer does.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{self, Thread};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+/// How long the thread waits after a nudge before it checkpoints: commits in that time share
+/// the checkpoint.
+pub(crate) const PAUSE: Duration = Duration::from_millis(10);
+
+/// The writer's own automatic checkpoint, kept as a bound on the WAL (pages; SQLite's
+/// default is 1,000). Under steady load the WAL starts over only when a checkpoint has
+/// caught up with the writer between two of its transactions; this bound makes sure it
+/// does at least every 2,000 pages (8 MB). Measured in W3: 2,000 and 10,000 alike, both
+/// ahead of the writer checkpointing itself.
+pub(crate) const BACKSTOP_PAGES: u32 = 2_000;
+
+/// The `-wal` file is cut back to this size when the WAL starts over, should a burst (a
+/// big bulk enqueue) have grown it past that (`PRAGMA journal_size_limit`).
+pub(crate) const WAL_FILE_LIMIT_BYTES: u32 = 16 << 20;
+
+/// The writer's handle on the checkpoint thread.
+pub(crate) struct Checkpointer {
+    thread: Thread,
+    state: Arc<Flags>,
+}
+
+#[derive(Default)]
+struct Flags {
+    /// A commit happened since the last checkpoint began.
+    pending: AtomicBool,
+    /// The writer is gone: stop.
+    closed: AtomicBool,
+    /// Checkpoints run so far (for tests and the curious).
+    runs: AtomicU64,
+}
+
+impl Checkpointer {
+    /// Opens a second connection to the file at `path` and starts the thread.
+    pub(crate) fn spawn(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Checkpointer> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(busy_timeout)?;
+        // This connection commits nothing, so the automatic checkpoint never fires on it.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+        let state = Arc::new(Flags::default());
+        let flags = state.clone();
+        let thread = thread::Builder::new()
+            .name("windlass-sqlite-checkpoint".into())
+            .spawn(move || run(&conn, &flags))
+            .map_err(|e| {
+                rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                    Some(format!("cannot start the checkpoint thread: {e}")),
+                )
+            })?
+            .thread()
+            .clone();
+        Ok(Checkpointer { thread, state })
+    }
+
+    /// Tells the thread that a commit happened. Cheap when it already knows.
+    pub(crate) fn nudge(&self) {
+        if !self.state.pending.swap(true, Ordering::AcqRel) {
+            self.thread.unpark();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.state.closed.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
+fn run(conn: &Connection, flags: &Flags) {
+    let mut failing = false;
+    loop {
+        // `park` may return spuriously: the flags say whether there is work.
+        while !flags.pending.load(Ordering::Acquire) && !flags.closed.load(Ordering::Acquire) {
+            thread::park();
+        }
+        if flags.closed.load(Ordering::Acquire) {
+            return;
+        }
+        thread::sleep(PAUSE);
+        // Commits from here on ask for the next checkpoint.
+        flags.pending.store(false, Ordering::Release);
+        flags.runs.fetch_add(1, Ordering::Relaxed);
+        match checkpoint(conn) {
+            Ok(Done::All) => failing = false,
+            Ok(Done::Busy) => {
+                // Another checkpoint runs (another process's, or the writer's bound): it
+                // may not cover the latest commits. Try again after the pause.
+                failing = false;
+                flags.pending.store(true, Ordering::Release);
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "a WAL checkpoint failed; the writer's own checkpoint bounds the WAL meanwhile");
+                }
+                failing = true;
+            }
+        }
+    }
+}
+
+/// What a checkpoint did.
+enum Done {
+    /// Copied what no reader still needs.
+    All,
+    /// Found another checkpoint running, and did nothing.
+    Busy,
+}
+
+/// One passive checkpoint.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<Done> {
+    // The first column is 1 when another connection's checkpoint held the lock.
+    let busy: i64 = conn
+        .prepare_cached("PRAGMA wal_checkpoint(PASSIVE)")?
+        .query_row([], |r| r.get(0))?;
+    Ok(if busy == 0 { Done::All } else { Done::Busy })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "windlass-checkpoint-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        ));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        dir.join(name)
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        std::fs::metadata(path).map_or(0, |m| m.len())
+    }
+
+    /// Waits (up to 20 s of real time: the thread really sleeps) until `ok` holds.
+    fn until(what: &str, ok: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !ok() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_nudge_copies_committed_pages_into_the_database_file() {
+        let path = temp_db("nudge.db");
+        let writer = Connection::open(&path).expect("open");
+        writer
+            .execute_batch(&format!(
+                "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES};
+                 CREATE TABLE t (x BLOB);"
+            ))
+            .expect("schema");
+        let checkpointer = Checkpointer::spawn(&path, Duration::from_secs(1)).expect("spawn");
+        let before = file_len(&path);
+        // 2 MB in the WAL: below the writer's own checkpoint, so only the thread moves it.
+        for _ in 0..32 {
+            writer
+                .execute("INSERT INTO t VALUES (zeroblob(65536))", [])
+                .expect("insert");
+        }
+        assert!(
+            file_len(&path) < before + 1_000_000,
+            "the writer checkpointed by itself: the test proves nothing"
+        );
+        checkpointer.nudge();
+        until("the database file holds the committed pages", || {
+            file_len(&path) > before + 2_000_000
+        });
+        let _ = std::fs::remove_dir_all(path.parent().expect("a directory"));
+    }
+
+    /// SQLite before 3.51.3 has the WAL-reset bug: a checkpoint racing a commit on another
+    /// connection that restarts the WAL can lose committed transactions. This thread (and
+    /// several processes on one file) is that race.
+    #[test]
+    fn the_bundled_sqlite_has_the_wal_reset_fix() {
+        assert!(
+            rusqlite::version_number() >= 3_051_003,
+            "SQLite {} predates the WAL-reset fix (3.51.3)",
+            rusqlite::version()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_store_checkpoints_its_commits_on_this_thread() {
+        use windlass_queue::{JobOptions, NewJob, Store as _};
+        let path = temp_db("store.db");
+        let store = crate::SqliteStore::open(&path).await.expect("open");
+        let bound: u32 = store
+            .writer
+            .call(
+                |c| {
+                    c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+                        .map_err(crate::sql_error)
+                },
+                None,
+            )
+            .await
+            .expect("the writer's checkpoint bound");
+        assert_eq!(
+            bound, BACKSTOP_PAGES,
+            "the writer still checkpoints by itself"
+        );
+        let before = file_len(&path);
+        // 3 MB of jobs, in commits below the writer's own (raised) checkpoint.
+        for _ in 0..3 {
+            let jobs = (0..16)
+                .map(|_| {
+                    NewJob::new(
+                        "big",
+                        serde_json::json!({ "blob": "x".repeat(65_536) }),
+                        JobOptions::default(),
+                    )
+                    .expect("a valid job")
+                })
+                .collect();
+            store.enqueue(jobs).await.expect("enqueue");
+        }
+        until("the database file holds the store's commits", || {
+            file_len(&path) > before + 3_000_000
+        });
+        drop(store);
+        let _ = std::fs::remove_dir_all(path.parent().expect("a directory"));
+    }
+
+    #[test]
+    fn without_a_nudge_the_thread_does_nothing_and_a_dropped_handle_stops_it() {
+        let path = temp_db("idle.db");
+        let writer = Connection::open(&path).expect("open");
+        writer
+            .execute_batch(&format!(
+                "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES};
+                 CREATE TABLE t (x BLOB);"
+            ))
+            .expect("schema");
+        let checkpointer = Checkpointer::spawn(&path, Duration::from_secs(1)).expect("spawn");
+        let flags = checkpointer.state.clone();
+        let before = file_len(&path);
+        for _ in 0..16 {
+            writer
+                .execute("INSERT INTO t VALUES (zeroblob(65536))", [])
+                .expect("insert");
+        }
+        thread::sleep(PAUSE * 5);
+        assert!(
+            file_len(&path) < before + 500_000,
+            "the thread checkpointed without being nudged"
+        );
+        assert_eq!(flags.runs.load(Ordering::Relaxed), 0);
+        drop(checkpointer);
+        // The thread has its own reference to the flags until it returns.
+        until("the thread ends", || Arc::strong_count(&flags) == 1);
+        let _ = std::fs::remove_dir_all(path.parent().expect("a directory"));
+    }
+}
