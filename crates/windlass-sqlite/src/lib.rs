@@ -134,7 +134,7 @@ impl SqliteStoreBuilder {
                 "watch_every must be positive and at most 1 hour".into(),
             ));
         }
-        let conn = match &self.path {
+        let mut conn = match &self.path {
             Some(p) => Connection::open_with_flags(
                 p,
                 OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -176,26 +176,12 @@ impl SqliteStoreBuilder {
         };
         conn.execute_batch(&format!("PRAGMA synchronous = {sync}"))
             .map_err(sql_error)?;
-        let checkpointer = match &self.path {
-            Some(path) => match checkpoint::Checkpointer::spawn(path, self.busy_timeout) {
-                Ok(c) => {
-                    // Checkpoints run on their own thread; the writer's own stays as a bound.
-                    conn.execute_batch(&format!(
-                        "PRAGMA wal_autocheckpoint = {}; PRAGMA journal_size_limit = {}",
-                        checkpoint::BACKSTOP_PAGES,
-                        checkpoint::WAL_FILE_LIMIT_BYTES
-                    ))
-                    .map_err(sql_error)?;
-                    Some(c)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, path = %path.display(), "no checkpoint thread: the writer checkpoints the WAL itself");
-                    None
-                }
-            },
-            None => None,
-        };
-        let writer = Writer::spawn(conn, checkpointer)
+        if let Some(path) = &self.path
+            && let Err(e) = checkpoint::install(&mut conn, path, self.busy_timeout)
+        {
+            tracing::warn!(error = %e, path = %path.display(), "no checkpoint thread: the writer checkpoints the WAL itself");
+        }
+        let writer = Writer::spawn(conn)
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         writer.call(schema::migrate, None).await?;
         let (signal, _) = watch::channel(0);

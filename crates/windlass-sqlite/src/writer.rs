@@ -16,8 +16,6 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 use windlass_queue::StoreError;
 
-use crate::checkpoint::Checkpointer;
-
 /// What an operation leaves behind: the answer to send once the commit's fate is known.
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// An operation on the connection (`None`: the transaction could not start; run nothing),
@@ -38,16 +36,12 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the thread that owns `conn`. With a `checkpointer`, every commit nudges it
-    /// (and dropping the writer stops it).
-    pub(crate) fn spawn(
-        conn: Connection,
-        checkpointer: Option<Checkpointer>,
-    ) -> std::io::Result<Writer> {
+    /// Starts the thread that owns `conn`.
+    pub(crate) fn spawn(conn: Connection) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Op>();
         thread::Builder::new()
             .name("windlass-sqlite".into())
-            .spawn(move || run(conn, rx, checkpointer))?;
+            .spawn(move || run(conn, rx))?;
         Ok(Writer { ops: tx })
     }
 
@@ -108,7 +102,7 @@ fn exec(conn: &Connection, sql: &str) -> Result<(), StoreError> {
         .map_err(crate::sql_error)
 }
 
-fn run(conn: Connection, rx: mpsc::Receiver<Op>, checkpointer: Option<Checkpointer>) {
+fn run(conn: Connection, rx: mpsc::Receiver<Op>) {
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];
         while ops.len() < MAX_GROUP {
@@ -143,8 +137,6 @@ fn run(conn: Connection, rx: mpsc::Receiver<Op>, checkpointer: Option<Checkpoint
             let commit = exec(&conn, "COMMIT");
             if commit.is_err() {
                 let _ = exec(&conn, "ROLLBACK");
-            } else if let Some(c) = &checkpointer {
-                c.nudge();
             }
             commit
         };
@@ -162,7 +154,7 @@ mod tests {
         let conn = Connection::open_in_memory().expect("in-memory database");
         conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
             .expect("table");
-        Writer::spawn(conn, None).expect("writer thread")
+        Writer::spawn(conn).expect("writer thread")
     }
 
     fn insert_then(v: i64, fail: bool) -> impl FnOnce(&Connection) -> Result<(), StoreError> {
