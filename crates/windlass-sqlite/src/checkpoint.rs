@@ -209,13 +209,13 @@ mod tests {
     use super::*;
 
     fn temp_db(name: &str) -> std::path::PathBuf {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "windlass-checkpoint-{}-{}",
             std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos())
+            NEXT.fetch_add(1, Ordering::Relaxed)
         ));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("a temporary directory");
         dir.join(name)
     }
@@ -233,24 +233,34 @@ mod tests {
         }
     }
 
+    /// A new WAL-mode file with one table of blobs `t`, and a connection on it that
+    /// checkpoints by itself only past `autocheckpoint` pages.
+    fn wal_db(name: &str, autocheckpoint: i32) -> (std::path::PathBuf, Connection) {
+        let path = temp_db(name);
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+             PRAGMA wal_autocheckpoint = {autocheckpoint}; CREATE TABLE t (x BLOB);"
+        ))
+        .expect("schema");
+        (path, conn)
+    }
+
+    /// `n` commits of one blob of `bytes` each.
+    fn commit_blobs(conn: &Connection, n: usize, bytes: i64) {
+        for _ in 0..n {
+            conn.execute("INSERT INTO t VALUES (zeroblob(?1))", [bytes])
+                .expect("insert");
+        }
+    }
+
     #[test]
     fn a_nudge_copies_committed_pages_into_the_database_file() {
-        let path = temp_db("nudge.db");
-        let writer = Connection::open(&path).expect("open");
-        writer
-            .execute_batch(&format!(
-                "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES};
-                 CREATE TABLE t (x BLOB);"
-            ))
-            .expect("schema");
+        let (path, writer) = wal_db("nudge.db", BACKSTOP_PAGES);
         let checkpointer = Checkpointer::spawn(&path, Duration::from_secs(1)).expect("spawn");
         let before = file_len(&path);
         // 2 MB in the WAL: below the writer's own checkpoint, so only the thread moves it.
-        for _ in 0..32 {
-            writer
-                .execute("INSERT INTO t VALUES (zeroblob(65536))", [])
-                .expect("insert");
-        }
+        commit_blobs(&writer, 32, 65536);
         assert!(
             file_len(&path) < before + 1_000_000,
             "the writer checkpointed by itself: the test proves nothing"
@@ -278,22 +288,11 @@ mod tests {
     /// group-sized commits past it hand the checkpoint to the thread instead.
     #[test]
     fn the_hook_hands_only_group_commits_checkpoints_to_the_thread() {
-        let path = temp_db("hook.db");
-        let mut writer = Connection::open(&path).expect("open");
-        writer
-            .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
-                 CREATE TABLE t (x BLOB);",
-            )
-            .expect("schema");
+        let (path, mut writer) = wal_db("hook.db", 1_000);
         let flags = install(&mut writer, &path, Duration::from_secs(1)).expect("install");
         let before = file_len(&path);
         // Small commits (one page each), past the nudge size: the writer checkpoints.
-        for _ in 0..1_200 {
-            writer
-                .execute("INSERT INTO t VALUES (zeroblob(2000))", [])
-                .expect("insert");
-        }
+        commit_blobs(&writer, 1_200, 2000);
         assert!(
             file_len(&path) > before + 1_000_000,
             "small commits past the nudge size were not checkpointed on the writer"
@@ -308,11 +307,7 @@ mod tests {
         // writer's bound. The thread checkpoints at least the first 1,000 pages (what came
         // after may wait in a WAL that started over, below the size).
         let grown = file_len(&path);
-        for _ in 0..96 {
-            writer
-                .execute("INSERT INTO t VALUES (zeroblob(65536))", [])
-                .expect("insert");
-        }
+        commit_blobs(&writer, 96, 65536);
         until("the thread checkpoints", || {
             flags.runs.load(Ordering::Relaxed) > 0 && file_len(&path) > grown + 3_500_000
         });
@@ -369,22 +364,11 @@ mod tests {
 
     #[test]
     fn without_a_nudge_the_thread_does_nothing_and_a_dropped_handle_stops_it() {
-        let path = temp_db("idle.db");
-        let writer = Connection::open(&path).expect("open");
-        writer
-            .execute_batch(&format!(
-                "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES};
-                 CREATE TABLE t (x BLOB);"
-            ))
-            .expect("schema");
+        let (path, writer) = wal_db("idle.db", BACKSTOP_PAGES);
         let checkpointer = Checkpointer::spawn(&path, Duration::from_secs(1)).expect("spawn");
         let flags = checkpointer.state.clone();
         let before = file_len(&path);
-        for _ in 0..16 {
-            writer
-                .execute("INSERT INTO t VALUES (zeroblob(65536))", [])
-                .expect("insert");
-        }
+        commit_blobs(&writer, 16, 65536);
         thread::sleep(PAUSE * 5);
         assert!(
             file_len(&path) < before + 500_000,
