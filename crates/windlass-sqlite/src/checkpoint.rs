@@ -117,7 +117,7 @@ pub(crate) struct Checkpointer {
 /// What the checkpoint thread shares with its handle.
 #[derive(Default)]
 pub(crate) struct Flags {
-    /// A commit happened since the last checkpoint began.
+    /// A checkpoint was asked for (a nudge) since the last one began.
     pending: AtomicBool,
     /// The writer is gone: stop.
     closed: AtomicBool,
@@ -151,7 +151,7 @@ impl Checkpointer {
         Ok(Checkpointer { thread, state })
     }
 
-    /// Tells the thread that a commit happened. Cheap when it already knows.
+    /// Asks the thread for a checkpoint. Cheap when one is already asked for.
     pub(crate) fn nudge(&self) {
         if !self.state.pending.swap(true, Ordering::AcqRel) {
             self.thread.unpark();
