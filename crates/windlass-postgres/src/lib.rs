@@ -113,7 +113,7 @@ impl PostgresStoreBuilder {
         let (mut client, connection) = config
             .connect(NoTls)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot connect: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(format!("cannot connect: {}", describe(&e))))?;
         let setup = tokio::spawn(connection);
         schema::migrate(&mut client, &self.schema).await?;
         drop(client);
@@ -316,10 +316,18 @@ impl PostgresStore {
 /// A PostgreSQL error as a store error: connection loss, shutdown, overload, serialisation
 /// failures and deadlocks are `Unavailable` (try again); anything else is the database
 /// refusing the operation.
+/// What went wrong: for a server error what the server said (the driver's own message
+/// for one is only "db error").
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), ToString::to_string)
+}
+
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     if e.is_closed() {
         return StoreError::Unavailable(e.to_string());
     }
+    let message = describe(&e);
     match e.code() {
         Some(code) => {
             let c = code.code();
@@ -329,9 +337,9 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
                 || c == "40001"
                 || c == "40P01"
             {
-                StoreError::Unavailable(e.to_string())
+                StoreError::Unavailable(message)
             } else {
-                StoreError::Database(e.to_string())
+                StoreError::Database(message)
             }
         }
         // No SQLSTATE: an I/O or protocol error on the connection.

@@ -1,20 +1,45 @@
 //! The embedded, versioned schema, in the store's own PostgreSQL schema (namespace).
 //!
 //! Migrations only add (tables, columns with defaults, indexes), so workers of an older
-//! version keep running against a newer schema during a rolling deploy. They run in one
-//! transaction under an advisory lock on the schema's name, so processes that start together
-//! apply each migration exactly once; the others wait, then see it recorded.
+//! version keep running against a newer schema during a rolling deploy. They run under an
+//! advisory lock on the schema's name, so processes that start together apply each migration
+//! exactly once; the others wait, then see it recorded.
+//!
+//! Most migrations ([`Migration::Sql`]) run in one transaction. An index on the jobs table
+//! cannot: a plain `CREATE INDEX` holds a lock that stops every write to the table for as long
+//! as it scans it, and older workers are writing. So an [`Migration::Index`] is built
+//! `CONCURRENTLY`, outside any transaction, before the indexes it replaces are dropped (also
+//! concurrently): the workers never lose an index to read, nor the right to write. On a new
+//! schema, whose table nobody else can see yet, it is a plain statement in the transaction.
 
 use tokio_postgres::Client;
 use windlass_queue::StoreError;
 
-use crate::pg_error;
+use crate::{describe, pg_error};
 
-/// `(version, sql)`, in order. Never edit a released entry: add one.
-pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
+/// One step of the schema's history.
+pub(crate) enum Migration {
+    /// Statements run in the migration transaction.
+    Sql(&'static str),
+    /// An index that replaces others on a table that may be in use (the module's doc).
+    Index(IndexSwap),
+}
+
+/// A new index of `table`, and the indexes it makes redundant.
+pub(crate) struct IndexSwap {
+    pub(crate) name: &'static str,
+    /// What follows `ON`: the table, the columns and any condition.
+    pub(crate) on: &'static str,
+    /// Dropped once `name` is built and valid.
+    pub(crate) replaces: &'static [&'static str],
+}
+
+/// `(version, migration)`, in order. Never edit a released entry: add one.
+pub(crate) const MIGRATIONS: &[(i32, Migration)] = &[
     (
         1,
-        "CREATE TABLE windlass_jobs (
+        Migration::Sql(
+            "CREATE TABLE windlass_jobs (
         id BIGSERIAL PRIMARY KEY,
         kind TEXT NOT NULL,
         queue TEXT NOT NULL,
@@ -57,10 +82,12 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         tokens DOUBLE PRECISION NOT NULL,
         at_ms BIGINT NOT NULL
     );",
+        ),
     ),
     (
         2,
-        "-- Durable workflows (windlass-flow): one row per run, and each run's journal of
+        Migration::Sql(
+            "-- Durable workflows (windlass-flow): one row per run, and each run's journal of
     -- finished steps, timers and compensations. The journal is insert-only; (run_id, key)
     -- is unique, so the first writer of an entry wins.
     CREATE TABLE windlass_flow_runs (
@@ -87,16 +114,20 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         finished_at BIGINT NOT NULL,
         UNIQUE (run_id, key)
     );",
+        ),
     ),
     (
         3,
-        "-- A wake-up (`Store::wake`) that arrives while the job runs: if the attempt ends by
+        Migration::Sql(
+            "-- A wake-up (`Store::wake`) that arrives while the job runs: if the attempt ends by
     -- waiting again (a snooze or a retry), the job is due at once instead.
     ALTER TABLE windlass_jobs ADD COLUMN wake_requested BOOLEAN NOT NULL DEFAULT false;",
+        ),
     ),
     (
         4,
-        "-- Durable events (windlass-flow `Events`): each published event once (its id is
+        Migration::Sql(
+            "-- Durable events (windlass-flow `Events`): each published event once (its id is
     -- unique, so a publisher's retry delivers nothing twice), and the stored subscriptions
     -- it is delivered to, in the same transaction, as jobs or workflow runs.
     CREATE TABLE windlass_events (
@@ -116,6 +147,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
         attempt_timeout_ms BIGINT NOT NULL,
         PRIMARY KEY (topic, name)
     );",
+        ),
     ),
     // Version 5 is retired: for an hour on 2026-11-24 it merged the two indexes of running
     // jobs, then was withdrawn (a plain CREATE INDEX in the migration's transaction blocks
@@ -124,7 +156,8 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     // layouts work. The next migration is 6, never 5.
     (
         6,
-        "-- A completed job's last attempt is kept in columns, not appended to `attempts`:
+        Migration::Sql(
+            "-- A completed job's last attempt is kept in columns, not appended to `attempts`:
     -- its worker stays in locked_by and its end goes here. Completing is the hot path, and
     -- appending to the JSON array rewrites and widens the row (every completion's new row
     -- version is written to the WAL whole). A worker of an older version still appends (and
@@ -136,38 +169,93 @@ pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     -- it: past the lock timeout the migration fails instead (and is retried at the next open).
     SET LOCAL lock_timeout = '5s';
     ALTER TABLE windlass_jobs ADD COLUMN completed_at_ms BIGINT;",
+        ),
     ),
     (
         7,
-        "-- Each journal entry keeps the seq of the latest entry its run's code had seen when
+        Migration::Sql(
+            "-- Each journal entry keeps the seq of the latest entry its run's code had seen when
     -- it started, so the recorded graph orders entries exactly, below the clock's
     -- millisecond. Entries of older versions (and their writes during a rollout) read
     -- NULL: placed by their times. A nullable column only changes the catalog (no
     -- rewrite); the lock is bounded as in migration 6.
     SET LOCAL lock_timeout = '5s';
     ALTER TABLE windlass_flow_journal ADD COLUMN after_seq BIGINT;",
+        ),
+    ),
+    // One index of running jobs instead of two, as SQLite's: the lease sweep reads it for
+    // expired leases, limited claims for what runs per queue and key. Every claim enters a
+    // job in each index of running jobs, so one less is one index insert less per job
+    // (BENCHMARKS.md, session 11). Migration 5 made the same change in its transaction.
+    (
+        8,
+        Migration::Index(IndexSwap {
+            name: "windlass_jobs_running",
+            on: "windlass_jobs (queue, limit_key, lease_until) WHERE state = 'running'",
+            replaces: &["windlass_jobs_leases", "windlass_jobs_running_keys"],
+        }),
     ),
 ];
 
 /// Creates the schema if needed and applies every migration newer than its version.
 pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<i32, StoreError> {
-    let tx = client.transaction().await.map_err(pg_error)?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 7175))",
-        &[&format!("windlass-migrate:{schema}")],
-    )
-    .await
-    .map_err(pg_error)?;
-    tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema};
-         CREATE TABLE IF NOT EXISTS {schema}.windlass_migrations (
-            version INTEGER PRIMARY KEY,
-            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-         );"
-    ))
-    .await
-    .map_err(pg_error)?;
-    let current: i32 = tx
+    migrate_to(client, schema, i32::MAX).await
+}
+
+/// [`migrate`], up to version `target` only (tests build older schemas with it).
+pub(crate) async fn migrate_to(
+    client: &mut Client,
+    schema: &str,
+    target: i32,
+) -> Result<i32, StoreError> {
+    // A session lock, held across the transactions and the concurrent builds between them.
+    // Older versions take the transaction-level lock of the same key, which it excludes too.
+    // Taken by trying, not by waiting in a statement: a concurrent build waits for every
+    // transaction in the database to end, and one waiting for this lock would never end
+    // (PostgreSQL would cancel one of the two as a deadlock).
+    let key = format!("windlass-migrate:{schema}");
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        let locked: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 7175))",
+                &[&key],
+            )
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        if locked {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(200));
+    }
+    let applied = apply(client, schema, target).await;
+    // Also released when the connection closes, should this fail.
+    let unlocked = client
+        .execute(
+            "SELECT pg_advisory_unlock(hashtextextended($1, 7175))",
+            &[&key],
+        )
+        .await
+        .map_err(pg_error);
+    let version = applied?;
+    unlocked?;
+    Ok(version)
+}
+
+async fn apply(client: &mut Client, schema: &str, target: i32) -> Result<i32, StoreError> {
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {schema}.windlass_migrations (
+                version INTEGER PRIMARY KEY,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             );"
+        ))
+        .await
+        .map_err(pg_error)?;
+    let current: i32 = client
         .query_one(
             &format!("SELECT COALESCE(MAX(version), 0) FROM {schema}.windlass_migrations"),
             &[],
@@ -175,25 +263,45 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<i32, St
         .await
         .map_err(pg_error)?
         .get(0);
-    tx.batch_execute(&format!("SET LOCAL search_path TO {schema}"))
-        .await
-        .map_err(pg_error)?;
-    for (version, sql) in MIGRATIONS {
-        if *version <= current {
+    // A new schema's tables are created in the transaction below: nobody else can write to
+    // them before it commits, so its indexes need no concurrent build.
+    let new = current == 0;
+    let pending: Vec<&(i32, Migration)> = MIGRATIONS
+        .iter()
+        .filter(|(v, _)| *v > current && *v <= target)
+        .collect();
+    let mut next = 0;
+    while let Some((version, migration)) = pending.get(next) {
+        if let (Migration::Index(swap), false) = (migration, new) {
+            build_concurrently(client, schema, *version, swap).await?;
+            next += 1;
             continue;
         }
-        tx.batch_execute(sql)
+        // Every migration up to the next concurrent build, in one transaction.
+        let tx = client.transaction().await.map_err(pg_error)?;
+        tx.batch_execute(&format!("SET LOCAL search_path TO {schema}"))
             .await
-            .map_err(|e| StoreError::Schema(format!("migration {version} failed: {e}")))?;
-        tx.execute(
-            "INSERT INTO windlass_migrations (version) VALUES ($1)",
-            &[version],
-        )
-        .await
-        .map_err(pg_error)?;
+            .map_err(pg_error)?;
+        while let Some((version, migration)) = pending.get(next) {
+            let sql = match migration {
+                Migration::Sql(sql) => (*sql).to_string(),
+                Migration::Index(swap) if new => swap.in_transaction(),
+                Migration::Index(_) => break,
+            };
+            tx.batch_execute(&sql).await.map_err(|e| {
+                StoreError::Schema(format!("migration {version} failed: {}", describe(&e)))
+            })?;
+            tx.execute(
+                "INSERT INTO windlass_migrations (version) VALUES ($1)",
+                &[version],
+            )
+            .await
+            .map_err(pg_error)?;
+            next += 1;
+        }
+        tx.commit().await.map_err(pg_error)?;
     }
-    tx.commit().await.map_err(pg_error)?;
-    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    let latest = MIGRATIONS.last().map_or(0, |m| m.0).min(target);
     if current > latest {
         tracing::warn!(
             database = current,
@@ -202,4 +310,304 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<i32, St
         );
     }
     Ok(current.max(latest))
+}
+
+impl IndexSwap {
+    /// The swap as statements for a migration transaction (a new schema's).
+    fn in_transaction(&self) -> String {
+        let mut sql = format!("CREATE INDEX {} ON {};", self.name, self.on);
+        for old in self.replaces {
+            sql.push_str(&format!(" DROP INDEX IF EXISTS {old};"));
+        }
+        sql
+    }
+}
+
+/// Builds `swap`'s index `CONCURRENTLY` (no lock that stops writes), then drops the
+/// indexes it replaces the same way, and records `version`. Each step is one statement
+/// outside any transaction, and each can be repeated, so a build cut short (its process
+/// killed, its connection lost) is finished by the next process to open the store. Such a
+/// build leaves its index behind marked invalid (PostgreSQL keeps it, but reads nothing
+/// from it); `IF NOT EXISTS` would take that for done, so an invalid one is dropped first.
+/// A concurrent build waits for the transactions already writing to the table to end.
+async fn build_concurrently(
+    client: &Client,
+    schema: &str,
+    version: i32,
+    swap: &IndexSwap,
+) -> Result<(), StoreError> {
+    let failed = |e: tokio_postgres::Error| {
+        StoreError::Schema(format!(
+            "migration {version} (index {} built concurrently) failed: {}",
+            swap.name,
+            describe(&e)
+        ))
+    };
+    tracing::info!(
+        schema,
+        version,
+        index = swap.name,
+        "building an index concurrently: it waits for transactions already writing to the table, and blocks none"
+    );
+    let valid: Option<bool> = client
+        .query_opt(
+            "SELECT i.indisvalid FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indexrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&schema, &swap.name],
+        )
+        .await
+        .map_err(pg_error)?
+        .map(|r| r.get(0));
+    if valid == Some(false) {
+        tracing::warn!(
+            schema,
+            index = swap.name,
+            "an earlier build of this index did not finish; building it again"
+        );
+        client
+            .batch_execute(&format!(
+                "DROP INDEX CONCURRENTLY IF EXISTS {schema}.{}",
+                swap.name
+            ))
+            .await
+            .map_err(failed)?;
+    }
+    client
+        .batch_execute(&format!(
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {schema}.{}",
+            swap.name, swap.on
+        ))
+        .await
+        .map_err(failed)?;
+    for old in swap.replaces {
+        client
+            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {schema}.{old}"))
+            .await
+            .map_err(failed)?;
+    }
+    client
+        .execute(
+            &format!("INSERT INTO {schema}.windlass_migrations (version) VALUES ($1)"),
+            &[&version],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Needs `DATABASE_URL`; without it each case returns at once (the conformance tests
+    //! say why). Each case migrates a schema of its own.
+    #![allow(clippy::unwrap_used)] // test code
+
+    use super::*;
+
+    async fn connect() -> Option<Client> {
+        let url = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())?;
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Some(client)
+    }
+
+    fn schema_name() -> String {
+        format!("wl_schema_{}_{:x}", std::process::id(), fastrand::u64(..))
+    }
+
+    /// The jobs table's indexes in `schema`: name and whether it is valid.
+    async fn indexes(c: &Client, schema: &str) -> Vec<(String, bool)> {
+        c.query(
+            "SELECT ci.relname::text, i.indisvalid FROM pg_index i
+             JOIN pg_class ci ON ci.oid = i.indexrelid
+             JOIN pg_class ct ON ct.oid = i.indrelid
+             JOIN pg_namespace n ON n.oid = ct.relnamespace
+             WHERE n.nspname = $1 AND ct.relname = 'windlass_jobs' ORDER BY 1",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    }
+
+    /// The index layout every migrated schema ends with.
+    fn final_layout() -> Vec<(String, bool)> {
+        [
+            "windlass_jobs_due",
+            "windlass_jobs_finished",
+            "windlass_jobs_pkey",
+            "windlass_jobs_running",
+            "windlass_jobs_unique",
+        ]
+        .iter()
+        .map(|n| (n.to_string(), true))
+        .collect()
+    }
+
+    async fn versions(c: &Client, schema: &str) -> Vec<i32> {
+        c.query(
+            &format!("SELECT version FROM {schema}.windlass_migrations ORDER BY 1"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    }
+
+    async fn insert_job(c: &Client, schema: &str) {
+        c.execute(
+            &format!(
+                "INSERT INTO {schema}.windlass_jobs (kind, queue, payload, state, priority,
+                    max_attempts, retry, timeout_ms, created_at, run_at)
+                 VALUES ('k', 'default', '{{}}', 'available', 0, 3, '[]', 1000, 1, 1)"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_new_schema_gets_its_indexes_in_its_first_transaction() {
+        let Some(mut c) = connect().await else { return };
+        let schema = schema_name();
+        assert_eq!(migrate(&mut c, &schema).await.unwrap(), 8);
+        assert_eq!(indexes(&c, &schema).await, final_layout());
+        assert_eq!(versions(&c, &schema).await, vec![1, 2, 3, 4, 6, 7, 8]);
+        // Opening again changes nothing.
+        assert_eq!(migrate(&mut c, &schema).await.unwrap(), 8);
+        assert_eq!(indexes(&c, &schema).await, final_layout());
+    }
+
+    /// An older worker is in the middle of a write when a newer process opens the store:
+    /// the index is built concurrently, so other writers go on meanwhile (a plain `CREATE
+    /// INDEX` would queue them behind its lock until the older transaction ended).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_existing_schema_builds_its_index_without_stopping_writers() {
+        let Some(mut migrator) = connect().await else {
+            return;
+        };
+        let schema = schema_name();
+        assert_eq!(migrate_to(&mut migrator, &schema, 7).await.unwrap(), 7);
+        let mut older = connect().await.unwrap();
+        insert_job(&older, &schema).await;
+        let writing = older.transaction().await.unwrap();
+        writing
+            .execute(
+                &format!("UPDATE {schema}.windlass_jobs SET lease_until = 5"),
+                &[],
+            )
+            .await
+            .unwrap();
+        let schema2 = schema.clone();
+        let migrating =
+            tokio::spawn(async move { migrate(&mut migrator, &schema2).await.unwrap() });
+        // Wait until the build is under way and waiting for the older transaction.
+        let watcher = connect().await.unwrap();
+        let mut seen = false;
+        for _ in 0..500 {
+            let n: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE query LIKE 'CREATE INDEX CONCURRENTLY%' AND query LIKE $1
+                       AND wait_event_type = 'Lock'",
+                    &[&format!("%{schema}.windlass_jobs%")],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if n == 1 {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(seen, "the index build never waited for the older writer");
+        // Another writer is not held up: with a plain build it would wait for the lock and
+        // give up after the timeout.
+        watcher
+            .batch_execute("SET lock_timeout = '2s'")
+            .await
+            .unwrap();
+        insert_job(&watcher, &schema).await;
+        assert!(
+            !migrating.is_finished(),
+            "the build waits for the older writer"
+        );
+        writing.commit().await.unwrap();
+        assert_eq!(migrating.await.unwrap(), 8);
+        assert_eq!(indexes(&watcher, &schema).await, final_layout());
+        assert_eq!(versions(&watcher, &schema).await, vec![1, 2, 3, 4, 6, 7, 8]);
+    }
+
+    /// A build cut short leaves its index invalid; the next open builds it again instead of
+    /// taking its name for done.
+    #[tokio::test]
+    async fn an_index_left_invalid_by_a_build_cut_short_is_built_again() {
+        let Some(mut c) = connect().await else { return };
+        let schema = schema_name();
+        migrate_to(&mut c, &schema, 7).await.unwrap();
+        insert_job(&c, &schema).await;
+        // What an interrupted CREATE INDEX CONCURRENTLY leaves behind (needs a superuser,
+        // as the local test server's `postgres` is).
+        c.batch_execute(&format!(
+            "CREATE INDEX windlass_jobs_running ON {schema}.windlass_jobs (queue);
+             UPDATE pg_index SET indisvalid = false
+              WHERE indexrelid = '{schema}.windlass_jobs_running'::regclass;"
+        ))
+        .await
+        .unwrap();
+        assert!(
+            indexes(&c, &schema)
+                .await
+                .contains(&("windlass_jobs_running".into(), false))
+        );
+        assert_eq!(migrate(&mut c, &schema).await.unwrap(), 8);
+        assert_eq!(indexes(&c, &schema).await, final_layout());
+        let def: String = c
+            .query_one(
+                "SELECT pg_get_indexdef(($1 || '.windlass_jobs_running')::regclass)",
+                &[&schema],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            def.ends_with("(queue, limit_key, lease_until) WHERE (state = 'running'::text)"),
+            "{def}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_error_says_what_the_server_said() {
+        let Some(c) = connect().await else { return };
+        let e = pg_error(c.batch_execute("SELEC 1").await.unwrap_err());
+        assert!(
+            matches!(&e, StoreError::Database(m) if m.contains("syntax error")),
+            "{e:?}"
+        );
+    }
+
+    /// Processes that open an existing store together build the index once: the others
+    /// wait on the lock, then find it recorded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn processes_opening_together_apply_a_concurrent_build_once() {
+        let Some(mut a) = connect().await else { return };
+        let schema = schema_name();
+        migrate_to(&mut a, &schema, 7).await.unwrap();
+        let mut b = connect().await.unwrap();
+        let (ra, rb) = tokio::join!(migrate(&mut a, &schema), migrate(&mut b, &schema));
+        assert_eq!((ra.unwrap(), rb.unwrap()), (8, 8));
+        assert_eq!(versions(&a, &schema).await, vec![1, 2, 3, 4, 6, 7, 8]);
+        assert_eq!(indexes(&a, &schema).await, final_layout());
+    }
 }
