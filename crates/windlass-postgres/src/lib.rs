@@ -313,9 +313,6 @@ impl PostgresStore {
     }
 }
 
-/// A PostgreSQL error as a store error: connection loss, shutdown, overload, serialisation
-/// failures and deadlocks are `Unavailable` (try again); anything else is the database
-/// refusing the operation.
 /// What went wrong: for a server error what the server said (the driver's own message
 /// for one is only "db error").
 pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
@@ -323,6 +320,9 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
         .map_or_else(|| e.to_string(), ToString::to_string)
 }
 
+/// A PostgreSQL error as a store error: connection loss, shutdown, overload, serialisation
+/// failures and deadlocks are `Unavailable` (try again); anything else is the database
+/// refusing the operation.
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     if e.is_closed() {
         return StoreError::Unavailable(e.to_string());

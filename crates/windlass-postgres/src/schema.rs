@@ -203,18 +203,52 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<i32, St
 }
 
 /// [`migrate`], up to version `target` only (tests build older schemas with it).
+///
+/// Two session locks, each taken by trying, never by waiting inside a statement. The
+/// migration lock (whose key older versions take inside their migration transaction)
+/// covers the transactional migrations; a concurrent build runs under a lock of its own,
+/// with the migration lock released. A concurrent build waits for every transaction open
+/// in the database to end, so under the migration lock it and an older process waiting
+/// for that lock inside its transaction would wait for each other, until PostgreSQL
+/// cancelled one of them. Under its own lock, an older process that opens meanwhile finds
+/// nothing to do (its migrations are all recorded) and goes on; a newer one waits for the
+/// build, then finds it recorded.
 pub(crate) async fn migrate_to(
     client: &mut Client,
     schema: &str,
     target: i32,
 ) -> Result<i32, StoreError> {
-    // A session lock, held across the transactions and the concurrent builds between them.
-    // Older versions take the transaction-level lock of the same key, which it excludes too.
-    // Taken by trying, not by waiting in a statement: a concurrent build waits for every
-    // transaction in the database to end, and one waiting for this lock would never end
-    // (PostgreSQL would cancel one of the two as a deadlock).
-    let key = format!("windlass-migrate:{schema}");
+    let migrations = format!("windlass-migrate:{schema}");
+    let builds = format!("windlass-migrate-index:{schema}");
+    let latest = MIGRATIONS.last().map_or(0, |m| m.0).min(target);
+    loop {
+        lock(client, &migrations, schema).await?;
+        let applied = apply(client, schema, target).await;
+        unlock(client, &migrations).await;
+        let (version, build) = applied?;
+        let Some((build_version, swap)) = build else {
+            if version > latest {
+                tracing::warn!(
+                    database = version,
+                    code = latest,
+                    "the job store's schema is newer than this code; running against it (its migrations keep older code working)"
+                );
+            }
+            return Ok(version.max(latest));
+        };
+        lock(client, &builds, schema).await?;
+        let built = build_concurrently(client, schema, build_version, swap).await;
+        unlock(client, &builds).await;
+        built?;
+    }
+}
+
+/// Takes session advisory lock `key`, trying every few milliseconds (up to 200 ms apart),
+/// and says so in the log if another process holds it for long.
+async fn lock(client: &Client, key: &str, schema: &str) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
     let mut pause = std::time::Duration::from_millis(5);
+    let mut said = false;
     loop {
         let locked: bool = client
             .query_one(
@@ -225,26 +259,50 @@ pub(crate) async fn migrate_to(
             .map_err(pg_error)?
             .get(0);
         if locked {
-            break;
+            return Ok(());
+        }
+        if !said && started.elapsed() > std::time::Duration::from_secs(5) {
+            said = true;
+            tracing::info!(
+                schema,
+                lock = key,
+                "waiting for another process to finish migrating the job store's schema"
+            );
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_millis(200));
     }
-    let applied = apply(client, schema, target).await;
-    // Also released when the connection closes, should this fail.
-    let unlocked = client
-        .execute(
+}
+
+/// Releases session advisory lock `key` (it is also released when the connection closes).
+async fn unlock(client: &Client, key: &str) {
+    let released = client
+        .query_one(
             "SELECT pg_advisory_unlock(hashtextextended($1, 7175))",
             &[&key],
         )
         .await
-        .map_err(pg_error);
-    let version = applied?;
-    unlocked?;
-    Ok(version)
+        .map(|r| r.get::<_, bool>(0));
+    match released {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            lock = key,
+            "the migration lock was not held at release: is the store opened through a pooler in transaction mode? Its migration needs one session (a direct connection)"
+        ),
+        Err(e) => {
+            tracing::warn!(lock = key, error = %describe(&e), "releasing the migration lock failed; it is released when the connection closes")
+        }
+    }
 }
 
-async fn apply(client: &mut Client, schema: &str, target: i32) -> Result<i32, StoreError> {
+/// Applies the migrations newer than the schema's version, in one transaction, up to the
+/// first index that must be built concurrently. Returns the version reached and that
+/// build, if any.
+async fn apply(
+    client: &mut Client,
+    schema: &str,
+    target: i32,
+) -> Result<(i32, Option<(i32, &'static IndexSwap)>), StoreError> {
     client
         .batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS {schema};
@@ -266,50 +324,37 @@ async fn apply(client: &mut Client, schema: &str, target: i32) -> Result<i32, St
     // A new schema's tables are created in the transaction below: nobody else can write to
     // them before it commits, so its indexes need no concurrent build.
     let new = current == 0;
-    let pending: Vec<&(i32, Migration)> = MIGRATIONS
-        .iter()
-        .filter(|(v, _)| *v > current && *v <= target)
-        .collect();
-    let mut next = 0;
-    while let Some((version, migration)) = pending.get(next) {
-        if let (Migration::Index(swap), false) = (migration, new) {
-            build_concurrently(client, schema, *version, swap).await?;
-            next += 1;
+    let mut reached = current;
+    let mut build = None;
+    let tx = client.transaction().await.map_err(pg_error)?;
+    tx.batch_execute(&format!("SET LOCAL search_path TO {schema}"))
+        .await
+        .map_err(pg_error)?;
+    for (version, migration) in MIGRATIONS {
+        if *version <= current || *version > target {
             continue;
         }
-        // Every migration up to the next concurrent build, in one transaction.
-        let tx = client.transaction().await.map_err(pg_error)?;
-        tx.batch_execute(&format!("SET LOCAL search_path TO {schema}"))
-            .await
-            .map_err(pg_error)?;
-        while let Some((version, migration)) = pending.get(next) {
-            let sql = match migration {
-                Migration::Sql(sql) => (*sql).to_string(),
-                Migration::Index(swap) if new => swap.in_transaction(),
-                Migration::Index(_) => break,
-            };
-            tx.batch_execute(&sql).await.map_err(|e| {
-                StoreError::Schema(format!("migration {version} failed: {}", describe(&e)))
-            })?;
-            tx.execute(
-                "INSERT INTO windlass_migrations (version) VALUES ($1)",
-                &[version],
-            )
-            .await
-            .map_err(pg_error)?;
-            next += 1;
-        }
-        tx.commit().await.map_err(pg_error)?;
+        let sql = match migration {
+            Migration::Sql(sql) => (*sql).to_string(),
+            Migration::Index(swap) if new => swap.in_transaction(),
+            Migration::Index(swap) => {
+                build = Some((*version, swap));
+                break;
+            }
+        };
+        tx.batch_execute(&sql).await.map_err(|e| {
+            StoreError::Schema(format!("migration {version} failed: {}", describe(&e)))
+        })?;
+        tx.execute(
+            "INSERT INTO windlass_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await
+        .map_err(pg_error)?;
+        reached = *version;
     }
-    let latest = MIGRATIONS.last().map_or(0, |m| m.0).min(target);
-    if current > latest {
-        tracing::warn!(
-            database = current,
-            code = latest,
-            "the job store's schema is newer than this code; running against it (migrations only add)"
-        );
-    }
-    Ok(current.max(latest))
+    tx.commit().await.map_err(pg_error)?;
+    Ok((reached, build))
 }
 
 impl IndexSwap {
@@ -336,13 +381,45 @@ async fn build_concurrently(
     version: i32,
     swap: &IndexSwap,
 ) -> Result<(), StoreError> {
+    // Interrupted (a lost connection, a deadlock, a cancel): worth opening again, which
+    // finishes the build. Anything else is the schema's problem.
     let failed = |e: tokio_postgres::Error| {
-        StoreError::Schema(format!(
-            "migration {version} (index {} built concurrently) failed: {}",
-            swap.name,
-            describe(&e)
-        ))
+        let what = format!(
+            "migration {version} (index {} built concurrently)",
+            swap.name
+        );
+        let cancelled = e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED);
+        match pg_error(e) {
+            StoreError::Database(m) if cancelled => {
+                StoreError::Unavailable(format!("{what} was cancelled: {m}"))
+            }
+            StoreError::Database(m) => StoreError::Schema(format!("{what} failed: {m}")),
+            StoreError::Unavailable(m) => {
+                StoreError::Unavailable(format!("{what} was interrupted: {m}"))
+            }
+            other => other,
+        }
     };
+    let recorded: bool = client
+        .query_one(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM {schema}.windlass_migrations WHERE version = $1)"
+            ),
+            &[&version],
+        )
+        .await
+        .map_err(pg_error)?
+        .get(0);
+    if recorded {
+        // Another process built it while this one waited for the lock.
+        return Ok(());
+    }
+    // The build blocks no one, so no timeout of the session's role may cut it short
+    // (each cut leaves an invalid index to build again).
+    client
+        .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
+        .await
+        .map_err(pg_error)?;
     tracing::info!(
         schema,
         version,
@@ -387,6 +464,10 @@ async fn build_concurrently(
             .await
             .map_err(failed)?;
     }
+    client
+        .batch_execute("RESET statement_timeout; RESET lock_timeout")
+        .await
+        .map_err(pg_error)?;
     client
         .execute(
             &format!("INSERT INTO {schema}.windlass_migrations (version) VALUES ($1)"),
@@ -512,7 +593,7 @@ mod tests {
         let migrating =
             tokio::spawn(async move { migrate(&mut migrator, &schema2).await.unwrap() });
         // Wait until the build is under way and waiting for the older transaction.
-        let watcher = connect().await.unwrap();
+        let mut watcher = connect().await.unwrap();
         let mut seen = false;
         for _ in 0..500 {
             let n: i64 = watcher
@@ -539,6 +620,17 @@ mod tests {
             .await
             .unwrap();
         insert_job(&watcher, &schema).await;
+        // Nor is a process of version 7 that opens the store meanwhile: its migration
+        // transaction takes the migration lock, which the build does not hold.
+        let opened = watcher.transaction().await.unwrap();
+        opened
+            .execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 7175))",
+                &[&format!("windlass-migrate:{schema}")],
+            )
+            .await
+            .unwrap();
+        opened.commit().await.unwrap();
         assert!(
             !migrating.is_finished(),
             "the build waits for the older writer"
@@ -554,6 +646,18 @@ mod tests {
     #[tokio::test]
     async fn an_index_left_invalid_by_a_build_cut_short_is_built_again() {
         let Some(mut c) = connect().await else { return };
+        let superuser: bool = c
+            .query_one(
+                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if !superuser {
+            eprintln!("skipped: marking an index invalid needs a superuser");
+            return;
+        }
         let schema = schema_name();
         migrate_to(&mut c, &schema, 7).await.unwrap();
         insert_job(&c, &schema).await;

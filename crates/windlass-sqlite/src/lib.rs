@@ -52,6 +52,7 @@
 //! ```
 
 mod checkpoint;
+mod claim;
 mod commit_watch;
 mod flow;
 mod limits;
@@ -286,12 +287,23 @@ impl Store for SqliteStore {
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
         let now = self.clock.now_ms();
-        let claimed = self
+        let raw = self
             .writer
-            .call(move |c| ops::claim(c, &request, now), None)
+            .call(move |c| claim::claim(c, &request, now), None)
             .await?;
-        let (jobs, discarded) = claimed;
-        if discarded > 0 {
+        // Off the writer thread: the JSON columns are parsed here.
+        let (jobs, unreadable) = claim::decode(raw, now);
+        if !unreadable.is_empty() {
+            let n = unreadable.len();
+            let discarded = self
+                .writer
+                .call(move |c| claim::discard(c, &unreadable, now), None)
+                .await;
+            if let Err(e) = discarded {
+                // They stay claimed until their leases expire, then are claimed and
+                // discarded again: nothing is handed out unread, nothing is lost.
+                tracing::warn!(error = %e, jobs = n, "discarding unreadable jobs failed; they are tried again when their leases expire");
+            }
             // Fewer jobs than the rows claimed: the fetcher may take an empty answer for an
             // empty queue, so tell it to look again.
             if let Some(wake) = self.wake() {

@@ -6,13 +6,13 @@ use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use serde_json::Value;
 use windlass_policy::RetrySchedule;
 use windlass_queue::{
-    AttemptRecord, ClaimRequest, ClaimedJob, Enqueued, Fenced, Finish, Heartbeat, JobFilter, JobId,
-    JobRecord, JobState, Lease, NewJob, NextState, QueueStats, Rescued, StoreError, duration_ms,
+    AttemptRecord, ClaimedJob, Enqueued, Fenced, Finish, Heartbeat, JobFilter, JobId, JobRecord,
+    JobState, Lease, NewJob, NextState, QueueStats, Rescued, StoreError, duration_ms,
 };
 
 use crate::sql_error;
 
-fn json_text(v: &impl serde::Serialize) -> Result<String, StoreError> {
+pub(crate) fn json_text(v: &impl serde::Serialize) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
@@ -191,218 +191,6 @@ pub(crate) fn wake(conn: &Connection, id: JobId, now: i64) -> Result<bool, Store
         .execute(params![id.0, now])
         .map_err(sql_error)?;
     Ok(n == 1)
-}
-
-/// Claims up to `req.limit` due jobs; also says how many claimed rows were unreadable and
-/// discarded instead of handed out.
-pub(crate) fn claim(
-    conn: &Connection,
-    req: &ClaimRequest,
-    now: i64,
-) -> Result<(Vec<ClaimedJob>, usize), StoreError> {
-    if req.kinds.is_empty() {
-        return Ok((Vec::new(), 0));
-    }
-    let sql = claim_sql(req.kinds.len());
-    let mut all = Vec::new();
-    // Rows claimed but unreadable: discarded below, in this same transaction, with each
-    // unreadable column made readable (its stored text kept in the attempt's error), so the
-    // dead letter can be listed, inspected and replayed.
-    let mut unreadable: Vec<Finish> = Vec::new();
-    let mut repairs: Vec<(i64, &'static str)> = Vec::new();
-    for queue in &req.queues {
-        let left = req.limit.saturating_sub(all.len());
-        if left == 0 {
-            break;
-        }
-        let limits = crate::limits::get(conn, queue)?;
-        let ids = if limits.is_unlimited() {
-            None
-        } else {
-            let ids = crate::limits::choose_ids(conn, req, queue, &limits, left, now)?;
-            if ids.is_empty() {
-                continue;
-            }
-            Some(ids)
-        };
-        let mut args: Vec<rusqlite::types::Value> = vec![
-            req.worker.clone().into(),
-            now.saturating_add(duration_ms(req.lease_for)).into(),
-            now.into(),
-            i64::try_from(left).unwrap_or(i64::MAX).into(),
-            queue.clone().into(),
-        ];
-        let mut stmt = match &ids {
-            None => {
-                args.extend(
-                    req.kinds
-                        .iter()
-                        .map(|s| rusqlite::types::Value::from(s.clone())),
-                );
-                conn.prepare_cached(&sql).map_err(sql_error)?
-            }
-            Some(ids) => {
-                // The limited path chose exactly which jobs: claim those.
-                args.truncate(2);
-                args.extend(ids.iter().map(|id| rusqlite::types::Value::from(*id)));
-                conn.prepare_cached(&format!(
-                    "UPDATE windlass_jobs SET state = 'running', attempt = attempt + 1,
-                        lease_token = lease_token + 1, locked_by = ?1, lease_until = ?2
-                     WHERE id IN ({})
-                     RETURNING id, kind, queue, payload, attempt, retry, timeout_ms, run_at,
-                        created_at, lease_token, priority, trace_context",
-                    placeholders(ids.len(), 3)
-                ))
-                .map_err(sql_error)?
-            }
-        };
-        let mut rows = stmt.query(params_from_iter(args)).map_err(sql_error)?;
-        let mut out: Vec<(i64, ClaimedJob)> = Vec::new();
-        while let Some(r) = rows.next().map_err(sql_error)? {
-            let lease = Lease {
-                job: JobId(r.get(0).map_err(sql_error)?),
-                token: r.get(9).map_err(sql_error)?,
-                worker: req.worker.clone(),
-            };
-            let attempt: u32 = r.get(4).map_err(sql_error)?;
-            let payload_is_text = matches!(
-                r.get_ref(3),
-                Ok(rusqlite::types::ValueRef::Text(b)) if std::str::from_utf8(b).is_ok()
-            );
-            let payload = stored_text(r, 3)
-                .and_then(|t| parse_json(&t).map_err(|e| format!("{e} (stored: {})", clip(&t))));
-            let retry = stored_text(r, 5)
-                .and_then(|t| parse_retry(&t).map_err(|e| format!("{e} (stored: {})", clip(&t))));
-            let (payload, retry) = match (payload, retry) {
-                (Ok(p), Ok(r)) => (p, r),
-                (p, r) => {
-                    let id = lease.job.0;
-                    let mut problems = Vec::new();
-                    if let Err(e) = p {
-                        problems.push(format!("payload: {e}"));
-                        // Bytes that are not text are kept as hex.
-                        repairs.push((
-                            id,
-                            if payload_is_text {
-                                "payload"
-                            } else {
-                                "payload_hex"
-                            },
-                        ));
-                    }
-                    if let Err(e) = r {
-                        problems.push(format!("retry schedule: {e}"));
-                        repairs.push((id, "retry"));
-                    }
-                    let problem = problems.join("; ");
-                    unreadable.push(Finish::unreadable(lease, attempt, now, problem));
-                    continue;
-                }
-            };
-            let timeout_ms: i64 = r.get(6).map_err(sql_error)?;
-            let priority: i64 = r.get(10).map_err(sql_error)?;
-            out.push((
-                priority,
-                ClaimedJob {
-                    lease,
-                    kind: r.get(1).map_err(sql_error)?,
-                    queue: r.get(2).map_err(sql_error)?,
-                    payload,
-                    attempt,
-                    retry,
-                    timeout: std::time::Duration::from_millis(
-                        u64::try_from(timeout_ms).unwrap_or(0),
-                    ),
-                    run_at_ms: r.get(7).map_err(sql_error)?,
-                    created_at_ms: r.get(8).map_err(sql_error)?,
-                    trace_context: r.get(11).map_err(sql_error)?,
-                },
-            ));
-        }
-        // RETURNING has no defined order: restore the claim order.
-        out.sort_by_key(|(p, j)| (*p, j.run_at_ms, j.lease.job));
-        all.extend(out.into_iter().map(|(_, j)| j));
-    }
-    if !unreadable.is_empty() {
-        for f in &unreadable {
-            tracing::warn!(job = f.lease.job.0, error = ?f.record.error, "discarding an unreadable job");
-        }
-        for (id, column) in repairs {
-            // The payload becomes its stored text as a JSON string.
-            let sql = match column {
-                "payload" => "UPDATE windlass_jobs SET payload = json_quote(payload) WHERE id = ?1",
-                "payload_hex" => {
-                    "UPDATE windlass_jobs SET payload = json_quote('hex:' || hex(payload)) WHERE id = ?1"
-                }
-                // The default schedule, with the job's own number of attempts.
-                _ => {
-                    "UPDATE windlass_jobs SET retry = json_set(?2, '$[0]', max_attempts)
-                      WHERE id = ?1"
-                }
-            };
-            let mut stmt = conn.prepare_cached(sql).map_err(sql_error)?;
-            if column != "retry" {
-                stmt.execute(params![id]).map_err(sql_error)?;
-            } else {
-                let default = json_text(&windlass_queue::JobOptions::default().retry.packed())?;
-                stmt.execute(params![id, default]).map_err(sql_error)?;
-            }
-        }
-        finish(conn, &unreadable, now)?;
-    }
-    Ok((all, unreadable.len()))
-}
-
-/// The claim of one queue's due jobs of `kinds` kinds: `?1` worker, `?2` lease end, `?3` now,
-/// `?4` limit, `?5` queue, then the kinds. One queue per statement, so the claim walks the
-/// index of due jobs in claim order. `LIMIT ?4 + 0`, not `LIMIT ?4`: SQLite reads a bare
-/// bound LIMIT while planning, so every new value would re-prepare the statement (measured:
-/// once per claim, ~6% of W3).
-pub(crate) fn claim_sql(kinds: usize) -> String {
-    let k = placeholders(kinds, 6);
-    format!(
-        "UPDATE windlass_jobs SET state = 'running', attempt = attempt + 1,
-            lease_token = lease_token + 1, locked_by = ?1, lease_until = ?2
-         WHERE id IN (
-            SELECT id FROM windlass_jobs
-            WHERE {DUE} AND queue = ?5 AND run_at <= ?3 AND kind IN ({k})
-            ORDER BY priority, run_at, id LIMIT ?4 + 0)
-         RETURNING id, kind, queue, payload, attempt, retry, timeout_ms, run_at, created_at,
-            lease_token, priority, trace_context"
-    )
-}
-
-/// Column `at` as the text it should hold, or what it holds instead (only another program
-/// can store a BLOB, a number or bytes that are not UTF-8 there).
-fn stored_text(r: &Row<'_>, at: usize) -> Result<String, String> {
-    use rusqlite::types::ValueRef;
-    // Up to 100 bytes, as SQL's hex literal.
-    let hex = |b: &[u8]| -> String {
-        let shown: String = b.iter().take(100).map(|x| format!("{x:02x}")).collect();
-        let more = if b.len() > 100 { "…" } else { "" };
-        format!("(stored: x'{shown}'{more})")
-    };
-    match r.get_ref(at).map_err(|e| e.to_string())? {
-        ValueRef::Text(b) => std::str::from_utf8(b)
-            .map(str::to_string)
-            .map_err(|e| format!("stored text is not UTF-8: {e} {}", hex(b))),
-        ValueRef::Blob(b) => Err(format!(
-            "stored as a BLOB of {} bytes, not text {}",
-            b.len(),
-            hex(b)
-        )),
-        ValueRef::Null => Err("stored as NULL, not text".into()),
-        ValueRef::Integer(i) => Err(format!("stored as the integer {i}, not text")),
-        ValueRef::Real(x) => Err(format!("stored as the number {x}, not text")),
-    }
-}
-
-/// At most 200 characters of `s`, for an error message.
-fn clip(s: &str) -> String {
-    match s.char_indices().nth(200) {
-        Some((at, _)) => format!("{}…", &s[..at]),
-        None => s.to_string(),
-    }
 }
 
 pub(crate) fn heartbeat(
@@ -805,11 +593,11 @@ pub(crate) fn unknown_kinds(
     rows.map(|r| r.map_err(sql_error)).collect()
 }
 
-fn parse_json(s: &str) -> Result<Value, StoreError> {
+pub(crate) fn parse_json(s: &str) -> Result<Value, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("payload: {e}")))
 }
 
-fn parse_retry(s: &str) -> Result<RetrySchedule, StoreError> {
+pub(crate) fn parse_retry(s: &str) -> Result<RetrySchedule, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("retry schedule: {e}")))
 }
 

@@ -280,8 +280,8 @@ mod tests {
     async fn the_claims_are_planned_on_the_index_of_due_jobs() {
         let (_store, conn, dir) = migrated("claims").await;
         for sql in [
-            crate::ops::claim_sql(1),
-            crate::ops::claim_sql(3),
+            crate::claim::claim_sql(1),
+            crate::claim::claim_sql(3),
             crate::limits::candidates_sql(2),
         ] {
             let plan = plan(&conn, &sql);
@@ -312,8 +312,8 @@ mod tests {
                         let jobs = (0..round + 2).map(job).collect();
                         crate::ops::enqueue(conn, jobs, now)?;
                         let limit = usize::try_from(round + 1).unwrap();
-                        let (claimed, _) =
-                            crate::ops::claim(conn, &claim_req("w", limit), now + 1)?;
+                        let raw = crate::claim::claim(conn, &claim_req("w", limit), now + 1)?;
+                        let (claimed, _) = crate::claim::decode(raw, now + 1);
                         assert_eq!(claimed.len(), limit);
                         let leases: Vec<_> = claimed.iter().map(|c| c.lease.clone()).collect();
                         crate::ops::heartbeat(conn, &leases, now + 5_000 + round)?;
@@ -329,7 +329,7 @@ mod tests {
                     }
                     let counts = [
                         crate::ops::INSERT.to_string(),
-                        crate::ops::claim_sql(1),
+                        crate::claim::claim_sql(1),
                         crate::ops::HEARTBEAT.to_string(),
                         crate::ops::FINISH.to_string(),
                         crate::limits::GET.to_string(),
