@@ -57,6 +57,7 @@ mod commit_watch;
 mod flow;
 mod limits;
 mod ops;
+mod reader;
 mod schema;
 mod writer;
 
@@ -185,9 +186,14 @@ impl SqliteStoreBuilder {
         let writer = Writer::spawn(conn)
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         writer.call(schema::migrate, None).await?;
+        let reader = match &self.path {
+            Some(path) => Some(reader::Reader::open(path, self.busy_timeout)?),
+            None => None,
+        };
         let (signal, _) = watch::channel(0);
         Ok(SqliteStore {
             writer,
+            reader,
             clock: self.clock,
             signal: Arc::new(signal),
             path: self.path,
@@ -201,6 +207,8 @@ impl SqliteStoreBuilder {
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: Writer,
+    /// Reads of a file store, off the writer thread (`reader.rs`); `None` in memory.
+    reader: Option<reader::Reader>,
     clock: Arc<dyn Clock>,
     signal: Arc<watch::Sender<u64>>,
     path: Option<PathBuf>,
@@ -218,6 +226,18 @@ impl fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
+    /// Runs the read `f` on the reader (a file store) or the writer (in memory).
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        match &self.reader {
+            Some(reader) => reader.call(f).await,
+            None => self.writer.call(f, None).await,
+        }
+    }
+
     /// A builder for a store in the file at `path`.
     pub fn builder(path: impl AsRef<Path>) -> SqliteStoreBuilder {
         SqliteStoreBuilder {
@@ -370,16 +390,16 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
-        self.writer.call(move |c| ops::get(c, id), None).await
+        self.read(move |c| ops::get(c, id)).await
     }
 
     async fn list(&self, filter: JobFilter) -> Result<Vec<JobRecord>, StoreError> {
-        self.writer.call(move |c| ops::list(c, &filter), None).await
+        self.read(move |c| ops::list(c, &filter)).await
     }
 
     async fn stats(&self) -> Result<Vec<QueueStats>, StoreError> {
         let now = self.clock.now_ms();
-        self.writer.call(move |c| ops::stats(c, now), None).await
+        self.read(move |c| ops::stats(c, now)).await
     }
 
     async fn unknown_kinds(
@@ -387,8 +407,7 @@ impl Store for SqliteStore {
         queues: Vec<String>,
         kinds: Vec<String>,
     ) -> Result<Vec<String>, StoreError> {
-        self.writer
-            .call(move |c| ops::unknown_kinds(c, &queues, &kinds), None)
+        self.read(move |c| ops::unknown_kinds(c, &queues, &kinds))
             .await
     }
 
