@@ -72,6 +72,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Applies the job store's schema migrations, for workers that open it with migrations
+    /// off.
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Depth per state, throughput and lag of each job queue.
     Queues {
         #[command(flatten)]
@@ -496,6 +502,11 @@ fn main() -> anyhow::Result<()> {
             } else {
                 print!("{}", demo::table(&report));
             }
+        }
+        Command::Migrate { db } => {
+            let database = Database::parse(&db.database_url)?;
+            let said = runtime.block_on(windlass_cli::queue::migrate(&database, &db.schema))?;
+            println!("{said}");
         }
         Command::Queues { db } => admin(&runtime, &db, Action::Queues)?,
         Command::Jobs { command, db } => {

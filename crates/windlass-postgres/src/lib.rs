@@ -67,6 +67,7 @@ pub struct PostgresStoreBuilder {
     schema: String,
     pool_size: usize,
     clock: Arc<dyn Clock>,
+    migrate: bool,
 }
 
 impl PostgresStoreBuilder {
@@ -74,6 +75,15 @@ impl PostgresStoreBuilder {
     /// lowercase letters, digits and `_`, starting with a letter or `_`, at most 63 bytes.
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = schema.into();
+        self
+    }
+    /// Whether [`open`](Self::open) applies the schema's migrations (default `true`). With
+    /// `false` it only checks that they were applied, and fails with
+    /// [`StoreError::Schema`] naming the versions if not: for deployments whose schema
+    /// changes are run apart from the application (`windlass migrate`, or one process with
+    /// migrations on), e.g. by a role the workers do not have.
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
         self
     }
     /// Connections in the pool (default 10; the `LISTEN` connection is extra).
@@ -88,7 +98,8 @@ impl PostgresStoreBuilder {
         self
     }
 
-    /// Connects, creates and migrates the schema, and starts listening for new work.
+    /// Connects, creates and migrates the schema (or, with [`migrate(false)`](Self::migrate),
+    /// checks that it was), and starts listening for new work.
     pub async fn open(self) -> Result<PostgresStore, StoreError> {
         let valid = !self.schema.is_empty()
             && self.schema.len() <= 63
@@ -115,7 +126,11 @@ impl PostgresStoreBuilder {
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect: {}", describe(&e))))?;
         let setup = tokio::spawn(connection);
-        schema::migrate(&mut client, &self.schema).await?;
+        if self.migrate {
+            schema::migrate(&mut client, &self.schema).await?;
+        } else {
+            schema::check(&client, &self.schema).await?;
+        }
         drop(client);
         let _ = setup.await;
         config.options(format!("-c search_path={}", self.schema));
@@ -199,6 +214,7 @@ impl PostgresStore {
             schema: "windlass".into(),
             pool_size: 10,
             clock: Arc::new(SystemClock),
+            migrate: true,
         }
     }
 

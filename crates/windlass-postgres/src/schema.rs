@@ -202,6 +202,42 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<i32, St
     migrate_to(client, schema, i32::MAX).await
 }
 
+/// The version this code needs: its newest migration's.
+pub(crate) fn latest() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+/// Checks, without changing anything, that `schema` has every migration this code has;
+/// returns its version. A schema newer than the code is accepted, as [`migrate`] does.
+pub(crate) async fn check(client: &Client, schema: &str) -> Result<i32, StoreError> {
+    let table = format!("{schema}.windlass_migrations");
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .map_err(pg_error)?
+        .get(0);
+    let version: i32 = if exists {
+        client
+            .query_one(
+                &format!("SELECT COALESCE(MAX(version), 0) FROM {table}"),
+                &[],
+            )
+            .await
+            .map_err(pg_error)?
+            .get(0)
+    } else {
+        0
+    };
+    if version < latest() {
+        return Err(StoreError::Schema(format!(
+            "schema `{schema}` is at version {version} and this code needs version {}: apply \
+             the migrations first (`windlass migrate`, or open one store with migrations on)",
+            latest()
+        )));
+    }
+    Ok(version)
+}
+
 /// [`migrate`], up to version `target` only (tests build older schemas with it).
 ///
 /// Two session locks, each taken by trying, never by waiting inside a statement. The
@@ -220,7 +256,7 @@ pub(crate) async fn migrate_to(
 ) -> Result<i32, StoreError> {
     let migrations = format!("windlass-migrate:{schema}");
     let builds = format!("windlass-migrate-index:{schema}");
-    let latest = MIGRATIONS.last().map_or(0, |m| m.0).min(target);
+    let latest = latest().min(target);
     loop {
         lock(client, &migrations, schema).await?;
         let applied = apply(client, schema, target).await;
@@ -485,6 +521,7 @@ mod tests {
     #![allow(clippy::unwrap_used)] // test code
 
     use super::*;
+    use windlass_queue::Store as _;
 
     async fn connect() -> Option<Client> {
         let url = std::env::var("DATABASE_URL")
@@ -699,6 +736,51 @@ mod tests {
             matches!(&e, StoreError::Database(m) if m.contains("syntax error")),
             "{e:?}"
         );
+    }
+
+    /// With migrations off, opening checks the version and changes nothing: a schema
+    /// that is missing or behind is refused with both versions named; a current one opens.
+    #[tokio::test]
+    async fn a_store_opened_without_migrations_refuses_a_schema_behind_the_code() {
+        let Some(mut c) = connect().await else { return };
+        let url = std::env::var("DATABASE_URL").unwrap();
+        let schema = schema_name();
+        let open = || {
+            crate::PostgresStore::builder(url.clone())
+                .schema(schema.clone())
+                .pool_size(1)
+                .migrate(false)
+                .open()
+        };
+        let refused = open().await.unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::Schema(m)
+                if m.contains("at version 0") && m.contains("needs version 8")),
+            "{refused:?}"
+        );
+        let created: bool = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+                &[&schema],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(!created, "the check created the schema");
+        migrate_to(&mut c, &schema, 7).await.unwrap();
+        let refused = open().await.unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::Schema(m) if m.contains("at version 7")),
+            "{refused:?}"
+        );
+        assert_eq!(versions(&c, &schema).await, vec![1, 2, 3, 4, 6, 7]);
+        migrate(&mut c, &schema).await.unwrap();
+        let store = open().await.unwrap();
+        let n = store
+            .enqueue(vec![windlass_queue::conformance::job(1)])
+            .await
+            .unwrap();
+        assert_eq!(n.len(), 1);
     }
 
     /// Processes that open an existing store together build the index once: the others

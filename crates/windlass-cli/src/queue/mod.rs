@@ -69,6 +69,27 @@ impl AnyStore {
     }
 }
 
+/// `windlass migrate`: applies the store's schema migrations (opening it does) and says
+/// what is now in place, for deployments whose workers open their store with migrations
+/// off (`PostgresStoreBuilder::migrate(false)`).
+pub async fn migrate(db: &Database, schema: &str) -> anyhow::Result<String> {
+    let store = AnyStore::open(db, schema).await?;
+    Ok(match (db, store) {
+        (Database::Sqlite(path), AnyStore::Sqlite(_)) => {
+            format!("the job store in {} is up to date", path.display())
+        }
+        (_, AnyStore::Postgres(s)) => {
+            format!(
+                "the job store's PostgreSQL schema `{}` is up to date",
+                s.schema()
+            )
+        }
+        (Database::Postgres(_), AnyStore::Sqlite(_)) => {
+            bail!("a PostgreSQL URL opened an SQLite store")
+        }
+    })
+}
+
 /// Runs `$body` with `$q` bound to a `Queue` over whichever store `$store` holds.
 #[macro_export]
 macro_rules! with_queue {
@@ -89,6 +110,46 @@ macro_rules! with_queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After `windlass migrate`, a worker's store opened with migrations off opens; before
+    /// it, it is refused. (PostgreSQL: needs `DATABASE_URL`.)
+    #[tokio::test]
+    async fn migrate_applies_what_a_store_without_migrations_needs() {
+        let dir = std::env::temp_dir().join(format!("windlass-cli-migrate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("jobs.db");
+        let _ = std::fs::remove_file(&path);
+        let said = migrate(&Database::Sqlite(path.clone()), "windlass")
+            .await
+            .unwrap();
+        assert!(said.contains("up to date"), "{said}");
+        assert!(path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+        let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
+            return;
+        };
+        let schema = format!(
+            "wl_cli_migrate_{}_{:x}",
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        let worker = || {
+            PostgresStore::builder(url.clone())
+                .schema(schema.clone())
+                .migrate(false)
+                .pool_size(1)
+                .open()
+        };
+        assert!(worker().await.is_err());
+        let said = migrate(&Database::Postgres(url.clone()), &schema)
+            .await
+            .unwrap();
+        assert!(
+            said.contains(&format!("`{schema}` is up to date")),
+            "{said}"
+        );
+        worker().await.unwrap();
+    }
 
     #[test]
     fn urls_name_their_backend_or_say_what_is_wrong() {
