@@ -9,7 +9,11 @@
 //! a schedule this version cannot read) is not handed out: [`discard`] makes it a dead letter
 //! with its stored text kept, fenced by the lease the claim took, so it can be listed,
 //! inspected and replayed. That is a second transaction after the claim's: if it is lost (a
-//! crash between the two), the job is claimed again once its lease expires, and discarded then.
+//! crash between the two, or the discard fails), the job is claimed again once its lease
+//! expires and discarded then; unless that expiry ends its last attempt (or quarantines it),
+//! when the lease sweep makes it a dead letter as it stands, columns unrepaired: reading it
+//! then fails as reading any job another program spoiled does, and a replay brings it back
+//! to be claimed and discarded with its repair.
 
 use rusqlite::{Connection, Row, params, params_from_iter};
 use windlass_queue::{ClaimRequest, ClaimedJob, Finish, JobId, Lease, StoreError, duration_ms};

@@ -321,7 +321,8 @@ impl Store for SqliteStore {
                 .await;
             if let Err(e) = discarded {
                 // They stay claimed until their leases expire, then are claimed and
-                // discarded again: nothing is handed out unread, nothing is lost.
+                // discarded again (`claim.rs` says when the sweep ends them instead):
+                // nothing is handed out unread, nothing is lost.
                 tracing::warn!(error = %e, jobs = n, "discarding unreadable jobs failed; they are tried again when their leases expire");
             }
             // Fewer jobs than the rows claimed: the fetcher may take an empty answer for an

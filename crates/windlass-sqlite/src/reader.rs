@@ -4,12 +4,18 @@
 //! read sent to it waits its turn and then holds every write up while it runs. The queue
 //! counts that feed the depth gauges read the whole table (a worker reads them as it starts,
 //! then every `gauges_every`): on the writer thread they took about 8% of its time during a
-//! 50,000-job W3 run (`perf`). So a file store runs its reads here instead (`get`, `list`,
-//! `stats`, `unknown_kinds`): in WAL mode a reader never blocks the writer nor waits for it,
-//! and it sees every commit made before it starts, so a caller reads its own writes.
+//! 50,000-job W3 run (`perf`, half of it the bench's own final count), and an operator's
+//! `windlass jobs list` ran inside the writer's `BEGIN IMMEDIATE`, holding the file's write
+//! lock. So a file store runs its reads here instead (`get`, `list`, `stats`,
+//! `unknown_kinds`): in WAL mode a reader does not block the writer, nor wait for it (short
+//! of WAL recovery after a crash), and it sees every commit made before it starts, so a
+//! caller reads its own writes. While a read runs, its snapshot keeps checkpoints from
+//! copying frames committed after it began, so the WAL cannot start over until it ends:
+//! reads here are single queries, short next to the checkpoint's 10 ms pace.
 //!
 //! Not for writes (the connection is `query_only`), nor for an in-memory store, whose
 //! database only its one connection can see: there, reads go to the writer as before.
+//! Reads take turns on the one connection, each on a blocking-pool thread.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -52,6 +58,10 @@ impl Reader {
         let conn = Arc::clone(&self.conn);
         tokio::task::spawn_blocking(move || {
             let conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            // A read that panicked left its transaction open (and its snapshot held).
+            if !conn.is_autocommit() {
+                conn.execute_batch("ROLLBACK").map_err(sql_error)?;
+            }
             conn.execute_batch("BEGIN").map_err(sql_error)?;
             let out = f(&conn);
             // Nothing was written: ending the transaction either way only lets the snapshot go.
@@ -137,6 +147,22 @@ mod tests {
             })
             .await;
         assert!(write.is_err(), "{write:?}");
+        // A read that panics mid-transaction fails alone; the next read starts afresh.
+        let reader = store.reader.as_ref().unwrap();
+        let panicked = reader
+            .call(|c| -> Result<(), crate::StoreError> {
+                c.query_row("SELECT count(*) FROM windlass_jobs", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(crate::sql_error)?;
+                panic!("a read that panics")
+            })
+            .await;
+        assert!(panicked.is_err());
+        assert_eq!(
+            store.get(id).await.unwrap().unwrap().state,
+            JobState::Available
+        );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -116,7 +116,12 @@ async fn an_unreadable_job_is_discarded_not_claimed() {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("jobs.db");
         let _ = std::fs::remove_file(&path);
-        let store = SqliteStore::builder(&path).open().await.unwrap();
+        // No watcher of other connections' commits: its wake-up could pass for the claim's.
+        let store = SqliteStore::builder(&path)
+            .watch_every(std::time::Duration::from_secs(3600))
+            .open()
+            .await
+            .unwrap();
         let raw = path.clone();
         windlass_queue::conformance::unreadable_jobs_are_discarded_not_claimed(
             store,
