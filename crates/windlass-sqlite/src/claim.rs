@@ -310,10 +310,8 @@ mod tests {
     /// job), the discard leaves the job, its columns and its new lease alone.
     #[tokio::test]
     async fn a_discard_after_the_lease_was_lost_changes_nothing() {
-        let dir = std::env::temp_dir().join(format!("windlass-discard-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("jobs.db");
-        let _ = std::fs::remove_file(&path);
+        let dir = windlass_test_support::ScratchDir::new("discard");
+        let path = dir.file("jobs.db");
         let store = SqliteStore::builder(&path).open().await.unwrap();
         let id = store.enqueue(vec![job(1)]).await.unwrap()[0].id;
         let raw = rusqlite::Connection::open(&path).unwrap();
@@ -352,7 +350,5 @@ mod tests {
             ),
             (JobState::Running.as_str(), "{oops", "{oops", "w2")
         );
-        drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

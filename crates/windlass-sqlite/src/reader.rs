@@ -91,11 +91,11 @@ mod tests {
     /// writes nor hold them up. (Sent to the writer, each would wait for the held write.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_do_not_wait_for_the_writer() {
-        let dir = std::env::temp_dir().join(format!("windlass-reader-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("jobs.db");
-        let _ = std::fs::remove_file(&path);
-        let store = SqliteStore::builder(&path).open().await.unwrap();
+        let dir = windlass_test_support::ScratchDir::new("reader");
+        let store = SqliteStore::builder(dir.file("jobs.db"))
+            .open()
+            .await
+            .unwrap();
         let id = store.enqueue(vec![job(1)]).await.unwrap()[0].id;
         // Hold the writer thread inside an operation until told to go on.
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
@@ -163,7 +163,5 @@ mod tests {
             store.get(id).await.unwrap().unwrap().state,
             JobState::Available
         );
-        drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

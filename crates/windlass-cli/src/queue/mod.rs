@@ -115,16 +115,13 @@ mod tests {
     /// it, it is refused. (PostgreSQL: needs `DATABASE_URL`.)
     #[tokio::test]
     async fn migrate_applies_what_a_store_without_migrations_needs() {
-        let dir = std::env::temp_dir().join(format!("windlass-cli-migrate-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("jobs.db");
-        let _ = std::fs::remove_file(&path);
+        let dir = windlass_test_support::ScratchDir::new("cli-migrate");
+        let path = dir.file("jobs.db");
         let said = migrate(&Database::Sqlite(path.clone()), "windlass")
             .await
             .unwrap();
         assert!(said.contains("up to date"), "{said}");
         assert!(path.exists());
-        let _ = std::fs::remove_dir_all(&dir);
         let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
             return;
         };
