@@ -217,19 +217,9 @@ fn checkpoint(conn: &Connection) -> rusqlite::Result<Done> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use windlass_test_support::ScratchDir;
 
-    fn temp_db(name: &str) -> std::path::PathBuf {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "windlass-checkpoint-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a temporary directory");
-        dir.join(name)
-    }
+    use super::*;
 
     fn file_len(path: &Path) -> u64 {
         std::fs::metadata(path).map_or(0, |m| m.len())
@@ -244,17 +234,19 @@ mod tests {
         }
     }
 
-    /// A new WAL-mode file with one table of blobs `t`, and a connection on it that
-    /// checkpoints by itself only past `autocheckpoint` pages.
-    fn wal_db(name: &str, autocheckpoint: i32) -> (std::path::PathBuf, Connection) {
-        let path = temp_db(name);
+    /// A new WAL-mode file with one table of blobs `t` (in a directory removed with the
+    /// returned guard), and a connection on it that checkpoints by itself only past
+    /// `autocheckpoint` pages.
+    fn wal_db(name: &str, autocheckpoint: i32) -> (ScratchDir, std::path::PathBuf, Connection) {
+        let dir = ScratchDir::new("checkpoint");
+        let path = dir.file(name);
         let conn = Connection::open(&path).expect("open");
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
              PRAGMA wal_autocheckpoint = {autocheckpoint}; CREATE TABLE t (x BLOB);"
         ))
         .expect("schema");
-        (path, conn)
+        (dir, path, conn)
     }
 
     /// `n` commits of one blob of `bytes` each.
@@ -267,7 +259,7 @@ mod tests {
 
     #[test]
     fn a_nudge_copies_committed_pages_into_the_database_file() {
-        let (path, writer) = wal_db("nudge.db", BACKSTOP_PAGES);
+        let (_dir, path, writer) = wal_db("nudge.db", BACKSTOP_PAGES);
         let checkpointer = Checkpointer::spawn(&path, Duration::from_secs(1)).expect("spawn");
         let before = file_len(&path);
         // 2 MB in the WAL: below the writer's own checkpoint, so only the thread moves it.
@@ -299,7 +291,7 @@ mod tests {
     /// group-sized commits past it hand the checkpoint to the thread instead.
     #[test]
     fn the_hook_hands_only_group_commits_checkpoints_to_the_thread() {
-        let (path, mut writer) = wal_db("hook.db", 1_000);
+        let (_dir, path, mut writer) = wal_db("hook.db", 1_000);
         let flags = install(&mut writer, &path, Duration::from_secs(1)).expect("install");
         let before = file_len(&path);
         // Small commits (one page each), past the nudge size: the writer checkpoints.
@@ -332,7 +324,8 @@ mod tests {
     #[tokio::test]
     async fn a_file_store_checkpoints_its_commits_on_this_thread() {
         use windlass_queue::{JobOptions, NewJob, Store as _};
-        let path = temp_db("store.db");
+        let dir = ScratchDir::new("checkpoint");
+        let path = dir.file("store.db");
         let store = crate::SqliteStore::open(&path).await.expect("open");
         let automatic: i64 = store
             .writer
@@ -375,7 +368,7 @@ mod tests {
 
     #[test]
     fn without_a_nudge_the_thread_does_nothing_and_a_dropped_handle_stops_it() {
-        let (path, writer) = wal_db("idle.db", BACKSTOP_PAGES);
+        let (_dir, path, writer) = wal_db("idle.db", BACKSTOP_PAGES);
         let checkpointer = Checkpointer::spawn(&path, Duration::from_secs(1)).expect("spawn");
         let flags = checkpointer.state.clone();
         let before = file_len(&path);
