@@ -216,15 +216,8 @@ pub(crate) async fn check(client: &Client, schema: &str) -> Result<i32, StoreErr
         .await
         .map_err(pg_error)?
         .get(0);
-    let version: i32 = if exists {
-        client
-            .query_one(
-                &format!("SELECT COALESCE(MAX(version), 0) FROM {table}"),
-                &[],
-            )
-            .await
-            .map_err(pg_error)?
-            .get(0)
+    let version = if exists {
+        recorded_version(client, schema).await?
     } else {
         0
     };
@@ -236,6 +229,18 @@ pub(crate) async fn check(client: &Client, schema: &str) -> Result<i32, StoreErr
         )));
     }
     Ok(version)
+}
+
+/// The newest migration recorded in `schema` (0 if none); its table must exist.
+async fn recorded_version(client: &Client, schema: &str) -> Result<i32, StoreError> {
+    Ok(client
+        .query_one(
+            &format!("SELECT COALESCE(MAX(version), 0) FROM {schema}.windlass_migrations"),
+            &[],
+        )
+        .await
+        .map_err(pg_error)?
+        .get(0))
 }
 
 /// [`migrate`], up to version `target` only (tests build older schemas with it).
@@ -349,14 +354,7 @@ async fn apply(
         ))
         .await
         .map_err(pg_error)?;
-    let current: i32 = client
-        .query_one(
-            &format!("SELECT COALESCE(MAX(version), 0) FROM {schema}.windlass_migrations"),
-            &[],
-        )
-        .await
-        .map_err(pg_error)?
-        .get(0);
+    let current = recorded_version(client, schema).await?;
     // A new schema's tables are created in the transaction below: nobody else can write to
     // them before it commits, so its indexes need no concurrent build.
     let new = current == 0;
