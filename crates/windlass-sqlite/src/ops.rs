@@ -520,20 +520,32 @@ pub(crate) fn list(conn: &Connection, f: &JobFilter) -> Result<Vec<JobRecord>, S
 
 pub(crate) fn stats(conn: &Connection, now: i64) -> Result<Vec<QueueStats>, StoreError> {
     let mut by_queue: std::collections::BTreeMap<String, QueueStats> = Default::default();
+    // Counted here in one pass over the table, not with `GROUP BY queue, state`: no index
+    // leads with both, so SQLite would copy every row into a temporary b-tree and sort it
+    // first (measured at 100,000 jobs: see BENCHMARKS.md, "Session 12"). Each row is read
+    // in place: no allocation unless its queue is new.
     let mut stmt = conn
-        .prepare_cached("SELECT queue, state, COUNT(*) FROM windlass_jobs GROUP BY queue, state")
+        .prepare_cached("SELECT queue, state FROM windlass_jobs")
         .map_err(sql_error)?;
     let mut rows = stmt.query([]).map_err(sql_error)?;
     while let Some(r) = rows.next().map_err(sql_error)? {
-        let queue: String = r.get(0).map_err(sql_error)?;
-        let state = parse_state(&r.get::<_, String>(1).map_err(sql_error)?)?;
-        let n: i64 = r.get(2).map_err(sql_error)?;
-        let entry = by_queue.entry(queue.clone()).or_insert_with(|| QueueStats {
-            queue,
-            ..QueueStats::default()
-        });
+        let text = |i: usize| -> Result<&str, StoreError> {
+            r.get_ref(i)
+                .and_then(|v| v.as_str().map_err(rusqlite::Error::from))
+                .map_err(sql_error)
+        };
+        let (queue, state) = (text(0)?, parse_state(text(1)?)?);
+        let entry = match by_queue.get_mut(queue) {
+            Some(entry) => entry,
+            None => by_queue
+                .entry(queue.to_string())
+                .or_insert_with(|| QueueStats {
+                    queue: queue.to_string(),
+                    ..QueueStats::default()
+                }),
+        };
         if let Some(i) = JobState::ALL.iter().position(|s| *s == state) {
-            entry.counts[i] = u64::try_from(n).unwrap_or(0);
+            entry.counts[i] += 1;
         }
     }
     let sql = format!(
