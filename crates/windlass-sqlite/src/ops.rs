@@ -530,9 +530,14 @@ pub(crate) fn stats(conn: &Connection, now: i64) -> Result<Vec<QueueStats>, Stor
     let mut rows = stmt.query([]).map_err(sql_error)?;
     while let Some(r) = rows.next().map_err(sql_error)? {
         let text = |i: usize| -> Result<&str, StoreError> {
-            r.get_ref(i)
-                .and_then(|v| v.as_str().map_err(rusqlite::Error::from))
-                .map_err(sql_error)
+            let v = r.get_ref(i).map_err(sql_error)?;
+            v.as_str().map_err(|_| {
+                let column = if i == 0 { "queue" } else { "state" };
+                StoreError::Corrupt(format!(
+                    "a job's {column} is not text (stored: {:?})",
+                    v.data_type()
+                ))
+            })
         };
         let (queue, state) = (text(0)?, parse_state(text(1)?)?);
         let entry = match by_queue.get_mut(queue) {
@@ -615,4 +620,39 @@ pub(crate) fn parse_retry(s: &str) -> Result<RetrySchedule, StoreError> {
 
 fn parse_state(s: &str) -> Result<JobState, StoreError> {
     JobState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown job state `{s}`")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code
+
+    use windlass_queue::conformance::job;
+    use windlass_queue::{Store, StoreError};
+
+    use crate::SqliteStore;
+
+    /// A row another program spoiled (a state that is not text) makes the queue counts fail
+    /// with an error that says which column, not with a count that skips it.
+    #[tokio::test]
+    async fn counts_refuse_a_state_that_is_not_text() {
+        let store = SqliteStore::in_memory().await.unwrap();
+        store.enqueue(vec![job(1), job(2)]).await.unwrap();
+        assert_eq!(store.stats().await.unwrap().len(), 1);
+        store
+            .writer
+            .call(
+                |c| {
+                    c.execute("UPDATE windlass_jobs SET state = x'00' WHERE id = 2", [])
+                        .map_err(crate::sql_error)
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        let err = store.stats().await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt(m) if m.contains("state is not text")),
+            "{err:?}"
+        );
+    }
 }

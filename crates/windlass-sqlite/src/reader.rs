@@ -10,8 +10,10 @@
 //! `unknown_kinds`): in WAL mode a reader does not block the writer, nor wait for it (short
 //! of WAL recovery after a crash), and it sees every commit made before it starts, so a
 //! caller reads its own writes. While a read runs, its snapshot keeps checkpoints from
-//! copying frames committed after it began, so the WAL cannot start over until it ends:
-//! reads here are single queries, short next to the checkpoint's 10 ms pace.
+//! copying frames committed after it began, so the WAL cannot start over until it ends.
+//! Reads here are short (a few queries; the queue counts scan the table, tens of
+//! milliseconds at 100,000 jobs), but reads that overlap without a break (a dashboard
+//! polling hard, several at once) can keep the WAL growing until they pause.
 //!
 //! Reads run side by side, each on a blocking-pool thread with a connection of its own from
 //! a small pool ([`MAX_READERS`], opened as needed and kept): a long `list` for a dashboard
@@ -51,12 +53,16 @@ struct Pool {
 
 impl Reader {
     /// Opens the first read connection to the (already migrated) database at `path`, so
-    /// that a path that cannot be read fails here; the others open as reads need them.
+    /// that a path that cannot be read fails here; the others open as reads need them, by
+    /// the path made absolute now (a later change of directory cannot point them at
+    /// another file).
     pub(crate) fn open(path: &Path, busy_timeout: Duration) -> Result<Reader, StoreError> {
-        let first = connect(path, busy_timeout)?;
+        let path = std::path::absolute(path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot resolve {path:?}: {e}")))?;
+        let first = connect(&path, busy_timeout)?;
         Ok(Reader {
             pool: Arc::new(Pool {
-                path: path.to_path_buf(),
+                path,
                 busy_timeout,
                 idle: Mutex::new(vec![first]),
                 slots: Arc::new(Semaphore::new(MAX_READERS)),
@@ -240,6 +246,11 @@ mod tests {
             })
             .await;
         assert!(panicked.is_err());
+        assert_eq!(
+            reader.pool.slots.available_permits(),
+            super::MAX_READERS,
+            "the panicked read gave its slot back"
+        );
         assert_eq!(
             store.get(id).await.unwrap().unwrap().state,
             JobState::Available

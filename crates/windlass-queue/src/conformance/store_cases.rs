@@ -753,6 +753,7 @@ pub async fn stats_count_states_and_lag<S: Store>(store: S, clock: ManualClock) 
     put(&store, vec![job(5)]).await;
     store.claim(claim_req("w", 1)).await.unwrap();
     let stats = store.stats().await.unwrap();
+    assert_eq!(stats.len(), 2, "one entry per queue: {stats:?}");
     let d = stats.iter().find(|s| s.queue == "default").unwrap();
     assert_eq!(d.count(JobState::Available), 2);
     assert_eq!(d.count(JobState::Running), 1);
@@ -777,7 +778,20 @@ pub async fn stats_count_states_and_lag<S: Store>(store: S, clock: ManualClock) 
             .unwrap()
             .completed_last_minute
     };
-    assert_eq!(recent(store.stats().await.unwrap()), 1);
+    let after = store.stats().await.unwrap();
+    let d = after.iter().find(|s| s.queue == "default").unwrap();
+    assert_eq!(
+        [
+            JobState::Available,
+            JobState::Running,
+            JobState::Completed,
+            JobState::Scheduled
+        ]
+        .map(|s| d.count(s)),
+        [1, 1, 1, 1],
+        "{d:?}"
+    );
+    assert_eq!(recent(after), 1);
     clock.advance(Duration::from_millis(60_001));
     assert_eq!(recent(store.stats().await.unwrap()), 0);
 }
