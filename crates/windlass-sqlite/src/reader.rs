@@ -137,16 +137,28 @@ mod tests {
 
     use crate::SqliteStore;
 
-    /// Reads run side by side: one held inside its transaction does not keep the next
-    /// from running (on one shared connection, the next would wait for it).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn reads_run_side_by_side() {
-        let dir = windlass_test_support::ScratchDir::new("reader-pool");
+    /// A store in a file of its own (removed with the `ScratchDir`) holding one job.
+    async fn file_store_with_a_job(
+        name: &str,
+    ) -> (
+        windlass_test_support::ScratchDir,
+        SqliteStore,
+        windlass_queue::JobId,
+    ) {
+        let dir = windlass_test_support::ScratchDir::new(name);
         let store = SqliteStore::builder(dir.file("jobs.db"))
             .open()
             .await
             .unwrap();
         let id = store.enqueue(vec![job(1)]).await.unwrap()[0].id;
+        (dir, store, id)
+    }
+
+    /// Reads run side by side: one held inside its transaction does not keep the next
+    /// from running (on one shared connection, the next would wait for it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_run_side_by_side() {
+        let (_dir, store, id) = file_store_with_a_job("reader-pool").await;
         let reader = store.reader.clone().unwrap();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let (held_tx, held_rx) = tokio::sync::oneshot::channel::<i64>();
@@ -178,12 +190,7 @@ mod tests {
     /// writes nor hold them up. (Sent to the writer, each would wait for the held write.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_do_not_wait_for_the_writer() {
-        let dir = windlass_test_support::ScratchDir::new("reader");
-        let store = SqliteStore::builder(dir.file("jobs.db"))
-            .open()
-            .await
-            .unwrap();
-        let id = store.enqueue(vec![job(1)]).await.unwrap()[0].id;
+        let (_dir, store, id) = file_store_with_a_job("reader").await;
         // Hold the writer thread inside an operation until told to go on.
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
