@@ -192,22 +192,7 @@ mod tests {
     async fn reads_do_not_wait_for_the_writer() {
         let (_dir, store, id) = file_store_with_a_job("reader").await;
         // Hold the writer thread inside an operation until told to go on.
-        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-        let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
-        let writer = store.writer.clone();
-        let held = tokio::spawn(async move {
-            writer
-                .call(
-                    move |_| {
-                        let _ = held_tx.send(());
-                        let _ = go_rx.recv();
-                        Ok(())
-                    },
-                    None,
-                )
-                .await
-        });
-        held_rx.await.unwrap();
+        let (go_tx, held) = crate::writer::hold(&store.writer).await;
         let reads = async {
             let record = store.get(id).await.unwrap().unwrap();
             let listed = store.list(JobFilter::default()).await.unwrap();

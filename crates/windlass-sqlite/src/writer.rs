@@ -146,6 +146,33 @@ fn run(conn: Connection, rx: mpsc::Receiver<Op>) {
     }
 }
 
+/// Holds `w`'s thread inside an operation until the returned sender is sent to (or
+/// dropped); returns once the thread is held, with the held operation's task.
+#[cfg(test)]
+pub(crate) async fn hold(
+    w: &Writer,
+) -> (
+    mpsc::Sender<()>,
+    tokio::task::JoinHandle<Result<(), StoreError>>,
+) {
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (held_tx, held_rx) = oneshot::channel::<()>();
+    let w = w.clone();
+    let held = tokio::spawn(async move {
+        w.call(
+            move |_| {
+                let _ = held_tx.send(());
+                let _ = go_rx.recv();
+                Ok(())
+            },
+            None,
+        )
+        .await
+    });
+    let _ = held_rx.await;
+    (go_tx, held)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,23 +230,7 @@ mod tests {
     async fn a_failing_operation_in_a_group_rolls_back_only_itself() {
         let w = writer();
         // Hold the writer so the next three operations queue up and share one transaction.
-        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
-        let (held_tx, held_rx) = oneshot::channel::<()>();
-        let blocker = {
-            let w = w.clone();
-            tokio::spawn(async move {
-                w.call(
-                    move |_| {
-                        let _ = held_tx.send(());
-                        let _ = hold_rx.recv();
-                        Ok(())
-                    },
-                    None,
-                )
-                .await
-            })
-        };
-        held_rx.await.expect("the writer runs the blocker");
+        let (hold_tx, blocker) = hold(&w).await;
         let (a, b, c) = (w.clone(), w.clone(), w.clone());
         let ops = tokio::spawn(async move {
             tokio::join!(
